@@ -1,0 +1,1 @@
+"""Orchestrator: the server side of fedmq (imports schemas and the server deps)."""
