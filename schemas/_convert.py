@@ -1,0 +1,162 @@
+"""Strict conversion between message dataclasses and plain msgpack-able values.
+
+One mechanism for every message: a dataclass's type hints are its schema. Decoding walks the
+hints and checks each value's type and bounds, naming the path of the first violation
+(``$.tensors[2].shape``) so a rejected message says exactly what was wrong.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import types
+import typing
+from functools import cache
+from typing import Any, Union
+
+from .errors import ValidationError
+from .limits import Limits
+
+_NONE = type(None)
+
+
+@cache
+def _fields(cls: type) -> tuple[tuple[str, Any, bool], ...]:
+    hints = typing.get_type_hints(cls)
+    out = []
+    for f in dataclasses.fields(cls):
+        if not f.init:
+            continue
+        has_default = (
+            f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING
+        )
+        out.append((f.name, hints[f.name], has_default))
+    return tuple(out)
+
+
+def to_wire(obj: Any) -> Any:
+    """Dataclass → nested dicts/lists of msgpack-native values (enums by value)."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {name: to_wire(getattr(obj, name)) for name, _, _ in _fields(type(obj))}
+    if isinstance(obj, enum.Enum):
+        return obj.value
+    if isinstance(obj, list | tuple):
+        return [to_wire(v) for v in obj]
+    if isinstance(obj, dict):
+        return {k: to_wire(v) for k, v in obj.items()}
+    return obj
+
+
+def from_wire(cls: type, value: Any, limits: Limits, path: str = "$") -> Any:
+    """Build ``cls`` from a decoded msgpack value, strictly. Unknown keys are ignored (newer
+    senders may append fields); missing keys without a default are errors."""
+    return _convert(value, cls, limits, path)
+
+
+def _convert(value: Any, tp: Any, limits: Limits, path: str) -> Any:
+    origin = typing.get_origin(tp)
+    if tp is Any:
+        return _check_any(value, limits, path, depth=0)
+    if origin in (Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None:
+            if _NONE in args:
+                return None
+            raise ValidationError("null not allowed", path=path)
+        non_none = [a for a in args if a is not _NONE]
+        if len(non_none) == 1:
+            return _convert(value, non_none[0], limits, path)
+        for arg in non_none:  # first matching alternative
+            try:
+                return _convert(value, arg, limits, path)
+            except ValidationError:
+                continue
+        raise ValidationError(f"expected one of {non_none}", path=path)
+    if origin is list or origin is tuple:
+        if not isinstance(value, list | tuple):
+            raise ValidationError("expected an array", path=path)
+        if len(value) > limits.max_list:
+            raise ValidationError("array too long", path=path)
+        (item_tp, *_rest) = typing.get_args(tp) or (Any,)
+        items = [_convert(v, item_tp, limits, f"{path}[{i}]") for i, v in enumerate(value)]
+        return tuple(items) if origin is tuple else items
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ValidationError("expected a map", path=path)
+        if len(value) > limits.max_list:
+            raise ValidationError("map too large", path=path)
+        key_tp, val_tp = typing.get_args(tp)
+        out = {}
+        for k, v in value.items():
+            key = _convert(k, key_tp, limits, f"{path}.<key>")
+            out[key] = _convert(v, val_tp, limits, f"{path}.{k}")
+        return out
+    if isinstance(tp, type):
+        if dataclasses.is_dataclass(tp):
+            if not isinstance(value, dict):
+                raise ValidationError(f"expected a map for {tp.__name__}", path=path)
+            kwargs = {}
+            for name, ftp, has_default in _fields(tp):
+                if name in value:
+                    kwargs[name] = _convert(value[name], ftp, limits, f"{path}.{name}")
+                elif not has_default:
+                    raise ValidationError(f"missing field {name!r}", path=path)
+            try:
+                return tp(**kwargs)
+            except ValidationError:
+                raise
+            except (ValueError, TypeError) as exc:
+                raise ValidationError(str(exc), path=path) from None
+        if issubclass(tp, enum.Enum):
+            try:
+                return tp(value)
+            except ValueError:
+                raise ValidationError(f"unknown {tp.__name__} {value!r}", path=path) from None
+        if tp is bool:
+            if not isinstance(value, bool):
+                raise ValidationError("expected a boolean", path=path)
+            return value
+        if tp is int:
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise ValidationError("expected an integer", path=path)
+            return value
+        if tp is float:
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise ValidationError("expected a number", path=path)
+            return float(value)
+        if tp is str:
+            if not isinstance(value, str):
+                raise ValidationError("expected a string", path=path)
+            if len(value) > limits.max_string:
+                raise ValidationError("string too long", path=path)
+            return value
+        if tp is bytes:
+            if not isinstance(value, bytes):
+                raise ValidationError("expected bytes", path=path)
+            return value
+    raise ValidationError(f"unsupported schema type {tp!r}", path=path)  # pragma: no cover
+
+
+def _check_any(value: Any, limits: Limits, path: str, depth: int) -> Any:
+    """Free-form values (operator args, metrics) are limited to plain msgpack data."""
+    if depth > 16:
+        raise ValidationError("nesting too deep", path=path)
+    if value is None or isinstance(value, bool | int | float | bytes):
+        return value
+    if isinstance(value, str):
+        if len(value) > limits.max_string:
+            raise ValidationError("string too long", path=path)
+        return value
+    if isinstance(value, list | tuple):
+        if len(value) > limits.max_list:
+            raise ValidationError("array too long", path=path)
+        return [_check_any(v, limits, f"{path}[{i}]", depth + 1) for i, v in enumerate(value)]
+    if isinstance(value, dict):
+        if len(value) > limits.max_list:
+            raise ValidationError("map too large", path=path)
+        return {
+            _check_any(k, limits, f"{path}.<key>", depth + 1):
+            _check_any(v, limits, f"{path}.{k}", depth + 1)
+            for k, v in value.items()
+        }
+    raise ValidationError(f"unsupported value of type {type(value).__name__}", path=path)

@@ -1,0 +1,334 @@
+"""Every message of the wire protocol as a frozen dataclass (see docs/wire-protocol.md).
+
+Each type's ``TYPE`` is its tag in the signed header. Schema evolution: new fields are
+appended with defaults, fields are never retyped, tags are never reused. Receivers ignore
+keys they do not know, so an older orchestrator accepts a newer agent's status.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any, ClassVar
+
+from .tensors import Codec, CodecSpec, EncodedTensor
+
+PROTOCOL_VERSION = 1
+
+
+class Thermal(StrEnum):
+    NOMINAL = "nominal"
+    FAIR = "fair"
+    SERIOUS = "serious"
+    CRITICAL = "critical"
+
+
+class AgentState(StrEnum):
+    IDLE = "idle"
+    TRAINING = "training"
+    DEFERRED = "deferred"
+    PAUSED = "paused"  # conditions (battery, heat) stopped local work
+    STOPPED = "stopped"  # the federation stopped, or the device was revoked/isolated
+    OFFLINE = "offline"  # the Last Will
+
+
+class AckOutcome(StrEnum):
+    ACCEPTED = "accepted"
+    DUPLICATE = "duplicate"
+    REJECTED = "rejected"
+
+
+class EnrollStatus(StrEnum):
+    ACTIVE = "active"
+    AWAITING_APPROVAL = "awaiting_approval"
+    REJECTED = "rejected"
+
+
+class TaskAction(StrEnum):
+    TRAIN = "train"
+    EVALUATE = "evaluate"
+
+
+class ControlAction(StrEnum):
+    REVOKE = "revoke"
+    ISOLATE = "isolate"
+    REINSTATE = "reinstate"
+    RECONFIGURE = "reconfigure"
+    ROTATE_KEY = "rotate_key"
+    STOP = "stop"  # the federation has converged or was stopped: go idle
+    RESUME = "resume"
+
+
+class Message:
+    """Base of all message types: ``TYPE`` is the tag in the signed header."""
+
+    TYPE: ClassVar[str]
+
+
+# -- device → orchestrator --------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Enroll(Message):
+    """First contact: the device's own public key, MACed with the one-time enrollment secret.
+
+    The envelope is signed by the key it carries (proof of possession); the HMAC is what
+    authenticates the device. See :func:`schemas.signing.enroll_mac`.
+    """
+
+    TYPE: ClassVar[str] = "enroll"
+    device_id: str
+    public_key: bytes
+    mac: bytes
+    agent_version: str = ""
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if len(self.public_key) != 32:
+            raise ValueError("public_key must be 32 bytes")
+        if len(self.mac) != 32:
+            raise ValueError("mac must be 32 bytes")
+
+
+@dataclass(frozen=True, slots=True)
+class KeyRotation(Message):
+    """A new device key, sent in an envelope signed by the old key (which vouches for it)."""
+
+    TYPE: ClassVar[str] = "rotate_key"
+    new_public_key: bytes
+    proof: bytes
+    """Ed25519 signature by the new key over the old public key (proof of possession)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Status(Message):
+    """Heartbeat (retained; the Last Will is one with ``state == offline``)."""
+
+    TYPE: ClassVar[str] = "status"
+    state: AgentState = AgentState.IDLE
+    battery_pct: float | None = None
+    charging: bool = False
+    thermal: Thermal = Thermal.NOMINAL
+    metered: bool = False
+    free_mem_mb: float | None = None
+    cores: int = 1
+    step_time_ms: float | None = None
+    model_version: int | None = None
+    outbox_len: int = 0
+    num_samples: int = 0
+    label_counts: dict[str, int] = field(default_factory=dict)
+    """Optional label histogram of the local data (metadata for fairness, never raw data)."""
+    reason: str = ""
+    busy_task: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Update(Message):
+    """One local training result: a (possibly compressed) delta with its provenance.
+
+    ``tensors`` hold ``local − base``. The body of an update may be sealed to the
+    orchestrator's key (see :mod:`schemas.envelope`).
+    """
+
+    TYPE: ClassVar[str] = "update"
+    task_id: str
+    base_version: int
+    num_samples: int
+    tensors: list[EncodedTensor]
+    local_steps: int = 0
+    train_loss: float = float("nan")
+    train_ms: float = 0.0
+    device_class: str = ""
+    codec: Codec = Codec.INT8
+    clip_norm: float | None = None
+    noise_multiplier: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.num_samples <= 0:
+            raise ValueError("num_samples must be positive")
+        if self.base_version < 0:
+            raise ValueError("base_version must be >= 0")
+
+
+@dataclass(frozen=True, slots=True)
+class UpdateBatch:
+    """What is published on ``up/{dev}/updates``: a list of individually signed ``update``
+    envelopes. Not an envelope itself: each entry has its own seq and is acked by it."""
+
+    entries: list[bytes]
+
+
+@dataclass(frozen=True, slots=True)
+class EvalReport(Message):
+    TYPE: ClassVar[str] = "eval"
+    task_id: str
+    model_version: int
+    num_samples: int
+    loss: float
+    metric: float
+    metric_name: str = "accuracy"
+
+
+# -- orchestrator → device --------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Enrolled(Message):
+    TYPE: ClassVar[str] = "enrolled"
+    device_id: str
+    status: EnrollStatus
+    reason: str = ""
+    heartbeat_s: float = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class Task(Message):
+    """Train (or evaluate) on the given model version, under these conditions."""
+
+    TYPE: ClassVar[str] = "task"
+    task_id: str
+    model_version: int
+    action: TaskAction = TaskAction.TRAIN
+    epochs: int = 1
+    batch_size: int = 32
+    lr: float = 0.05
+    mu: float = 0.0
+    clip_norm: float | None = None
+    noise_multiplier: float = 0.0
+    codec: CodecSpec = field(default_factory=CodecSpec)
+    seal: bool = True
+    deadline_ms: int = 0
+    """Absolute time after which the orchestrator stops waiting (0 = none)."""
+    min_battery_pct: float = 0.0
+    max_thermal: Thermal = Thermal.SERIOUS
+
+    def __post_init__(self) -> None:
+        if self.epochs <= 0 or self.batch_size <= 0:
+            raise ValueError("epochs and batch_size must be positive")
+        if self.lr < 0 or self.mu < 0 or self.noise_multiplier < 0:
+            raise ValueError("lr, mu and noise_multiplier must be >= 0")
+        if self.clip_norm is not None and self.clip_norm <= 0:
+            raise ValueError("clip_norm must be positive")
+
+
+@dataclass(frozen=True, slots=True)
+class Defer(Message):
+    """Pace steering: not now, come back after ``retry_after_ms``."""
+
+    TYPE: ClassVar[str] = "defer"
+    retry_after_ms: int
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class AckEntry:
+    seq: int
+    outcome: AckOutcome
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Ack(Message):
+    TYPE: ClassVar[str] = "ack"
+    entries: list[AckEntry]
+
+
+@dataclass(frozen=True, slots=True)
+class Control(Message):
+    TYPE: ClassVar[str] = "control"
+    action: ControlAction
+    reason: str = ""
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class ModelSnapshot(Message):
+    """A full global model (retained on ``fl/{fed}/model``): graphs and float32 parameters."""
+
+    TYPE: ClassVar[str] = "model"
+    version: int
+    params: list[EncodedTensor]
+    params_sha256: bytes
+    graphs: dict[str, bytes]
+    """ONNX graphs by role (``train_step``, ``eval``, ``infer``), parameters as inputs."""
+    arch_id: str = ""
+    parent: int | None = None
+    created_ms: int = 0
+    stopped: bool = False
+    """The federation has stopped: agents keep this model and go idle."""
+
+
+@dataclass(frozen=True, slots=True)
+class ModelDelta(Message):
+    """Retained on ``fl/{fed}/model/delta``: XOR of float32 bits from ``base_version``."""
+
+    TYPE: ClassVar[str] = "model_delta"
+    version: int
+    base_version: int
+    xor: list[EncodedTensor]
+    params_sha256: bytes
+    """Digest of the parameters after applying the delta (checked by the agent)."""
+    arch_id: str = ""
+    created_ms: int = 0
+    stopped: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkManifest(Message):
+    """Stands in for a model message too large for one MQTT packet: the body of the real
+    message is split into retained, hash-addressed chunks on ``{topic}/chunks/{sha}``."""
+
+    TYPE: ClassVar[str] = "chunked"
+    inner_type: str
+    version: int
+    total_size: int
+    sha256: bytes
+    chunks: list[bytes]
+    """SHA-256 of each chunk, in order."""
+
+
+@dataclass(frozen=True, slots=True)
+class Chunk(Message):
+    TYPE: ClassVar[str] = "chunk"
+    sha256: bytes
+    data: bytes
+
+
+# -- operators --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class FleetSummary(Message):
+    """Retained on ``fl/{fed}/fleet`` for field tools that reach only the broker."""
+
+    TYPE: ClassVar[str] = "fleet"
+    ts_ms: int
+    federation: dict[str, Any]
+    devices: list[dict[str, Any]]
+
+
+@dataclass(frozen=True, slots=True)
+class OperatorRequest(Message):
+    TYPE: ClassVar[str] = "ops_request"
+    request_id: str
+    command: str
+    args: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class OperatorResponse(Message):
+    TYPE: ClassVar[str] = "ops_response"
+    request_id: str
+    ok: bool
+    result: Any = None
+    error: str = ""
+
+
+MESSAGE_TYPES: dict[str, type[Message]] = {
+    cls.TYPE: cls
+    for cls in (
+        Enroll, KeyRotation, Status, Update, EvalReport, Enrolled, Task, Defer, Ack, Control,
+        ModelSnapshot, ModelDelta, ChunkManifest, Chunk, FleetSummary, OperatorRequest,
+        OperatorResponse,
+    )
+}

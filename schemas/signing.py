@@ -1,0 +1,44 @@
+"""Key material helpers (pure: bytes in, bytes out; files are the callers' business)."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+
+from nacl.signing import SigningKey, VerifyKey
+
+ENROLL_SECRET_BYTES = 32
+
+
+def new_signing_key() -> SigningKey:
+    return SigningKey.generate()
+
+
+def enroll_mac(secret: bytes, *, fed: str, device_id: str, public_key: bytes) -> bytes:
+    """HMAC-SHA256 binding a device's new public key to its one-time enrollment secret."""
+    msg = b"fedmq-enroll\x00" + fed.encode() + b"\x00" + device_id.encode() + b"\x00" + public_key
+    return hmac.new(secret, msg, hashlib.sha256).digest()
+
+
+def check_enroll_mac(secret: bytes, mac: bytes, *, fed: str, device_id: str,
+                     public_key: bytes) -> bool:
+    expected = enroll_mac(secret, fed=fed, device_id=device_id, public_key=public_key)
+    return hmac.compare_digest(expected, mac)
+
+
+def rotation_proof(new_key: SigningKey, old_public_key: bytes) -> bytes:
+    """The new key signs the old public key: proof that the device holds the new key."""
+    return new_key.sign(b"fedmq-rotate\x00" + old_public_key).signature
+
+
+def check_rotation_proof(new_public_key: bytes, proof: bytes, old_public_key: bytes) -> bool:
+    try:
+        VerifyKey(new_public_key).verify(b"fedmq-rotate\x00" + old_public_key, proof)
+    except Exception:  # BadSignatureError, or a malformed key/proof
+        return False
+    return True
+
+
+def key_id(public_key: bytes) -> str:
+    """A short printable fingerprint for logs and the CLI."""
+    return hashlib.sha256(public_key).hexdigest()[:16]

@@ -1,0 +1,134 @@
+"""Topic names: builders and a strict parser (one place knows the layout).
+
+=============================== ========== =====================================
+``fl/{fed}/model``              orch → all retained full snapshot
+``fl/{fed}/model/delta``        orch → all retained lossless delta
+``fl/{fed}/model/chunks/{sha}`` orch → all retained chunk of an oversized model message
+``fl/{fed}/down/{dev}/{kind}``  orch → dev  task, ack, control, enrolled
+``fl/{fed}/up/{dev}/{kind}``    dev → orch  enroll, status (retained), updates, eval
+``fl/{fed}/fleet``              orch → ops  retained fleet summary
+``fl/{fed}/ops/request``        op → orch   signed operator commands
+``fl/{fed}/ops/reply/{op}``     orch → op   replies (also named as MQTT 5 response topic)
+=============================== ========== =====================================
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from enum import StrEnum
+
+from .errors import DecodeError, Reason
+
+ROOT = "fl"
+_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+_SHA_HEX = re.compile(r"^[0-9a-f]{64}$")
+
+
+class UpKind(StrEnum):
+    ENROLL = "enroll"
+    STATUS = "status"
+    UPDATES = "updates"
+    EVAL = "eval"
+
+
+class DownKind(StrEnum):
+    TASK = "task"
+    ACK = "ack"
+    CONTROL = "control"
+    ENROLLED = "enrolled"
+
+
+_UP_KINDS = frozenset(k.value for k in UpKind)
+_DOWN_KINDS = frozenset(k.value for k in DownKind)
+
+
+def valid_id(value: str) -> bool:
+    """Federation and device ids: 1–64 of ``[A-Za-z0-9_.-]``, no MQTT wildcards or slashes."""
+    return bool(_ID.match(value))
+
+
+def check_id(value: str, what: str = "id") -> str:
+    if not valid_id(value):
+        raise ValueError(f"invalid {what} {value!r}: use 1-64 letters, digits, '_', '.', '-'")
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class Topics:
+    """Topic builders for one federation."""
+
+    fed: str
+
+    def __post_init__(self) -> None:
+        check_id(self.fed, "federation id")
+
+    @property
+    def model(self) -> str:
+        return f"{ROOT}/{self.fed}/model"
+
+    @property
+    def model_delta(self) -> str:
+        return f"{ROOT}/{self.fed}/model/delta"
+
+    @property
+    def model_all(self) -> str:
+        return f"{ROOT}/{self.fed}/model/#"
+
+    def chunk(self, sha_hex: str) -> str:
+        return f"{ROOT}/{self.fed}/model/chunks/{sha_hex}"
+
+    def down(self, device: str, kind: DownKind) -> str:
+        return f"{ROOT}/{self.fed}/down/{check_id(device, 'device id')}/{kind.value}"
+
+    def down_all(self, device: str) -> str:
+        return f"{ROOT}/{self.fed}/down/{check_id(device, 'device id')}/#"
+
+    def up(self, device: str, kind: UpKind) -> str:
+        return f"{ROOT}/{self.fed}/up/{check_id(device, 'device id')}/{kind.value}"
+
+    @property
+    def up_all(self) -> str:
+        return f"{ROOT}/{self.fed}/up/+/+"
+
+    @property
+    def fleet(self) -> str:
+        return f"{ROOT}/{self.fed}/fleet"
+
+    @property
+    def ops_request(self) -> str:
+        return f"{ROOT}/{self.fed}/ops/request"
+
+    def ops_reply(self, operator: str) -> str:
+        return f"{ROOT}/{self.fed}/ops/reply/{check_id(operator, 'operator id')}"
+
+
+@dataclass(frozen=True, slots=True)
+class ParsedTopic:
+    fed: str
+    area: str
+    """``up``, ``down``, ``model``, ``fleet`` or ``ops``."""
+    device: str | None = None
+    kind: str | None = None
+
+
+def parse_topic(topic: str) -> ParsedTopic:
+    """Parse a concrete topic (no wildcards); anything else is ``bad_topic``."""
+    parts = topic.split("/")
+    if len(parts) < 3 or parts[0] != ROOT or not valid_id(parts[1]):
+        raise DecodeError(Reason.BAD_TOPIC, f"not a fedmq topic: {topic[:200]!r}")
+    fed, area, rest = parts[1], parts[2], parts[3:]
+    kinds = _UP_KINDS if area == "up" else _DOWN_KINDS if area == "down" else None
+    if kinds is not None and len(rest) == 2 and valid_id(rest[0]) and rest[1] in kinds:
+        return ParsedTopic(fed, area, rest[0], rest[1])
+    if area == "model" and (rest == [] or rest == ["delta"]):
+        return ParsedTopic(fed, area, None, rest[0] if rest else "snapshot")
+    if area == "model" and len(rest) == 2 and rest[0] == "chunks" and _SHA_HEX.match(rest[1]):
+        return ParsedTopic(fed, area, None, "chunk")
+    if area == "fleet" and not rest:
+        return ParsedTopic(fed, area)
+    if area == "ops" and rest == ["request"]:
+        return ParsedTopic(fed, area, None, "request")
+    if area == "ops" and len(rest) == 2 and rest[0] == "reply" and valid_id(rest[1]):
+        return ParsedTopic(fed, area, rest[1], "reply")
+    raise DecodeError(Reason.BAD_TOPIC, f"not a fedmq topic: {topic[:200]!r}")
