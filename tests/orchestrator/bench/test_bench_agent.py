@@ -1,0 +1,45 @@
+"""The agent benchmark runs a real child process end to end (tiny sizes; no timing checks)."""
+
+from __future__ import annotations
+
+import argparse
+
+import pytest
+
+from orchestrator.bench import agent
+
+
+def _args(*argv: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    agent.add_arguments(parser)
+    return parser.parse_args(list(argv))
+
+
+def test_defaults_describe_the_100k_mlp() -> None:
+    args = _args()
+    assert args.hidden == (256, 256) and args.batch_size == 32 and args.threads == 1
+
+
+def test_small_run_reports_every_figure() -> None:
+    result = agent.run(_args("--steps", "6", "--warmup", "2", "--hidden", "16,8",
+                             "--batch-size", "8"))
+    for key in ("rss_mb", "train_step_us", "numpy_step_us", "ort_vs_numpy"):
+        assert isinstance(result[key], float) and result[key] > 0, key
+    assert result["params"] == 64 * 16 + 16 + 16 * 8 + 8 + 8 * 10 + 10
+    assert result["batch_size"] == 8
+    assert result["targets"] == {"rss_mb": 120.0, "ort_vs_numpy": 1.0}
+    assert set(result["targets_met"]) == {"rss_mb", "ort_vs_numpy"}
+    # the numpy step is the same maths as the graph: one step from the same start agrees
+    assert result["max_param_diff"] < 1e-5
+
+
+@pytest.mark.parametrize(
+    "argv", [("--steps", "0"), ("--hidden", "x"), ("--hidden", "8,-1"), ("--threads", "-2")]
+)
+def test_bad_arguments_are_rejected(
+    argv: tuple[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as info:
+        _args(*argv)
+    assert info.value.code == 2
+    assert "error" in capsys.readouterr().err
