@@ -46,9 +46,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         module = importlib.import_module(group[0])
     except ModuleNotFoundError as exc:
-        # e.g. a device without the server extras asking for a server command
-        print(f"fedmq {args[0]}: missing dependency {exc.name!r} "
-              "(install 'fedmq[server]' for server commands)", file=sys.stderr)
+        if (exc.name or "").split(".")[0] in ("fedmq", "schemas", "edge_agent", "orchestrator"):
+            print(f"fedmq {args[0]}: not available in this installation", file=sys.stderr)
+        else:  # e.g. a device without the server extras asking for a server command
+            print(f"fedmq {args[0]}: missing dependency {exc.name!r} "
+                  "(install 'fedmq[server]' for server commands)", file=sys.stderr)
         return 2
     rc: int = module.main(args[1:])
     return rc
