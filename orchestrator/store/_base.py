@@ -1,0 +1,79 @@
+"""The connection owner every part of :class:`~.store.Store` builds on (internal)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sqlite3
+import time
+from collections.abc import AsyncIterator, Callable
+
+import aiosqlite
+
+from ._sql import rollback_quietly, wrap
+from .errors import StoreClosedError
+
+Clock = Callable[[], int]
+"""Milliseconds since the epoch."""
+
+
+def wall_clock_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class StoreBase:
+    """One aiosqlite connection, one lock, one clock. Every operation runs under the lock, so
+    transactions never interleave on the shared connection."""
+
+    def __init__(
+        self, conn: aiosqlite.Connection, path: str, clock: Clock, schema_version: int
+    ) -> None:
+        self._conn: aiosqlite.Connection | None = conn
+        self._path = path
+        self._clock = clock
+        self._schema_version = schema_version
+        self._lock = asyncio.Lock()
+
+    @property
+    def path(self) -> str:
+        return self._path
+
+    @property
+    def schema_version(self) -> int:
+        return self._schema_version
+
+    def _live(self) -> aiosqlite.Connection:
+        if self._conn is None:
+            raise StoreClosedError("the store is closed")
+        return self._conn
+
+    @contextlib.asynccontextmanager
+    async def _read(self) -> AsyncIterator[aiosqlite.Connection]:
+        """Exclusive use of the connection for reads outside a transaction."""
+        async with self._lock:
+            conn = self._live()
+            try:
+                yield conn
+            except (sqlite3.Error, OSError) as exc:
+                raise wrap(exc) from exc
+
+    @contextlib.asynccontextmanager
+    async def _tx(self, *, write: bool = True) -> AsyncIterator[aiosqlite.Connection]:
+        """One transaction: committed on success, rolled back on any exception.
+
+        Cancellation: aiosqlite queues each statement before the await that can be cancelled,
+        so a cancelled BEGIN still runs and the ROLLBACK queued behind it undoes it; a
+        cancelled COMMIT still commits (the caller cannot know, as with any lost reply).
+        """
+        async with self._lock:
+            conn = self._live()
+            try:
+                try:
+                    await conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+                    yield conn
+                    await conn.execute("COMMIT")
+                except BaseException:
+                    await rollback_quietly(conn)
+                    raise
+            except (sqlite3.Error, OSError) as exc:
+                raise wrap(exc) from exc
