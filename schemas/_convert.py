@@ -18,6 +18,8 @@ from .errors import ValidationError
 from .limits import Limits
 
 _NONE = type(None)
+# Every integer field is a signed 64-bit (SQLite INTEGER, the replay window's state).
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 
 
 @cache
@@ -43,6 +45,9 @@ def to_wire(obj: Any) -> Any:
     if isinstance(obj, list | tuple):
         return [to_wire(v) for v in obj]
     if isinstance(obj, dict):
+        for k in obj:  # the receiver's msgpack (strict_map_key) refuses any other key
+            if not isinstance(k, str | bytes):
+                raise TypeError(f"map key {k!r} is not a string")
         return {k: to_wire(v) for k, v in obj.items()}
     return obj
 
@@ -119,6 +124,8 @@ def _convert(value: Any, tp: Any, limits: Limits, path: str) -> Any:
         if tp is int:
             if not isinstance(value, int) or isinstance(value, bool):
                 raise ValidationError("expected an integer", path=path)
+            if not _INT64_MIN <= value <= _INT64_MAX:  # msgpack also carries uint64
+                raise ValidationError("integer out of the signed 64-bit range", path=path)
             return value
         if tp is float:
             if isinstance(value, bool) or not isinstance(value, int | float):

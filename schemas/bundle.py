@@ -34,6 +34,11 @@ class Bundle:
     format: int = BUNDLE_FORMAT
 
     def __post_init__(self) -> None:
+        # JSON gives any type: "tls": "false" would be truthy, "broker_port": true would be 1
+        for name, kind in _FIELD_KINDS.items():
+            value = getattr(self, name)
+            if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+                raise ValueError(f"{name} must be of type {kind.__name__}")
         check_id(self.device_id, "device id")
         check_id(self.fed, "federation id")
         if not 0 < self.broker_port < 65536:
@@ -54,6 +59,8 @@ class Bundle:
             data: Any = json.loads(text)
         except json.JSONDecodeError as exc:
             raise ValidationError(f"bundle is not JSON ({exc.msg}, line {exc.lineno})") from None
+        except RecursionError:
+            raise ValidationError("bundle is nested too deeply") from None
         if not isinstance(data, dict):
             raise ValidationError("bundle must be a JSON object")
         if data.get("format") != BUNDLE_FORMAT:
@@ -65,3 +72,10 @@ class Bundle:
             raise ValidationError(f"bundle fields: {exc}") from None
         except ValueError as exc:
             raise ValidationError(str(exc)) from None
+
+
+_FIELD_KINDS: dict[str, type] = {
+    "device_id": str, "fed": str, "broker_host": str, "broker_port": int, "mqtt_username": str,
+    "mqtt_password": str, "orchestrator_key": str, "enroll_secret": str, "tls": bool,
+    "ca_file": str, "role": str, "format": int,
+}

@@ -59,7 +59,9 @@ class ReplayWindow:
         DUPLICATE; a seq below the window is ignored."""
         if seq > self.high:
             shift = seq - self.high if self.high >= 0 else self.size
-            self.bits = ((self.bits << shift) | 1) & ((1 << self.size) - 1)
+            # a jump past the window forgets everything: never build a (seq - high)-bit int
+            self.bits = 1 if shift >= self.size else (
+                ((self.bits << shift) | 1) & ((1 << self.size) - 1))
             self.high = seq
         elif self.high - seq < self.size:
             self.bits |= 1 << (self.high - seq)

@@ -109,7 +109,8 @@ class ErrorFeedback:
 def encode_tensor(
     name: str, value: np.ndarray, spec: CodecSpec, rng: np.random.Generator
 ) -> EncodedTensor:
-    arr = np.ascontiguousarray(value, dtype=np.float32)
+    # not ascontiguousarray: it turns a 0-d (scalar) parameter into shape (1,)
+    arr = np.asarray(value, dtype=np.float32, order="C")
     shape = [int(d) for d in arr.shape]
     flat = arr.reshape(-1)
     if spec.codec is Codec.FLOAT32:
@@ -142,13 +143,17 @@ def _quantize_int8(
     flat: np.ndarray, chunk: int, rng: np.random.Generator
 ) -> tuple[np.ndarray, np.ndarray]:
     n = flat.size
-    size = chunk if chunk > 0 else max(n, 1)
+    # a chunk longer than the tensor is one chunk: never pad to a size the task merely names
+    size = min(chunk, max(n, 1)) if chunk > 0 else max(n, 1)
     n_chunks = max(1, math.ceil(n / size))
     padded = np.zeros(n_chunks * size, dtype=np.float32)
     padded[:n] = flat
     blocks = padded.reshape(n_chunks, size)
     peak = np.max(np.abs(blocks), axis=1)
-    scales = np.where(peak > 0, peak / 127.0, 1.0).astype(_LE_F32)
+    # a tiny peak's step would be subnormal (imprecise, or 0 and a division by zero): floor
+    # it at the smallest normal float32, which keeps |scaled| <= 127 and the error <= step
+    step = np.maximum(peak / np.float32(127.0), np.finfo(np.float32).tiny)
+    scales = np.where(peak > 0, step, 1.0).astype(_LE_F32)
     scaled = blocks / scales[:, None]
     # stochastic rounding: E[q] == scaled, so quantisation adds noise but no bias
     floor = np.floor(scaled)
@@ -167,6 +172,8 @@ def tensor_size(shape: list[int], limits: Limits = DEFAULT_LIMITS, path: str = "
     for dim in shape:
         if dim < 0:
             raise ValidationError("negative dimension", path=path, reason=Reason.BAD_SHAPE)
+        if dim > limits.max_tensor_elements:  # also with a zero elsewhere: numpy refuses it
+            raise ValidationError("dimension too large", path=path, reason=Reason.TOO_LARGE)
         size *= dim
         if size > limits.max_tensor_elements:
             raise ValidationError("tensor too large", path=path, reason=Reason.TOO_LARGE)
@@ -200,10 +207,13 @@ def decode_tensor(
         expect(t.scales, n_chunks, 4, "scales")
         q = np.frombuffer(t.data, dtype=np.int8).astype(np.float32)
         scales = np.frombuffer(t.scales, dtype=_LE_F32)
-        if t.chunk:
-            q *= np.repeat(scales, t.chunk)[:n]
-        else:
-            q *= scales[0]
+        # hostile scales (inf, NaN, huge) give non-finite values for screening to judge, not
+        # warnings; a chunk longer than the tensor must not size the repeat
+        with np.errstate(over="ignore", invalid="ignore"):
+            if t.chunk:
+                q *= np.repeat(scales, min(t.chunk, n))[:n]
+            else:
+                q *= scales[0]
         return q.reshape(t.shape)
     if t.codec is Codec.TOPK:
         k = len(t.indices) // 4
@@ -219,8 +229,9 @@ def decode_tensor(
             raise ValidationError("indices out of range or not increasing",
                                   path=f"{path}.indices", reason=Reason.BAD_SHAPE)
         out = np.zeros(n, dtype=np.float32)
-        out[idx] = np.frombuffer(t.data, dtype=np.int8).astype(np.float32) * np.frombuffer(
-            t.scales, dtype=_LE_F32)[0]
+        with np.errstate(over="ignore", invalid="ignore"):
+            out[idx] = np.frombuffer(t.data, dtype=np.int8).astype(np.float32) * np.frombuffer(
+                t.scales, dtype=_LE_F32)[0]
         return out.reshape(t.shape)
     raise ValidationError(f"unknown codec {t.codec!r}", path=f"{path}.codec",
                           reason=Reason.BAD_CODEC)  # pragma: no cover
@@ -256,8 +267,8 @@ def xor_delta(old: Mapping[str, np.ndarray], new: Mapping[str, np.ndarray]) -> P
         raise ValueError("xor_delta needs the same tensor names in the same order")
     out: Params = {}
     for name, n in new.items():
-        o = np.ascontiguousarray(old[name], dtype=np.float32)
-        nn = np.ascontiguousarray(n, dtype=np.float32)
+        o = np.asarray(old[name], dtype=np.float32, order="C")
+        nn = np.asarray(n, dtype=np.float32, order="C")
         if o.shape != nn.shape:
             raise ValueError(f"shape of {name!r} changed")
         out[name] = (o.view(np.uint32) ^ nn.view(np.uint32)).view(np.float32)
@@ -270,8 +281,8 @@ def apply_xor_delta(base: Mapping[str, np.ndarray], delta: Mapping[str, np.ndarr
         raise ValueError("delta and base have different tensors")
     out: Params = {}
     for name, b in base.items():
-        bb = np.ascontiguousarray(b, dtype=np.float32)
-        d = np.ascontiguousarray(delta[name], dtype=np.float32)
+        bb = np.asarray(b, dtype=np.float32, order="C")
+        d = np.asarray(delta[name], dtype=np.float32, order="C")
         if bb.shape != d.shape:
             raise ValueError(f"shape of {name!r} differs")
         out[name] = (bb.view(np.uint32) ^ d.view(np.uint32)).view(np.float32)
@@ -282,7 +293,7 @@ def params_digest(params: Mapping[str, np.ndarray]) -> bytes:
     """SHA-256 over names, shapes and float32 bytes: the identity of a set of weights."""
     h = hashlib.sha256()
     for name, value in params.items():
-        arr = np.ascontiguousarray(value, dtype=_LE_F32)
+        arr = np.asarray(value, dtype=_LE_F32, order="C")
         h.update(name.encode())
         h.update(repr(tuple(arr.shape)).encode())
         h.update(arr.tobytes())

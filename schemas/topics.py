@@ -45,7 +45,7 @@ _DOWN_KINDS = frozenset(k.value for k in DownKind)
 
 def valid_id(value: str) -> bool:
     """Federation and device ids: 1–64 of ``[A-Za-z0-9_.-]``, no MQTT wildcards or slashes."""
-    return bool(_ID.match(value))
+    return bool(_ID.fullmatch(value))  # not match: '$' also matches before a final newline
 
 
 def check_id(value: str, what: str = "id") -> str:
@@ -123,7 +123,7 @@ def parse_topic(topic: str) -> ParsedTopic:
         return ParsedTopic(fed, area, rest[0], rest[1])
     if area == "model" and (rest == [] or rest == ["delta"]):
         return ParsedTopic(fed, area, None, rest[0] if rest else "snapshot")
-    if area == "model" and len(rest) == 2 and rest[0] == "chunks" and _SHA_HEX.match(rest[1]):
+    if area == "model" and len(rest) == 2 and rest[0] == "chunks" and _SHA_HEX.fullmatch(rest[1]):
         return ParsedTopic(fed, area, None, "chunk")
     if area == "fleet" and not rest:
         return ParsedTopic(fed, area)
