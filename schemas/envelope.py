@@ -42,6 +42,8 @@ class Header:
     seq: int
     ts_ms: int
     enc: str = ENC_ZSTD
+    to: str = ""
+    """The one device a downstream message is for ("" = everyone, e.g. a model)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,9 +72,15 @@ def pack(
     seq: int,
     ts_ms: int,
     seal_to: PublicKey | None = None,
+    to: str = "",
     level: int = 3,
 ) -> bytes:
-    """Encode, compress, optionally seal, and sign ``message``."""
+    """Encode, compress, optionally seal, and sign ``message``.
+
+    ``to`` names the recipient of a message meant for one device, so a broker cannot hand
+    device A's ack or command to device B. A sealed body carries ``[fed, sender, seq]`` inside
+    the box, so nobody can re-sign another sender's sealed bytes as their own.
+    """
     try:
         body = compress(msgpack.packb(to_wire(message), use_bin_type=True), level)
     except (TypeError, ValueError, OverflowError) as exc:
@@ -80,11 +88,12 @@ def pack(
                           ) from exc
     enc = ENC_ZSTD
     if seal_to is not None:
-        body = SealedBox(seal_to).encrypt(body)
+        bound = msgpack.packb([fed, sender, seq, body], use_bin_type=True)
+        body = SealedBox(seal_to).encrypt(bound)
         enc = ENC_SEALED
     signed = msgpack.packb(
         {"v": PROTOCOL_VERSION, "type": message.TYPE, "fed": fed, "sender": sender,
-         "seq": seq, "ts_ms": ts_ms, "enc": enc, "body": body},
+         "seq": seq, "ts_ms": ts_ms, "enc": enc, "to": to, "body": body},
         use_bin_type=True,
     )
     signature = key.sign(signed).signature
@@ -154,10 +163,21 @@ def decode_body(
             raise DecodeError(Reason.MALFORMED, "sealed body but no key to open it",
                               sender=h.sender, seq=h.seq)
         try:
-            body = SealedBox(unseal).decrypt(body)
+            bound = SealedBox(unseal).decrypt(body)
         except CryptoError:
             raise DecodeError(Reason.MALFORMED, "sealed body does not open",
                               sender=h.sender, seq=h.seq) from None
+        inner = _unpack(bound, max_bin_len=limits.max_envelope_bytes,
+                        max_str_len=limits.max_string, max_array_len=4, max_map_len=0)
+        if (not isinstance(inner, list) or len(inner) != 4
+                or not isinstance(inner[3], bytes)):
+            raise DecodeError(Reason.MALFORMED, "sealed body is not [fed, sender, seq, body]",
+                              sender=h.sender, seq=h.seq)
+        if inner[:3] != [h.fed, h.sender, h.seq]:
+            raise DecodeError(Reason.SENDER_MISMATCH,
+                              "sealed body was made by another sender or for another seq",
+                              sender=h.sender, seq=h.seq)
+        body = inner[3]
     elif h.enc != ENC_ZSTD:
         raise DecodeError(Reason.MALFORMED, f"unknown body encoding {h.enc!r}",
                           sender=h.sender, seq=h.seq)
@@ -195,15 +215,26 @@ def message_type(opened: Opened) -> type[Message]:
 
 
 def check_header(
-    header: Header, *, fed: str, sender: str | None, now_ms: int, limits: Limits = DEFAULT_LIMITS
+    header: Header,
+    *,
+    fed: str,
+    sender: str | None,
+    now_ms: int,
+    limits: Limits = DEFAULT_LIMITS,
+    recipient: str | None = None,
 ) -> None:
-    """Bind a verified header to this federation, the topic's sender and the receiver's clock."""
+    """Bind a verified header to this federation, the topic's sender, the receiver's clock
+    and — for downstream messages, pass ``recipient`` — the receiving device."""
     if header.fed != fed:
         raise FedmqError(Reason.WRONG_FEDERATION, f"message for federation {header.fed!r}",
                          sender=header.sender, seq=header.seq)
     if sender is not None and header.sender != sender:
         raise FedmqError(Reason.SENDER_MISMATCH,
                          f"signed by {header.sender!r} but published as {sender!r}",
+                         sender=header.sender, seq=header.seq)
+    if recipient is not None and header.to != recipient:
+        raise FedmqError(Reason.WRONG_RECIPIENT,
+                         f"addressed to {header.to!r}, not {recipient!r}",
                          sender=header.sender, seq=header.seq)
     if header.ts_ms > now_ms + limits.max_future_skew_ms:
         raise FedmqError(Reason.FUTURE_TIMESTAMP,

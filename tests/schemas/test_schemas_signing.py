@@ -103,7 +103,7 @@ def test_a_re_signed_message_needs_the_senders_key() -> None:
 def test_signed_bytes_have_the_documented_layout() -> None:
     signed, signature = split(_status(seq=5))
     fields = msgpack.unpackb(signed)
-    assert list(fields) == ["v", "type", "fed", "sender", "seq", "ts_ms", "enc", "body"]
+    assert list(fields) == ["v", "type", "fed", "sender", "seq", "ts_ms", "enc", "to", "body"]
     assert (fields["v"], fields["type"], fields["enc"]) == (PROTOCOL_VERSION, "status", "zstd")
     assert fields["body"][:4] == b"\x28\xb5\x2f\xfd"  # a zstd frame
     assert len(signature) == 64
@@ -238,3 +238,49 @@ def test_check_header_accepts_within_skew_and_any_sender_when_none() -> None:
     check_header(_header(ts_ms=10_000 + DEFAULT_LIMITS.max_future_skew_ms), fed="f",
                  sender="dev-a", now_ms=10_000)
     check_header(_header(ts_ms=0), fed="f", sender=None, now_ms=10_000)
+
+
+def test_a_sealed_body_cannot_be_re_signed_by_another_sender() -> None:
+    """Device B copies device A's sealed update into an envelope signed by B: refused."""
+    import msgpack as _mp
+    from nacl.signing import SigningKey as _SK
+
+    from schemas import (
+        DecodeError,
+        Reason,
+        Update,
+        decode,
+        pack,
+        seal_key,
+        split,
+        unseal_key,
+    )
+
+    orch, key_a, key_b = _SK.generate(), _SK.generate(), _SK.generate()
+    update = Update(task_id="t", base_version=0, num_samples=1, tensors=[], train_loss=0.5)
+    from_a = pack(update, key=key_a, fed="f", sender="a", seq=3, ts_ms=1,
+                  seal_to=seal_key(orch.verify_key))
+    sealed = _mp.unpackb(split(from_a)[0])["body"]
+    signed_b = _mp.packb({"v": 1, "type": "update", "fed": "f", "sender": "b", "seq": 3,
+                          "ts_ms": 1, "enc": "sealed", "to": "", "body": sealed})
+    forged = _mp.packb([signed_b, key_b.sign(signed_b).signature])
+    with pytest.raises(DecodeError) as info:
+        decode(forged, key_b.verify_key, Update, unseal=unseal_key(orch))
+    assert info.value.reason is Reason.SENDER_MISMATCH
+    # the genuine one still opens
+    assert decode(from_a, key_a.verify_key, Update, unseal=unseal_key(orch))[1] == update
+
+
+def test_a_message_for_another_device_is_wrong_recipient() -> None:
+    from nacl.signing import SigningKey as _SK
+
+    from schemas import Ack, FedmqError, Reason, check_header, pack, verify
+
+    orch = _SK.generate()
+    for_a = pack(Ack(entries=[]), key=orch, fed="f", sender="orchestrator", seq=1, ts_ms=1,
+                 to="a")
+    header = verify(for_a, orch.verify_key).header
+    check_header(header, fed="f", sender="orchestrator", now_ms=1, recipient="a")
+    with pytest.raises(FedmqError) as info:
+        check_header(header, fed="f", sender="orchestrator", now_ms=1, recipient="b")
+    assert info.value.reason is Reason.WRONG_RECIPIENT

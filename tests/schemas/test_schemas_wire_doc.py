@@ -133,5 +133,5 @@ def test_every_topic_and_the_envelope_layout_are_documented(doc: str) -> None:
                      "fl/{fed}/up/{dev}/{kind}", "fl/{fed}/ops/reply/{op}"):
         assert f"`{template}`" in doc
     assert "msgpack([signed_bytes, signature])" in doc
-    assert "{v, type, fed, sender, seq, ts_ms, enc, body}" in doc
+    assert "{v, type, fed, sender, seq, ts_ms, enc, to, body}" in doc
     assert f"`v` = {PROTOCOL_VERSION}" in doc
