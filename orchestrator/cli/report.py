@@ -1,0 +1,80 @@
+"""``fedmq report``: plots and a markdown summary of a federation, from its store.
+
+    fedmq report -o DIR (--config FILE | --db PATH)
+
+Writes ``accuracy.png``, ``loss.png``, ``staleness.png``, ``participation.png``,
+``updates_per_minute.png`` and ``summary.md`` into DIR (created if needed) and prints their
+paths, one per line. The store is only read; a running orchestrator may keep writing to it.
+With ``--config`` the store is the config's ``data_dir/orchestrator.db`` and the federation id
+and metric direction come from the config. Every mistake is one line on stderr and a non-zero
+exit status: 2 for bad usage or config, 1 for failures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from pathlib import Path
+from typing import NoReturn
+
+from orchestrator.config import ConfigError, load_config
+from orchestrator.report import ReportError, write_report
+from orchestrator.store import StoreError
+
+PROG = "fedmq report"
+
+
+class _UsageError(Exception):
+    pass
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise _UsageError(message)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog=PROG, description="Write plots and a markdown summary of a "
+                     "federation from its store.")
+    parser.add_argument("-o", "--output", required=True, metavar="DIR",
+                        help="folder for the PNGs and summary.md (created if needed)")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--config", metavar="FILE", help="the orchestrator's config file")
+    source.add_argument("--db", metavar="PATH", help="the orchestrator's store file")
+    return parser
+
+
+def main(argv: list[str]) -> int:
+    try:
+        args = _parser().parse_args(argv)
+        federation: str | None = None
+        higher_is_better: bool | None = None
+        if args.config is not None:
+            config = load_config(args.config)
+            db = config.federation.store_path
+            federation = config.federation.id
+            higher_is_better = config.stopping.higher_is_better
+        else:
+            db = Path(args.db)
+    except _UsageError as exc:
+        print(f"{PROG}: error: {exc} (try '{PROG} --help')", file=sys.stderr)
+        return 2
+    except SystemExit as exc:  # --help
+        return exc.code if isinstance(exc.code, int) else 0
+    except ConfigError as exc:
+        print(f"{PROG}: config error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        result = asyncio.run(write_report(db, args.output, federation=federation,
+                                          higher_is_better=higher_is_better))
+    except (ReportError, StoreError, OSError) as exc:
+        print(f"{PROG}: error: {' '.join(str(exc).split())}", file=sys.stderr)
+        return 1
+    for path in result.files:
+        print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
