@@ -2,7 +2,8 @@
 
 One algorithm per module (:mod:`.fedbuff`, :mod:`.fedavg`), the interface in :mod:`.strategy`,
 the maths in :mod:`.reducers`, :mod:`.staleness` and :mod:`.optimizers`, the ingestion checks
-in :mod:`.validation` and the storage encoding of parameters in :mod:`.codec`.
+in :mod:`.validation`, anomaly screening and isolation in :mod:`.screening` and the storage
+encoding of parameters in :mod:`.codec`.
 """
 
 from .codec import ParamsCodecError, decode_params, encode_params
@@ -24,6 +25,16 @@ from .reducers import (
     trimmed_mean,
     weighted_mean,
 )
+from .screening import (
+    DIRECTION_OUTLIER,
+    NON_FINITE,
+    NORM_OUTLIER,
+    AnomalyScreen,
+    IsolationPolicy,
+    ScreeningStateError,
+    ScreenItem,
+    ScreenResult,
+)
 from .staleness import Constant, Hinge, Polynomial, staleness_from_config
 from .strategy import (
     AggregateResult,
@@ -37,7 +48,11 @@ from .strategy import (
 from .validation import check_delta
 
 __all__ = [
+    "DIRECTION_OUTLIER",
+    "NON_FINITE",
+    "NORM_OUTLIER",
     "AggregateResult",
+    "AnomalyScreen",
     "BufferedUpdate",
     "Constant",
     "FedAdagrad",
@@ -46,11 +61,15 @@ __all__ = [
     "FedBuff",
     "FedYogi",
     "Hinge",
+    "IsolationPolicy",
     "OptimizerStateError",
     "Params",
     "ParamsCodecError",
     "Polynomial",
     "ReducerName",
+    "ScreenItem",
+    "ScreenResult",
+    "ScreeningStateError",
     "ServerOptimizer",
     "ServerSGD",
     "StalenessFn",

@@ -2,12 +2,13 @@
 
 ``async with Store.open(path) as store:`` owns the connection. Devices and their enrollment
 secrets, replay windows, the update ledger and aggregation buffer, model versions with lineage
-and metrics, server state and the audit log live here; see :mod:`.store` for the durability
-choice and :mod:`.migrations` for schema changes.
+and metrics, server state, the audit log and the differential-privacy ledger live here; see
+:mod:`.store` for the durability choice and :mod:`.migrations` for schema changes.
 """
 
 from orchestrator.aggregation.codec import ParamsCodecError, decode_params, encode_params
 
+from ._privacy import DP_LEDGER_MODES, PrivacyCharge, PrivacyRecord
 from .errors import (
     DeviceExistsError,
     DuplicateUpdateError,
@@ -43,6 +44,7 @@ from .store import Clock, Store, wall_clock_ms
 
 __all__ = [
     "DEVICE_STATUSES",
+    "DP_LEDGER_MODES",
     "MIGRATIONS",
     "ROLES",
     "SCHEMA_VERSION",
@@ -64,6 +66,8 @@ __all__ = [
     "ModelVersion",
     "NotFoundError",
     "ParamsCodecError",
+    "PrivacyCharge",
+    "PrivacyRecord",
     "Role",
     "SchemaVersionError",
     "Store",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from orchestrator.aggregation.codec import encode_params
@@ -13,6 +13,7 @@ from schemas.tensors import Params
 
 from . import _rows
 from ._base import StoreBase
+from ._privacy import PrivacyCharge, check_charges, insert_charges
 from ._sql import UPSERT_STATE, fetchall, fetchone, not_buffered, one_of, scalar, take_from_buffer
 from .errors import InvalidStateError, NotFoundError, StoreCorruptionError
 from .records import VERSION_KINDS, ModelVersion, VersionInfo, VersionKind
@@ -53,6 +54,7 @@ class VersionMethods(StoreBase):
         dropped: Mapping[int, str] | None = None,
         server_state: Mapping[str, bytes] | None = None,
         metrics: Mapping[str, Any] | None = None,
+        privacy: Sequence[PrivacyCharge] | None = None,
     ) -> VersionInfo:
         """Create the next model version and consume the buffer, all in one transaction.
 
@@ -60,7 +62,9 @@ class VersionMethods(StoreBase):
         ``applied`` maps each consumed buffered update to its final weight: they become
         ``applied`` with this version. ``dropped`` maps buffered updates to a reason: they
         become ``rejected``. Both leave the buffer. ``server_state`` entries (optimizer
-        moments, stopping-rule state...) are upserted. A crash sees all of it or none of it.
+        moments, stopping-rule state...) are upserted. ``privacy`` charges each contributing
+        device for this version in the privacy ledger (see :meth:`record_privacy`). A crash
+        sees all of it or none of it.
 
         ``parent``: None for ``initial``; the latest version for ``aggregate``; the version
         whose parameters are republished for ``rollback``. ``arch_hash`` defaults to the
@@ -79,6 +83,8 @@ class VersionMethods(StoreBase):
         if "updates" in lineage_obj:
             raise ValueError("lineage key 'updates' is reserved (the store fills it in)")
         lineage_obj["updates"] = list(applied)
+        charges = list(privacy or ())
+        check_charges(charges)
         lineage_json = _rows.dumps(lineage_obj)
         metrics_json = _rows.dumps(metrics or {})
         blob = await asyncio.to_thread(encode_params, params)
@@ -131,6 +137,8 @@ class VersionMethods(StoreBase):
                 await conn.executemany(
                     UPSERT_STATE, [(k, bytes(v), now) for k, v in server_state.items()]
                 )
+            if charges:
+                await insert_charges(conn, version, charges, now)
         return VersionInfo(version, parent, now, kind, arch, digest,
                            _rows.loads(lineage_json, "lineage"),
                            _rows.loads(metrics_json, "metrics"))

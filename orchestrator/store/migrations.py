@@ -3,8 +3,8 @@
 The schema version is ``PRAGMA user_version``: 0 for an empty file, N after ``MIGRATIONS[:N]``.
 To change the schema, append a :class:`Migration` (never edit a released one), e.g.::
 
-    Migration(2, "privacy ledger", (
-        "ALTER TABLE devices ADD COLUMN epsilon_spent REAL NOT NULL DEFAULT 0",
+    Migration(3, "device notes", (
+        "ALTER TABLE devices ADD COLUMN notes TEXT",
     ))
 
 Statements run inside a transaction, so they cannot toggle ``PRAGMA foreign_keys``; a step that
@@ -120,8 +120,27 @@ _V1 = (
     "CREATE INDEX audit_device ON audit(device, ts_ms)",
 )
 
+# Differential privacy: each device's part in each version. No foreign key to devices: a
+# device's spend must outlive its registry row (a re-added id is the same data source). The
+# federation accountant's steps live in server_state (key "privacy.accountant"), written in
+# the same transaction as the version they account for.
+_V2 = (
+    """CREATE TABLE privacy_ledger (
+        device_id TEXT NOT NULL,
+        version INTEGER NOT NULL REFERENCES versions(version),
+        noise_multiplier REAL NOT NULL CHECK (noise_multiplier >= 0),
+        clip_norm REAL NOT NULL CHECK (clip_norm > 0),
+        mode TEXT NOT NULL CHECK (mode IN ('local', 'server')),
+        contributions INTEGER NOT NULL DEFAULT 1 CHECK (contributions >= 1),
+        ts_ms INTEGER NOT NULL,
+        PRIMARY KEY (device_id, version)
+    ) STRICT, WITHOUT ROWID""",
+    "CREATE INDEX privacy_ledger_version ON privacy_ledger(version)",
+)
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "devices, replay windows, ledger, buffer, versions, server state, audit", _V1),
+    Migration(2, "privacy ledger", _V2),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -1,0 +1,100 @@
+"""The differential-privacy settings in force, and where their state lives in the store.
+
+Client-level DP (DP-FedAvg, McMahan et al., "Learning Differentially Private Recurrent Language
+Models", ICLR 2018): every device clips its whole delta to ``clip_norm``; Gaussian noise with
+standard deviation ``noise_multiplier * clip_norm`` per contribution is added either by each
+device to its own clipped delta (``local``) or once by the orchestrator to the aggregate
+(``server``: a trusted server, see :func:`~.noise.add_server_noise`).
+
+The federation's accountant state and this policy are kept in the store's ``server_state``
+under :data:`ACCOUNTANT_STATE_KEY` and :data:`POLICY_STATE_KEY`, written in the same
+transaction as the version they account for; each device's participations are rows of the
+store's ``privacy_ledger`` table.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Literal, get_args
+
+from ._state import dump_json, load_json
+from .errors import PrivacyError, PrivacyStateError
+
+__all__ = [
+    "ACCOUNTANT_KINDS",
+    "ACCOUNTANT_STATE_KEY",
+    "DP_MODES",
+    "POLICY_STATE_KEY",
+    "AccountantKind",
+    "DpMode",
+    "DpPolicy",
+]
+
+DpMode = Literal["local", "server"]
+"""``local``: each device noises its own clipped delta; ``server``: the orchestrator noises the
+aggregate (trusted server)."""
+AccountantKind = Literal["rdp", "pld"]
+"""dp-accounting's Rényi-DP accountant (fast, a little loose) or its privacy-loss-distribution
+accountant (tight, slower: seconds per distinct sampling rate)."""
+
+DP_MODES: tuple[DpMode, ...] = get_args(DpMode)
+ACCOUNTANT_KINDS: tuple[AccountantKind, ...] = get_args(AccountantKind)
+
+ACCOUNTANT_STATE_KEY = "privacy.accountant"
+POLICY_STATE_KEY = "privacy.policy"
+
+
+def check_target_delta(delta: float) -> None:
+    if not (isinstance(delta, int | float) and 0.0 < delta < 1.0):
+        raise PrivacyError(f"target_delta must be in (0, 1), got {delta!r}")
+
+
+def _positive(name: str, value: float) -> None:
+    if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
+        raise PrivacyError(f"{name} must be a finite number > 0, got {value!r}")
+
+
+@dataclass(frozen=True)
+class DpPolicy:
+    """Client-level DP as configured. Constructing one means DP is on, so the noise
+    multiplier must be > 0 (with no noise there is nothing to account)."""
+
+    mode: DpMode
+    clip_norm: float
+    noise_multiplier: float
+    target_delta: float = 1e-5
+    epsilon_max: float | None = None
+    """Each device's own budget; a device that would exceed it is no longer selected."""
+    accountant: AccountantKind = "rdp"
+
+    def __post_init__(self) -> None:
+        if self.mode not in DP_MODES:
+            raise PrivacyError(f"mode must be one of {DP_MODES}, not {self.mode!r}")
+        if self.accountant not in ACCOUNTANT_KINDS:
+            raise PrivacyError(
+                f"accountant must be one of {ACCOUNTANT_KINDS}, not {self.accountant!r}"
+            )
+        _positive("clip_norm", self.clip_norm)
+        _positive("noise_multiplier", self.noise_multiplier)
+        check_target_delta(self.target_delta)
+        if self.epsilon_max is not None:
+            _positive("epsilon_max", self.epsilon_max)
+
+    def to_bytes(self) -> bytes:
+        return dump_json("dp_policy", asdict(self))
+
+    @classmethod
+    def from_bytes(cls, state: bytes) -> DpPolicy:
+        raw = load_json(state, "dp_policy")
+        try:
+            return cls(
+                mode=raw["mode"], clip_norm=raw["clip_norm"],
+                noise_multiplier=raw["noise_multiplier"], target_delta=raw["target_delta"],
+                epsilon_max=raw["epsilon_max"], accountant=raw["accountant"],
+            )
+        except KeyError as exc:
+            raise PrivacyStateError(f"saved DP policy lacks {exc.args[0]!r}") from None
+        except PrivacyError as exc:
+            raise PrivacyStateError(f"saved DP policy is invalid: {exc}") from None
+

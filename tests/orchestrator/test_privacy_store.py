@@ -1,0 +1,157 @@
+"""The privacy ledger in the store: the migration, charges committed with their version, and
+the accountant's state beside them, on real SQLite files."""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from orchestrator.privacy import (
+    ACCOUNTANT_STATE_KEY,
+    POLICY_STATE_KEY,
+    DeviceLedger,
+    DpPolicy,
+    FederationAccountant,
+)
+from orchestrator.store import (
+    MIGRATIONS,
+    SCHEMA_VERSION,
+    IncomingUpdate,
+    InvalidStateError,
+    NotFoundError,
+    PrivacyCharge,
+    PrivacyRecord,
+    Store,
+    StoreIntegrityError,
+)
+
+POLICY = DpPolicy(mode="server", clip_norm=1.0, noise_multiplier=1.0, epsilon_max=10.0)
+
+
+def _params(seed: int = 0) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return {"w": rng.standard_normal((4, 3)).astype(np.float32),
+            "b": rng.standard_normal(3).astype(np.float32)}
+
+
+def _tables(path: Path) -> set[str]:
+    with contextlib.closing(sqlite3.connect(path)) as raw:
+        return {r[0] for r in raw.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+
+
+async def _initial(store: Store) -> None:
+    arch = await store.put_architecture(b"softmax")
+    await store.commit_version(params=_params(), kind="initial", parent=None, arch_hash=arch)
+
+
+async def test_v1_file_upgrades_in_place(tmp_path: Path) -> None:
+    path = tmp_path / "orch.db"
+    async with Store.open(path, migrations=MIGRATIONS[:1]) as store:
+        assert store.schema_version == 1
+        await store.add_device("dev-a", secret=b"s", status="active")
+        await _initial(store)
+        await store.ingest([IncomingUpdate.accepted("dev-a", 1, 0, 10, _params(1))])
+    assert "privacy_ledger" not in _tables(path)
+
+    async with Store.open(path) as store:
+        assert store.schema_version == SCHEMA_VERSION == 2
+        # what was there survives
+        assert (await store.get_device("dev-a")) is not None
+        assert [e.sender for e in await store.buffered()] == ["dev-a"]
+        assert await store.privacy_ledger() == []
+        await store.record_privacy(0, [PrivacyCharge("dev-a", 1.0, 1.0, "local")])
+        assert await store.integrity_check() == []
+    assert "privacy_ledger" in _tables(path)
+    with contextlib.closing(sqlite3.connect(path)) as raw:
+        assert raw.execute("PRAGMA user_version").fetchone()[0] == 2
+
+
+async def test_commit_version_charges_devices_with_the_version(tmp_path: Path) -> None:
+    async with Store.open(tmp_path / "orch.db", clock=lambda: 5_000) as store:
+        await _initial(store)
+        ids = await store.ingest([
+            IncomingUpdate.accepted("dev-a", 1, 0, 10, _params(1)),
+            IncomingUpdate.accepted("dev-b", 1, 0, 10, _params(2)),
+            IncomingUpdate.accepted("dev-a", 2, 0, 10, _params(3)),
+        ])
+        entries = await store.buffered()
+        senders = [e.sender for e in entries]
+        accountant = FederationAccountant.for_policy(POLICY)
+        accountant.record_version(len(set(senders)), 5, max_contributions=2)
+        charges = PrivacyCharge.for_senders(senders, noise_multiplier=1.0, clip_norm=1.0,
+                                            mode="server")
+        assert [(c.device_id, c.contributions) for c in charges] == [("dev-a", 2), ("dev-b", 1)]
+        info = await store.commit_version(
+            params=_params(9), kind="aggregate", parent=0,
+            applied={i: 10.0 for i in ids}, privacy=charges,
+            server_state={ACCOUNTANT_STATE_KEY: accountant.state_dict(),
+                          POLICY_STATE_KEY: POLICY.to_bytes()},
+        )
+        rows = await store.privacy_ledger()
+        assert rows == [
+            PrivacyRecord("dev-a", info.version, 1.0, 1.0, "server", 2, 5_000),
+            PrivacyRecord("dev-b", info.version, 1.0, 1.0, "server", 1, 5_000),
+        ]
+        assert await store.privacy_ledger(device_id="dev-b") == rows[1:]
+        assert await store.privacy_ledger(since_version=info.version + 1) == []
+
+        saved = await store.get_server_state(ACCOUNTANT_STATE_KEY)
+        assert saved is not None
+        assert FederationAccountant.from_state(saved).epsilon() == accountant.epsilon()
+        policy_state = await store.get_server_state(POLICY_STATE_KEY)
+        assert policy_state is not None and DpPolicy.from_bytes(policy_state) == POLICY
+        # the rows feed the per-device ledger as they are
+        ledger = DeviceLedger.for_policy(POLICY, rows)
+        assert ledger.participations("dev-a") == 1
+        assert ledger.epsilon("dev-a") > ledger.epsilon("dev-b") > 0
+
+
+async def test_failed_commit_charges_nobody(tmp_path: Path) -> None:
+    async with Store.open(tmp_path / "orch.db") as store:
+        await _initial(store)
+        with pytest.raises(InvalidStateError):
+            await store.commit_version(
+                params=_params(9), kind="aggregate", parent=0, applied={41: 1.0},
+                privacy=[PrivacyCharge("dev-a", 1.0, 1.0, "server")],
+                server_state={ACCOUNTANT_STATE_KEY: b"{}"},
+            )
+        assert await store.privacy_ledger() == []
+        assert await store.get_server_state(ACCOUNTANT_STATE_KEY) is None
+        # a device charged twice in one version is refused before anything is written
+        with pytest.raises(ValueError, match="charged twice"):
+            await store.commit_version(
+                params=_params(9), kind="aggregate", parent=0,
+                privacy=[PrivacyCharge("dev-a", 1.0, 1.0, "server")] * 2,
+            )
+        assert len(await store.list_versions()) == 1
+        # callers that know nothing of privacy are unaffected
+        await store.commit_version(params=_params(8), kind="aggregate", parent=0)
+        assert await store.privacy_ledger() == []
+
+
+async def test_record_privacy_checks_version_and_duplicates(tmp_path: Path) -> None:
+    async with Store.open(tmp_path / "orch.db") as store:
+        await _initial(store)
+        with pytest.raises(NotFoundError):
+            await store.record_privacy(7, [PrivacyCharge("dev-a", 1.0, 1.0, "local")])
+        await store.record_privacy(0, [PrivacyCharge("dev-a", 1.0, 1.0, "local")],
+                                   server_state={"privacy.note": b"x"})
+        with pytest.raises(StoreIntegrityError):
+            await store.record_privacy(0, [PrivacyCharge("dev-a", 1.0, 1.0, "local")])
+        assert len(await store.privacy_ledger()) == 1
+        assert await store.get_server_state("privacy.note") == b"x"
+
+
+@pytest.mark.parametrize("fields", [
+    dict(mode="trusted"), dict(noise_multiplier=-1.0), dict(clip_norm=0.0),
+    dict(contributions=0),
+])
+def test_charge_validation(fields: dict[str, object]) -> None:
+    base: dict[str, object] = dict(device_id="d", noise_multiplier=1.0, clip_norm=1.0,
+                                   mode="local")
+    with pytest.raises(ValueError):
+        PrivacyCharge(**(base | fields))  # type: ignore[arg-type]
