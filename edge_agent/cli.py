@@ -1,0 +1,132 @@
+"""``fedmq agent run --bundle FILE --data PATH``: run one edge agent until SIGINT/SIGTERM.
+
+A user mistake (missing or malformed bundle, unreadable data, a state file of another device)
+is one readable line on stderr and exit status 2. The agent itself logs to stderr. Exit status
+1 means the orchestrator revoked the device or rejected its enrollment.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import ssl
+import sys
+from pathlib import Path
+
+from schemas import Bundle, FedmqError
+
+from .agent import Agent
+from .config import AgentConfig
+from .data import DataError, LocalData, load_local_data
+from .errors import AgentError
+from .probes import DeviceProbe, SimulatedProbe, SysfsProbe
+
+EXIT_OK, EXIT_ENDED, EXIT_USAGE = 0, 1, 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fedmq agent", description="Run an edge agent.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    run = commands.add_parser("run", help="run the agent until interrupted")
+    run.add_argument("--bundle", required=True, type=Path, help="enrollment bundle (JSON)")
+    run.add_argument("--data", required=True, type=Path, help="local data (.npz or .csv)")
+    run.add_argument("--state", type=Path,
+                     help="state file (default: <device_id>.agent.db next to the bundle)")
+    run.add_argument("--holdout", type=float, default=0.2,
+                     help="share of the data kept for evaluation (default 0.2)")
+    run.add_argument("--label-column", help="CSV label column (name or index)")
+    run.add_argument("--unlabeled", action="store_true",
+                     help="the data has no labels (autoencoder models)")
+    run.add_argument("--heartbeat", type=float, help="heartbeat seconds (overrides enrollment)")
+    run.add_argument("--ack-timeout", type=float, default=10.0,
+                     help="seconds before an unacked update is sent again (default 10)")
+    run.add_argument("--device-class", default="", help="free-form class reported in updates")
+    run.add_argument("--probe", choices=("sysfs", "simulated"), default="sysfs",
+                     help="device-state source (default sysfs)")
+    run.add_argument("--seed", type=int, help="seed for shuffling and the holdout split")
+    run.add_argument("--log-level", default="INFO",
+                     choices=("DEBUG", "INFO", "WARNING", "ERROR"), help="default INFO")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args_list = sys.argv[1:] if argv is None else argv
+    try:
+        args = _parser().parse_args(args_list)
+    except SystemExit as exc:  # argparse has printed its message
+        return int(exc.code) if isinstance(exc.code, int) else EXIT_USAGE
+    logging.basicConfig(
+        level=args.log_level, stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        bundle, data, config, state_path, tls = _prepare(args)
+    except (AgentError, DataError, FedmqError, ValueError, OSError) as exc:
+        print(f"fedmq agent: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    probe: DeviceProbe = SimulatedProbe() if args.probe == "simulated" else SysfsProbe()
+    try:
+        finished = asyncio.run(_run(bundle, data, state_path, config, probe, tls))
+    except (AgentError, DataError) as exc:
+        print(f"fedmq agent: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return EXIT_OK
+    if finished is not None:
+        print(f"fedmq agent: stopped: {finished}", file=sys.stderr)
+        return EXIT_ENDED
+    return EXIT_OK
+
+
+def _prepare(
+    args: argparse.Namespace,
+) -> tuple[Bundle, LocalData, AgentConfig, Path, ssl.SSLContext | None]:
+    try:
+        text = args.bundle.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise AgentError(f"cannot read bundle {args.bundle}: "
+                         f"{getattr(exc, 'strerror', None) or exc}") from None
+    try:
+        bundle = Bundle.from_json(text)
+    except FedmqError as exc:
+        raise AgentError(f"bad bundle {args.bundle}: {exc}") from None
+    if bundle.role != "device":
+        raise AgentError(f"bad bundle {args.bundle}: it is an {bundle.role} bundle")
+    label: str | int | None = args.label_column
+    if isinstance(label, str) and label.lstrip("-").isdigit():
+        label = int(label)
+    data = load_local_data(args.data, label_column=label, supervised=not args.unlabeled)
+    config = AgentConfig(holdout=args.holdout, heartbeat_s=args.heartbeat,
+                         ack_timeout_s=args.ack_timeout, device_class=args.device_class,
+                         seed=args.seed, exit_on_revoke=True)
+    state_path = args.state or args.bundle.with_name(f"{bundle.device_id}.agent.db")
+    tls = None
+    if bundle.tls:
+        try:
+            tls = ssl.create_default_context(cafile=bundle.ca_file or None)
+        except (OSError, ssl.SSLError) as exc:
+            raise AgentError(f"cannot load CA file {bundle.ca_file!r}: {exc}") from None
+    return bundle, data, config, state_path, tls
+
+
+async def _run(
+    bundle: Bundle,
+    data: LocalData,
+    state_path: Path,
+    config: AgentConfig,
+    probe: DeviceProbe,
+    tls: ssl.SSLContext | None,
+) -> str | None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        async with Agent(bundle, data, state_path, config=config, probe=probe,
+                         tls_context=tls) as agent:
+            return await agent.run_until(stop)
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
