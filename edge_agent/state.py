@@ -194,14 +194,14 @@ class LocalState:
         """One write transaction, serialised with every other user of the connection."""
         async with self._lock:
             db = self._conn
-            await db.execute("BEGIN IMMEDIATE")
             try:
+                await db.execute("BEGIN IMMEDIATE")
                 yield db
             except BaseException:
-                try:
-                    await db.execute("ROLLBACK")
-                except sqlite3.OperationalError:
-                    pass  # a cancelled COMMIT may already have ended the transaction
+                # aiosqlite runs statements in order on its own thread, so a BEGIN whose await
+                # was cancelled still runs; rollback() there is a no-op when nothing is open.
+                # Shielded, so a second cancellation cannot leave the transaction open.
+                await asyncio.shield(db.rollback())
                 raise
             else:
                 await db.execute("COMMIT")
