@@ -22,8 +22,8 @@ GROUPS: dict[str, tuple[str, str]] = {
     "privacy": ("orchestrator.cli.privacy", "differential-privacy budgets"),
     "audit": ("orchestrator.cli.audit", "list audit events"),
     "report": ("orchestrator.cli.report", "write plots and a summary"),
-    "simulate": ("orchestrator.cli.simulate", "run a simulated fleet of real agents"),
-    "demo": ("orchestrator.cli.demo", "run the end-to-end demo"),
+    "simulate": ("fedmq.simulate_cli", "run a simulated fleet of real agents"),
+    "demo": ("fedmq.demo", "run the end-to-end demo"),
     "bench": ("orchestrator.cli.bench", "run benchmarks"),
 }
 

@@ -2,21 +2,36 @@
 
 from __future__ import annotations
 
+import threading
+
 import zstandard
 
 from .errors import DecodeError, Reason
 
 _MAGIC = b"\x28\xb5\x2f\xfd"
-_COMPRESSORS: dict[int, zstandard.ZstdCompressor] = {}
-_DECOMPRESSOR = zstandard.ZstdDecompressor()
+# zstd contexts must not be used by two threads at once (it corrupts the heap), and receivers
+# decode in worker threads: one set of contexts per thread.
+_local = threading.local()
+
+
+def _compressor(level: int) -> zstandard.ZstdCompressor:
+    cache: dict[int, zstandard.ZstdCompressor] = _local.__dict__.setdefault("c", {})
+    comp = cache.get(level)
+    if comp is None:
+        comp = cache[level] = zstandard.ZstdCompressor(level=level, write_content_size=True)
+    return comp
+
+
+def _decompressor() -> zstandard.ZstdDecompressor:
+    dctx: zstandard.ZstdDecompressor | None = _local.__dict__.get("d")
+    if dctx is None:
+        dctx = _local.d = zstandard.ZstdDecompressor()
+    return dctx
 
 
 def compress(data: bytes, level: int = 3) -> bytes:
     """Compress ``data`` into one zstd frame that records its content size."""
-    comp = _COMPRESSORS.get(level)
-    if comp is None:
-        comp = _COMPRESSORS[level] = zstandard.ZstdCompressor(level=level, write_content_size=True)
-    return comp.compress(data)
+    return _compressor(level).compress(data)
 
 
 def decompress(data: bytes, max_size: int) -> bytes:
@@ -39,11 +54,11 @@ def decompress(data: bytes, max_size: int) -> bytes:
         )
     try:
         if size != zstandard.CONTENTSIZE_UNKNOWN:
-            out = _DECOMPRESSOR.decompress(data, max_output_size=max(size, 1))
+            out = _decompressor().decompress(data, max_output_size=max(size, 1))
             if len(out) != size:
                 raise DecodeError(Reason.BAD_COMPRESSION, "frame shorter than it declares")
             return out
-        reader = _DECOMPRESSOR.stream_reader(data, read_across_frames=False)
+        reader = _decompressor().stream_reader(data, read_across_frames=False)
         with reader:
             out = reader.read(max_size + 1)
             if len(out) > max_size:

@@ -1,0 +1,252 @@
+"""``fedmq demo``: from nothing to a trained, exported model in a few minutes.
+
+Starts Mosquitto (embedded), the orchestrator, and a simulated fleet of real agents on
+scikit-learn's ``load_digits`` split non-IID, shows live progress, stops on the stopping rule,
+then writes the report and the exported ONNX model.
+
+    fedmq demo [--devices 20] [--out demo-out] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TextIO
+
+import numpy as np
+
+from edge_agent.config import AgentConfig
+from fedmq.simulate import Fleet, FleetData, FleetSpec, provision_fleet, shard_data
+from orchestrator.broker import pick_free_port
+from orchestrator.config import Config, ConfigError, load_config
+from orchestrator.export import export_version
+from orchestrator.report import write_report
+from orchestrator.service import Orchestrator
+from orchestrator.store import Store
+
+_MARKER = ".fedmq-demo"
+
+CONFIG_TEMPLATE = """\
+# written by `fedmq demo`; edit and run it yourself with
+#   fedmq orchestrator run --config {config_path}
+[federation]
+id = "demo"
+data_dir = "orchestrator"
+heartbeat_s = 5.0
+
+[broker]
+embedded = true
+port = {port}
+
+[model]
+kind = "mlp"
+n_features = {n_features}
+n_classes = {n_classes}
+hidden = [32]
+activation = "relu"
+
+[training]
+epochs = 2
+batch_size = 16
+lr = 0.1
+codec = "int8"
+seal = true
+deadline_s = 60.0
+min_battery_pct = 15.0
+
+[aggregation]
+mode = "async"
+k = {k}
+staleness = "polynomial"
+max_staleness = 20
+server_optimizer = "sgd"
+server_lr = 1.0
+
+[selection]
+concurrency = {concurrency}
+retry_after_s = 2.0
+
+[ingest]
+synchronous = "NORMAL"
+
+[evaluation]
+dataset = "{validation}"
+
+[stopping]
+target_metric = {target}
+patience = 15
+min_delta = 0.002
+max_versions = 200
+max_wall_s = {max_wall_s}
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class DemoResult:
+    final_accuracy: float | None
+    versions: int
+    updates_accepted: int
+    updates_rejected: int
+    stop_reason: str
+    report_dir: str
+    model_path: str
+    elapsed_s: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "final_accuracy": self.final_accuracy, "versions": self.versions,
+            "updates_accepted": self.updates_accepted,
+            "updates_rejected": self.updates_rejected, "stop_reason": self.stop_reason,
+            "report_dir": self.report_dir, "model_path": self.model_path,
+            "elapsed_s": round(self.elapsed_s, 1),
+        }
+
+
+def _prepare(out: Path) -> None:
+    """A fresh output folder; refuse to wipe one that a demo did not make."""
+    if out.exists() and any(out.iterdir()):
+        if not (out / _MARKER).exists():
+            raise SystemExit(f"fedmq demo: {out} exists and was not made by fedmq demo; "
+                             "choose another --out")
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / _MARKER).write_text("made by fedmq demo\n")
+
+
+@dataclass(frozen=True, slots=True)
+class DemoSetup:
+    out: Path
+    config: Config
+    spec: FleetSpec
+    data: FleetData
+
+
+def prepare_demo(out: Path, *, devices: int = 20, k: int = 10, target: float = 0.94,
+                 max_wall_s: float = 150.0, seed: int = 0) -> DemoSetup:
+    """Files first (blocking, before the event loop runs): a fresh folder, the data shards,
+    the held-out validation set and the orchestrator config."""
+    out = out.resolve()
+    _prepare(out)
+    spec = FleetSpec(devices=devices, dataset="digits", split="dirichlet", alpha=0.5,
+                     seed=seed, battery_fraction=0.5, time_scale=60.0)
+    data = shard_data(spec)
+    np.savez(out / "validation.npz", X=data.test.X, y=data.test.y)
+    config_path = out / "orchestrator.toml"
+    config_path.write_text(CONFIG_TEMPLATE.format(
+        config_path=config_path, port=pick_free_port(), n_features=data.test.X.shape[1],
+        n_classes=data.n_classes, k=k, concurrency=max(k + k // 2, 2), target=target,
+        validation=out / "validation.npz", max_wall_s=max_wall_s))
+    return DemoSetup(out=out, config=load_config(config_path), spec=spec, data=data)
+
+
+async def run_demo(setup: DemoSetup, *, progress: TextIO = sys.stdout) -> DemoResult:
+    started = time.monotonic()
+    out, config, spec, data = setup.out, setup.config, setup.spec, setup.data
+    bundles = await provision_fleet(config, spec.device_ids())
+    print(f"fedmq demo: {spec.devices} devices on load_digits (non-IID, Dirichlet alpha=0.5), "
+          f"{len(data.test.X)} held-out test samples; output in {out}", file=progress)
+
+    async with Orchestrator(config) as orch:
+        agent_config = AgentConfig(heartbeat_s=2.0, holdout=0.2)
+        async with Fleet(bundles, data.shards, out / "agents", spec,
+                         agent_config=agent_config) as fleet:
+            await _watch(orch, fleet, progress)
+        stop_reason = orch.stopped_reason or "interrupted"
+        counters = dict(orch.counters)
+
+    store_path = config.federation.store_path
+    report = await write_report(store_path, out / "report", federation=config.federation.id)
+    model_path = out / "model.onnx"
+    async with Store.open(store_path) as store:
+        latest = await store.latest_version()
+        if latest is None:
+            raise RuntimeError("no model version was made")
+        version = await store.get_version(latest.version)
+        accuracy = version.info.metrics.get("server_metric")
+        await export_version(store, latest.version, model_path)
+        accepted = sum(n for (status, _), n in (await store.ledger_counts()).items()
+                       if status in ("buffered", "applied"))
+        rejected = sum(n for (status, _), n in (await store.ledger_counts()).items()
+                       if status in ("rejected", "quarantined"))
+    del counters, report  # the demo reports from the store, the single source of truth
+    return DemoResult(
+        final_accuracy=float(accuracy) if isinstance(accuracy, int | float) else None,
+        versions=latest.version, updates_accepted=accepted, updates_rejected=rejected,
+        stop_reason=stop_reason, report_dir=str(out / "report"), model_path=str(model_path),
+        elapsed_s=time.monotonic() - started,
+    )
+
+
+async def _watch(orch: Orchestrator, fleet: Fleet, progress: TextIO) -> None:
+    """Print a progress line per new version (and a heartbeat line now and then) until the
+    orchestrator stops the federation."""
+    stopped = asyncio.create_task(orch.wait_stopped())
+    last_version, last_print = -1, 0.0
+    last_accepted, last_t = 0, time.monotonic()
+    try:
+        while not stopped.done():
+            await asyncio.wait({stopped}, timeout=0.5)
+            now = time.monotonic()
+            version = orch.version
+            if version == last_version and now - last_print < 10:
+                continue
+            accepted = orch.counters.get("accepted", 0)
+            rate = (accepted - last_accepted) / max(now - last_t, 1e-6)
+            last_accepted, last_t = accepted, now
+            metric = await _latest_metric(orch)
+            acc = f"{metric:.3f}" if isinstance(metric, float) else "  -  "
+            print(f"  version {version:3d}  accuracy {acc}  ingest {rate:6.1f} updates/s  "
+                  f"devices online {fleet.online():2d}/{len(fleet.agents)}  "
+                  f"buffer {orch.buffered}", file=progress, flush=True)
+            last_version, last_print = version, now
+    finally:
+        stopped.cancel()
+
+
+async def _latest_metric(orch: Orchestrator) -> float | None:
+    """The newest evaluated version's server-side metric."""
+    for info in reversed((await orch.store.list_versions())[-3:]):
+        value = info.metrics.get("server_metric")
+        if isinstance(value, int | float):
+            return float(value)
+    return None
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="fedmq demo", description=__doc__.splitlines()[0])
+    parser.add_argument("--devices", type=int, default=20)
+    parser.add_argument("--out", default="demo-out", help="output folder (default demo-out)")
+    parser.add_argument("--target", type=float, default=0.94,
+                        help="stop when test accuracy reaches this (default 0.94)")
+    parser.add_argument("--max-wall-s", type=float, default=150.0)
+    parser.add_argument("--json", action="store_true",
+                        help="progress on stderr; the last stdout line is one JSON object")
+    args = parser.parse_args(argv)
+    if args.devices <= 0:
+        parser.error("--devices must be > 0")
+    progress = sys.stderr if args.json else sys.stdout
+    try:
+        setup = prepare_demo(Path(args.out), devices=args.devices, target=args.target,
+                             max_wall_s=args.max_wall_s)
+        result = asyncio.run(run_demo(setup, progress=progress))
+    except (ConfigError, OSError) as exc:
+        print(f"fedmq demo: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("fedmq demo: interrupted", file=sys.stderr)
+        return 130
+    if args.json:
+        print(json.dumps(result.to_dict()))
+    else:
+        acc = "n/a" if result.final_accuracy is None else f"{result.final_accuracy:.3f}"
+        print(f"\nfinal accuracy {acc} after {result.versions} versions "
+              f"({result.stop_reason}); updates accepted {result.updates_accepted}, "
+              f"rejected {result.updates_rejected}; {result.elapsed_s:.0f} s\n"
+              f"report: {result.report_dir}/summary.md\nmodel:  {result.model_path}")
+    return 0

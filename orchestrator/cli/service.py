@@ -1,0 +1,105 @@
+"""``fedmq orchestrator run --config FILE``: run the orchestrator service until SIGINT/SIGTERM.
+
+Prints one ``ready`` line on stdout once connected and subscribed. Every error is one line on
+stderr and a non-zero exit status (2: bad usage or config, 1: failure at run time).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from typing import NoReturn
+
+from orchestrator.architecture import ArchitectureError
+from orchestrator.broker import BrokerError
+from orchestrator.config import Config, ConfigError, load_config
+from orchestrator.evaluation import EvaluationError
+from orchestrator.keys import KeyFileError
+from orchestrator.publisher import PublishError
+from orchestrator.service import Orchestrator, OrchestratorError
+from orchestrator.store import StoreError
+
+PROG = "fedmq orchestrator"
+_RUNTIME_ERRORS = (OrchestratorError, StoreError, BrokerError, KeyFileError, ArchitectureError,
+                   EvaluationError, PublishError, OSError)
+
+
+class _UsageError(Exception):
+    pass
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise _UsageError(message)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog=PROG, description="Run the fedmq orchestrator service.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    run = commands.add_parser("run", help="run the service until SIGINT or SIGTERM")
+    run.add_argument("--config", required=True, metavar="FILE", help="TOML configuration")
+    run.add_argument("--log-level", default="info",
+                     choices=["debug", "info", "warning", "error"], help="(info)")
+    commands.add_parser("check", help="validate a configuration and exit").add_argument(
+        "--config", required=True, metavar="FILE")
+    return parser
+
+
+async def _serve(config: Config) -> None:
+    shutdown = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, shutdown.set)
+    try:
+        async with Orchestrator(config, shutdown=shutdown) as orch:
+            broker = config.broker
+            where = "embedded" if broker.embedded else f"{broker.host}:{broker.port}"
+            print(f"{PROG}: ready: federation {config.federation.id!r}, version "
+                  f"{orch.version}, broker {where}", flush=True)
+            await orch.wait_closed()
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+
+
+def main(argv: list[str]) -> int:
+    try:
+        args = _parser().parse_args(argv)
+        config = load_config(args.config)
+    except _UsageError as exc:
+        print(f"{PROG}: error: {exc} (try '{PROG} --help')", file=sys.stderr)
+        return 2
+    except SystemExit as exc:  # --help
+        return exc.code if isinstance(exc.code, int) else 0
+    except ConfigError as exc:
+        print(f"{PROG}: config error: {exc}", file=sys.stderr)
+        return 2
+    if args.command == "check":
+        print(f"{PROG}: {args.config}: ok (federation {config.federation.id!r})")
+        return 0
+    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        asyncio.run(_serve(config))
+    except Exception as exc:
+        cause = _first(exc)
+        if not isinstance(cause, _RUNTIME_ERRORS):
+            raise  # a bug: keep the traceback
+        print(f"{PROG}: error: {' '.join(str(cause).split()) or type(cause).__name__}",
+              file=sys.stderr)
+        return 1
+    return 0
+
+
+def _first(exc: BaseException) -> BaseException:
+    """The first leaf of nested exception groups (the service's TaskGroup makes them)."""
+    while isinstance(exc, BaseExceptionGroup):
+        exc = exc.exceptions[0]
+    return exc
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

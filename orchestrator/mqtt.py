@@ -1,0 +1,149 @@
+"""The orchestrator's MQTT session: one persistent MQTT 5 connection, reconnected with backoff.
+
+The client id is fixed per federation and the session is resumed (``clean_start=False`` with a
+long session expiry), so QoS 1 messages devices publish while the orchestrator is down wait in
+the broker and are delivered when it comes back. Every received message goes to one handler,
+in order; publishing while disconnected raises :class:`NotConnected` at once (callers decide:
+acks and tasks are simply re-earned, the model is republished on every connect).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import ssl
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiomqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+__all__ = ["MqttLink", "MqttSettings", "NotConnected"]
+
+log = logging.getLogger(__name__)
+
+
+class NotConnected(Exception):
+    """The link is down; the message was not published."""
+
+
+@dataclass(frozen=True)
+class MqttSettings:
+    host: str
+    port: int
+    username: str | None
+    password: str | None
+    client_id: str
+    subscriptions: Sequence[str]
+    tls: bool = False
+    ca_file: Path | None = None
+    keepalive_s: int = 30
+    session_expiry_s: int = 7 * 24 * 3600
+    publish_timeout_s: float = 30.0
+    backoff_initial_s: float = 0.2
+    backoff_max_s: float = 10.0
+
+
+class MqttLink:
+    """Run :meth:`run` as a task; it connects, subscribes, calls ``on_connect`` (as its own
+    task, so it may publish) and feeds every message to ``on_message`` until cancelled."""
+
+    def __init__(
+        self,
+        settings: MqttSettings,
+        *,
+        on_message: Callable[[aiomqtt.Message], Awaitable[None]],
+        on_connect: Callable[[], Coroutine[Any, Any, None]] | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self._settings = settings
+        self._on_message = on_message
+        self._on_connect = on_connect
+        self._rng = rng or random.Random()
+        self._client: aiomqtt.Client | None = None
+        self._connected = asyncio.Event()
+        self.connections = 0
+        """How many times the link has connected (tests watch reconnects)."""
+        self.last_error: str | None = None
+        """Why the last connection attempt or session ended (None: never failed)."""
+
+    @property
+    def connected(self) -> bool:
+        return self._client is not None
+
+    async def wait_connected(self) -> None:
+        await self._connected.wait()
+
+    async def publish(self, topic: str, payload: bytes, *, qos: int = 1,
+                      retain: bool = False) -> None:
+        client = self._client
+        if client is None:
+            raise NotConnected(f"not connected; dropped a message for {topic}")
+        try:
+            await client.publish(topic, payload, qos=qos, retain=retain,
+                                 timeout=self._settings.publish_timeout_s)
+        except aiomqtt.MqttError as exc:
+            raise NotConnected(f"publish to {topic} failed: {exc}") from exc
+
+    async def run(self) -> None:
+        delay = self._settings.backoff_initial_s
+        while True:
+            before = self.connections
+            try:
+                await self._session()
+            except aiomqtt.MqttError as exc:
+                self.last_error = str(exc) or type(exc).__name__
+                log.warning("MQTT link to %s:%d down: %s", self._settings.host,
+                            self._settings.port, self.last_error)
+            if self.connections != before:
+                delay = self._settings.backoff_initial_s  # that session did get connected
+            # jittered exponential backoff
+            await asyncio.sleep(delay * self._rng.uniform(0.5, 1.0))
+            delay = min(delay * 2, self._settings.backoff_max_s)
+
+    async def _session(self) -> None:
+        s = self._settings
+        properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+        properties.SessionExpiryInterval = s.session_expiry_s
+        tls_context = None
+        if s.tls:
+            tls_context = await asyncio.to_thread(
+                ssl.create_default_context, cafile=str(s.ca_file) if s.ca_file else None)
+        client = aiomqtt.Client(
+            s.host, s.port, username=s.username, password=s.password, identifier=s.client_id,
+            protocol=aiomqtt.ProtocolVersion.V5, clean_start=False, properties=properties,
+            keepalive=s.keepalive_s, tls_context=tls_context,
+            # unbounded: backpressure is applied by the handler, after the socket
+            max_queued_incoming_messages=0,
+        )
+        # acks of a busy group and model chunks are many concurrent publishes by design
+        client.pending_calls_threshold = 10_000
+        async with client:
+            for topic in s.subscriptions:
+                await client.subscribe(topic, qos=1)
+            self._client = client
+            self._connected.set()
+            self.connections += 1
+            hook: asyncio.Task[None] | None = None
+            if self._on_connect is not None:
+                hook = asyncio.create_task(self._on_connect(), name="mqtt-on-connect")
+                hook.add_done_callback(_log_failure)
+            try:
+                async for message in client.messages:
+                    await self._on_message(message)
+            finally:
+                self._client = None
+                self._connected.clear()
+                if hook is not None and not hook.done():
+                    hook.cancel()
+                    # wait() does not re-raise the hook's cancellation, but does ours
+                    await asyncio.wait([hook])
+
+
+def _log_failure(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("%s failed: %r", task.get_name(), task.exception())

@@ -1,0 +1,56 @@
+"""The orchestrator's own message seq counter, durable by blocks.
+
+Devices keep one replay window for everything the orchestrator sends them, so a restarted
+orchestrator must never reuse a seq. Persisting every seq would cost a write per message;
+instead the counter durably reserves a block ahead (``limit``) and hands out seqs below it
+from memory. After a crash the next run starts at the stored limit: a few seqs are skipped,
+none is reused.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+
+__all__ = ["SeqCounter"]
+
+
+class SeqCounter:
+    def __init__(
+        self,
+        *,
+        load_limit: Callable[[], Awaitable[int]],
+        save_limit: Callable[[int], Awaitable[None]],
+        block: int = 10_000,
+    ) -> None:
+        if block <= 0:
+            raise ValueError("block must be positive")
+        self._load = load_limit
+        self._save = save_limit
+        self._block = block
+        self._next: int | None = None
+        self._limit = 0
+        self._lock = asyncio.Lock()
+
+    async def start(self) -> None:
+        """Resume from the stored limit (every seq below it may have been used)."""
+        limit = await self._load()
+        self._next = self._limit = limit
+
+    async def reserve(self, n: int) -> list[int]:
+        """``n`` fresh seqs, in increasing order."""
+        if n < 0:
+            raise ValueError("n must be >= 0")
+        async with self._lock:
+            if self._next is None:
+                raise RuntimeError("SeqCounter.start() was not awaited")
+            if self._next + n > self._limit:
+                limit = self._next + n + self._block
+                await self._save(limit)  # durable before any seq below it is used
+                self._limit = limit
+            first = self._next
+            self._next += n
+            return list(range(first, first + n))
+
+    async def next(self) -> int:
+        return (await self.reserve(1))[0]

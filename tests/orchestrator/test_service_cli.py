@@ -1,0 +1,55 @@
+"""``fedmq orchestrator run|check``: errors are one line and a non-zero exit status."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from orchestrator.broker import pick_free_port
+from orchestrator.cli import service as service_cli
+
+
+def _config(tmp_path: Path, extra: str = "") -> Path:
+    path = tmp_path / "o.toml"
+    path.write_text(f"""
+[federation]
+id = "clifed"
+data_dir = "state"
+[broker]
+embedded = false
+port = {pick_free_port()}
+password = "pw"
+connect_timeout_s = 1.0
+[model]
+kind = "logistic"
+n_features = 3
+{extra}""")
+    return path
+
+
+def test_check_accepts_a_valid_config(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert service_cli.main(["check", "--config", str(_config(tmp_path))]) == 0
+    assert "ok (federation 'clifed')" in capsys.readouterr().out
+
+
+def test_config_errors_exit_2_with_one_line(tmp_path: Path,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    path = _config(tmp_path, "[aggregation]\nk = 0\n")
+    assert service_cli.main(["run", "--config", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err == ("fedmq orchestrator: config error: aggregation.k: must be > 0, got 0\n")
+
+
+def test_an_unreachable_broker_is_one_line(tmp_path: Path,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    assert service_cli.main(["run", "--config", str(_config(tmp_path)),
+                             "--log-level", "error"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("fedmq orchestrator: error: cannot connect to the MQTT broker")
+    assert "Traceback" not in "\n".join(err)
+
+
+def test_usage_errors(capsys: pytest.CaptureFixture[str]) -> None:
+    assert service_cli.main(["run"]) == 2
+    assert "--config" in capsys.readouterr().err

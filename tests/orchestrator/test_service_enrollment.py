@@ -1,0 +1,112 @@
+"""Enrollment through the running service: auto, manual approval, bad HMAC, idempotence,
+revocation — over a real Mosquitto, with the store as the witness."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+from nacl.signing import SigningKey
+
+from orchestrator.broker import MosquittoBroker
+from orchestrator.config import Config
+from orchestrator.enrollment import approve, provision, revoke
+from orchestrator.service import Orchestrator
+from schemas import EnrollStatus
+
+
+async def test_auto_enrollment_registers_the_key_and_answers_again(
+    orchestrator: Orchestrator, devices: Callable[..., Any],
+) -> None:
+    dev = await devices(orchestrator, "dev-a", enroll=False)
+    answer = await dev.enroll()
+    assert answer.status is EnrollStatus.ACTIVE
+    stored = await orchestrator.store.get_device("dev-a")
+    assert stored is not None and stored.status == "active"
+    assert stored.public_key == bytes(dev.key.verify_key)
+    assert stored.enroll_secret is None  # one-time: cleared once used
+    # the same key again: the same answer, nothing changes
+    again = await dev.enroll()
+    assert again.status is EnrollStatus.ACTIVE
+    events = [a.event for a in await orchestrator.store.list_audit(device="dev-a")]
+    assert events.count("enrolled") == 1
+
+
+async def test_another_key_for_an_enrolled_device_is_refused(
+    orchestrator: Orchestrator, devices: Callable[..., Any], broker: MosquittoBroker,
+    kit: Any,
+) -> None:
+    dev = await devices(orchestrator, "dev-b")
+    async with kit.SimDevice(dev.bundle, broker, key=SigningKey.generate()) as impostor:
+        answer = await impostor.enroll()
+    assert answer.status is EnrollStatus.REJECTED and answer.reason == "not_authorized"
+    stored = await orchestrator.store.get_device("dev-b")
+    assert stored is not None and stored.public_key == bytes(dev.key.verify_key)
+
+
+async def test_bad_hmac_is_rejected_and_audited(
+    orchestrator: Orchestrator, devices: Callable[..., Any],
+) -> None:
+    dev = await devices(orchestrator, "dev-c", enroll=False)
+    answer = await dev.enroll(secret=b"\x00" * 32)
+    assert answer.status is EnrollStatus.REJECTED and answer.reason == "bad_hmac"
+    stored = await orchestrator.store.get_device("dev-c")
+    assert stored is not None and stored.status == "pending" and stored.public_key is None
+    audit = await orchestrator.store.list_audit(device="dev-c", event="rejected")
+    assert [a.reason for a in audit] == ["bad_hmac"]
+    # the right secret still works afterwards
+    assert (await dev.enroll()).status is EnrollStatus.ACTIVE
+
+
+async def test_unknown_device_is_told_so(
+    orchestrator: Orchestrator, broker: MosquittoBroker, kit: Any,
+) -> None:
+    # a broker account but no registry row (e.g. deleted from the store)
+    bundle = await provision(orchestrator.store, orchestrator.config, "ghost",
+                             orchestrator_key=orchestrator.public_key.hex())
+    await broker.reload()
+    await orchestrator.store.delete_device("ghost")
+    async with kit.SimDevice(bundle, broker) as ghost:
+        answer = await ghost.enroll()
+    assert answer.status is EnrollStatus.REJECTED and answer.reason == "unknown_sender"
+
+
+async def test_manual_policy_holds_the_key_until_approved(
+    make_config: Callable[..., Config], devices: Callable[..., Any],
+) -> None:
+    config = make_config(federation={"enrollment": "manual"})
+    async with Orchestrator(config, store_synchronous="NORMAL") as orch:
+        dev = await devices(orch, "dev-m", enroll=False)
+        answer = await dev.enroll()
+        assert answer.status is EnrollStatus.AWAITING_APPROVAL
+        # not active yet: its status gets no task
+        await dev.status(battery_pct=90.0)
+        await asyncio.sleep(0.5)
+        assert dev.down["task"].empty()
+        await approve(orch.store, "dev-m")
+        assert (await dev.enroll()).status is EnrollStatus.ACTIVE
+        # the service picks the approval up through the registry generation (about 1 s)
+        async with asyncio.timeout(5):
+            while True:
+                await dev.status(battery_pct=90.0)
+                try:
+                    task = await dev.next("task", within=1.5)
+                    break
+                except TimeoutError:
+                    continue
+        assert task.TYPE == "task"
+
+
+async def test_revoked_device_enroll_is_refused_and_its_credential_removed(
+    orchestrator: Orchestrator, devices: Callable[..., Any], broker: MosquittoBroker,
+) -> None:
+    dev = await devices(orchestrator, "dev-r")
+    await revoke(orchestrator.store, orchestrator.config, "dev-r", reason="stolen")
+    assert "dev-r" not in broker.password_file.read_text()
+    await broker.reload()
+    stored = await orchestrator.store.get_device("dev-r")
+    assert stored is not None and stored.status == "revoked"
+    audit = await orchestrator.store.list_audit(device="dev-r", event="revoked")
+    assert audit and audit[0].reason == "stolen"
+    del dev
