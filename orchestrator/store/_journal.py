@@ -12,7 +12,15 @@ import aiosqlite
 
 from . import _rows
 from ._base import StoreBase
-from ._sql import ACCEPTED, INSERT_AUDIT, audit_row, fetchall, in_clause, scalar
+from ._sql import (
+    ACCEPTED,
+    INSERT_AUDIT,
+    audit_row,
+    fetchall,
+    filtered_select,
+    in_clause,
+    scalar,
+)
 from .errors import StoreCorruptionError
 from .records import AuditEvent, AuditRecord
 
@@ -57,13 +65,8 @@ class JournalMethods(StoreBase):
         if actor is not None:
             where.append("actor = ?")
             args.append(actor)
-        sql = f"SELECT {_rows.AUDIT_COLUMNS} FROM audit"
-        if where:
-            sql += " WHERE " + " AND ".join(where)
-        sql += " ORDER BY id DESC" if newest_first else " ORDER BY id"
-        if limit is not None:
-            sql += " LIMIT ?"
-            args.append(limit)
+        sql, args = filtered_select(_rows.AUDIT_COLUMNS, "audit", where, args,
+                                    newest_first=newest_first, limit=limit)
         async with self._read() as conn:
             rows = await fetchall(conn, sql, args)
         return [_rows.audit(r) for r in rows]

@@ -53,6 +53,21 @@ def marks(n: int) -> str:
     return ", ".join("?" * n)
 
 
+def filtered_select(
+    columns: str, table: str, where: Sequence[str], args: list[Any], *,
+    newest_first: bool, limit: int | None,
+) -> tuple[str, list[Any]]:
+    """``SELECT columns FROM table [WHERE a AND b] ORDER BY id [DESC] [LIMIT ?]``."""
+    sql = f"SELECT {columns} FROM {table}"
+    if where:
+        sql += " WHERE " + " AND ".join(where)
+    sql += " ORDER BY id DESC" if newest_first else " ORDER BY id"
+    if limit is not None:
+        sql += " LIMIT ?"
+        args = [*args, limit]
+    return sql, args
+
+
 def in_clause(column: str, values: str | Collection[str]) -> tuple[str, list[Any]]:
     vals = [values] if isinstance(values, str) else list(values)
     return f"{column} IN ({marks(len(vals))})", vals

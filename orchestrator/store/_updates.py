@@ -19,6 +19,7 @@ from ._sql import (
     INSERT_AUDIT,
     UPSERT_WINDOW,
     fetchall,
+    filtered_select,
     in_clause,
     marks,
     one_of,
@@ -166,13 +167,8 @@ class UpdateMethods(StoreBase):
         if applied_version is not None:
             where.append("applied_version = ?")
             args.append(applied_version)
-        sql = f"SELECT {_rows.LEDGER_COLUMNS} FROM updates"
-        if where:
-            sql += " WHERE " + " AND ".join(where)
-        sql += " ORDER BY id DESC" if newest_first else " ORDER BY id"
-        if limit is not None:
-            sql += " LIMIT ?"
-            args.append(limit)
+        sql, args = filtered_select(_rows.LEDGER_COLUMNS, "updates", where, args,
+                                    newest_first=newest_first, limit=limit)
         async with self._read() as conn:
             rows = await fetchall(conn, sql, args)
         return [_rows.ledger(r) for r in rows]
