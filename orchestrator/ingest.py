@@ -44,6 +44,7 @@ __all__ = [
     "RawBatch",
     "Reject",
     "SenderView",
+    "incoming_rows",
     "process_group",
     "to_incoming",
 ]
@@ -231,9 +232,10 @@ def fast_norm(delta: Mapping[str, np.ndarray]) -> float:
     """Global L2 norm of finite float32 tensors: float32 BLAS dot products (about 100x faster
     than a float64 copy per update); float64 only if the float32 sum overflows."""
     total = 0.0
-    for value in delta.values():
-        flat = value.reshape(-1)
-        total += float(np.dot(flat, flat))
+    with np.errstate(over="ignore"):  # an overflow is expected and handled below
+        for value in delta.values():
+            flat = value.reshape(-1)
+            total += float(np.dot(flat, flat))
     if math.isfinite(total):
         return math.sqrt(total)
     return global_norm(delta)  # huge but finite values: exact, and may well be inf
@@ -341,6 +343,23 @@ def to_incoming(result: BatchResult) -> list[IncomingUpdate]:
                 meta={"detail": o.detail[:500], "authentic": o.seq is not None},
             ))
     return rows
+
+
+def incoming_rows(result: GroupResult) -> tuple[list[IncomingUpdate], list[Params | None]]:
+    """Ledger rows of a judged group (:func:`to_incoming` of each batch) and, aligned with
+    them, each accepted row's decoded float32 delta (None for the other rows)."""
+    rows: list[IncomingUpdate] = []
+    deltas: list[Params | None] = []
+    for batch in result.batches:
+        rows.extend(to_incoming(batch))
+        if batch.failure is not None:
+            deltas.append(None)
+            continue
+        deltas.extend(o.delta if isinstance(o, Accept) else None
+                      for o in batch.outcomes if not isinstance(o, Duplicate))
+    if len(rows) != len(deltas):  # pragma: no cover - to_incoming's contract
+        raise AssertionError("ledger rows and deltas out of step")
+    return rows, deltas
 
 
 def _provenance(u: Update, header: Header) -> dict[str, Any]:

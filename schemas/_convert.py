@@ -98,6 +98,11 @@ def _convert(value: Any, tp: Any, limits: Limits, path: str) -> Any:
         return out
     if isinstance(tp, type):
         if dataclasses.is_dataclass(tp):
+            plan = _flat_plan(tp)
+            if plan is not None and type(value) is dict:
+                fast = _convert_flat(value, tp, plan, limits)
+                if fast is not None:
+                    return fast
             if not isinstance(value, dict):
                 raise ValidationError(f"expected a map for {tp.__name__}", path=path)
             kwargs = {}
@@ -142,6 +147,69 @@ def _convert(value: Any, tp: Any, limits: Limits, path: str) -> Any:
                 raise ValidationError("expected bytes", path=path)
             return value
     raise ValidationError(f"unsupported schema type {tp!r}", path=path)  # pragma: no cover
+
+
+# -- fast path for flat dataclasses -------------------------------------------------------------
+#
+# A dataclass whose fields are all scalars, enums or list[int] (EncodedTensor, the bulk of every
+# update) is checked with exact type tests and no per-field path strings: several times faster
+# than the generic walk. It only ever accepts what the generic walk accepts; on anything unusual
+# it gives up (None) and the generic walk runs, so errors and their paths are unchanged.
+
+_SCALARS = (str, int, bytes, bool)
+_Plan = tuple[tuple[str, Any, bool], ...]
+
+
+@cache
+def _flat_plan(cls: type) -> _Plan | None:
+    plan = []
+    for name, ftp, has_default in _fields(cls):
+        if ftp in _SCALARS:
+            kind: Any = ftp
+        elif isinstance(ftp, type) and issubclass(ftp, enum.Enum):
+            kind = ftp
+        elif typing.get_origin(ftp) is list and typing.get_args(ftp) == (int,):
+            kind = list
+        else:
+            return None
+        plan.append((name, kind, has_default))
+    return tuple(plan)
+
+
+def _convert_flat(value: dict[Any, Any], cls: type, plan: _Plan, limits: Limits) -> Any:
+    kwargs: dict[str, Any] = {}
+    for name, kind, has_default in plan:
+        if name not in value:
+            if has_default:
+                continue
+            return None
+        v = value[name]
+        if kind is list:
+            if type(v) is not list or len(v) > limits.max_list:
+                return None
+            for d in v:
+                if type(d) is not int or not _INT64_MIN <= d <= _INT64_MAX:
+                    return None
+            v = list(v)
+        elif kind is str:
+            if type(v) is not str or len(v) > limits.max_string:
+                return None
+        elif kind is int:
+            if type(v) is not int or not _INT64_MIN <= v <= _INT64_MAX:
+                return None
+        elif kind is bytes or kind is bool:
+            if type(v) is not kind:
+                return None
+        else:  # an enum
+            try:
+                v = kind(v)
+            except Exception:  # the generic walk reports it
+                return None
+        kwargs[name] = v
+    try:
+        return cls(**kwargs)
+    except Exception:  # e.g. __post_init__ refuses: the generic walk reports it
+        return None
 
 
 def _check_any(value: Any, limits: Limits, path: str, depth: int) -> Any:

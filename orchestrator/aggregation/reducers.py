@@ -3,7 +3,8 @@
 Weighted mean honours the weights. The robust reducers (coordinate median, trimmed mean)
 deliberately ignore them: weights come from sample counts that each device reports about
 itself, so a weighted median would let one liar buy the majority it is meant to be robust to.
-Norms are accumulated in float64; results keep the input dtype (float32).
+Norms of float32 deltas use float32 dot products (float64 only on overflow); results keep
+the input dtype (float32).
 """
 
 from __future__ import annotations
@@ -43,12 +44,30 @@ def check_same_structure(deltas: Sequence[Mapping[str, np.ndarray]]) -> None:
 
 
 def global_norm(delta: Mapping[str, np.ndarray]) -> float:
-    """L2 norm over all tensors together (NaN/inf propagate)."""
+    """L2 norm over all tensors together (NaN/inf propagate).
+
+    Float32 tensors are summed with float32 BLAS dot products, each tensor's sum of squares
+    added up in a Python float: no float64 copy of the delta (that copy cost about 0.9 ms per
+    100k-parameter update, most of aggregation's time). Only when a float32 sum overflows
+    (huge but finite values) is it recomputed in float64, so the result is still exact then.
+    """
     total = 0.0
     for arr in delta.values():
-        flat = np.asarray(arr, dtype=np.float64).ravel()
-        total += float(np.dot(flat, flat))
+        flat = np.asarray(arr).ravel()
+        if flat.dtype == np.float32:
+            with np.errstate(over="ignore", invalid="ignore"):  # overflow is handled below
+                part = float(np.dot(flat, flat))
+            if math.isinf(part) and np.all(np.isfinite(flat)):
+                part = _sum_squares64(flat)
+        else:
+            part = _sum_squares64(flat)
+        total += part
     return math.sqrt(total)
+
+
+def _sum_squares64(flat: np.ndarray) -> float:
+    wide = np.asarray(flat, dtype=np.float64)
+    return float(np.dot(wide, wide))
 
 
 def clip_by_norm(delta: Mapping[str, np.ndarray], max_norm: float) -> tuple[Params, float]:
@@ -74,8 +93,9 @@ def cosine(a: Mapping[str, np.ndarray], b: Mapping[str, np.ndarray]) -> float:
     check_same_structure([a, b])
     dot = 0.0
     for name, x in a.items():
-        dot += float(np.dot(np.asarray(x, np.float64).ravel(),
-                            np.asarray(b[name], np.float64).ravel()))
+        # float32 BLAS per tensor, summed in a Python float (no float64 copies, as above)
+        with np.errstate(over="ignore", invalid="ignore"):
+            dot += float(np.dot(np.asarray(x).ravel(), np.asarray(b[name]).ravel()))
     na, nb = global_norm(a), global_norm(b)
     if na == 0.0 or nb == 0.0:
         return 0.0
@@ -98,9 +118,14 @@ def weighted_mean(
     out: Params = {}
     for name, ref in deltas[0].items():
         acc = np.zeros(ref.shape, dtype=np.float64)
+        # one float64 scratch buffer per tensor instead of two fresh temporaries per delta
+        # (``wi * d.astype(float64)``), which on a busy host cost page faults on every call;
+        # the arithmetic is unchanged (both factors in float64), so are the result's bits
+        scratch = np.empty(ref.shape, dtype=np.float64)
         for wi, d in zip(w, deltas, strict=True):
             if wi:
-                acc += wi * np.asarray(d[name], dtype=np.float64)
+                np.multiply(d[name], wi, out=scratch, dtype=np.float64)
+                acc += scratch
         out[name] = (acc / total).astype(ref.dtype)
     return out
 

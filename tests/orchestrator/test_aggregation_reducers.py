@@ -109,3 +109,33 @@ def test_cosine() -> None:
     assert cosine(a, neg) == pytest.approx(-1.0)
     assert cosine(a, ortho) == 0.0
     assert cosine(a, zero) == 0.0
+
+
+def test_global_norm_of_float32_is_exact_past_float32_overflow() -> None:
+    huge = np.full(4, 1e30, np.float32)  # squares overflow float32, not float64
+    assert global_norm({"a": huge}) == pytest.approx(2e30)
+    assert global_norm({"a": np.array([np.inf], np.float32)}) == float("inf")
+    mixed = {"a": np.array([3.0], np.float32), "b": np.array([4.0], np.float64)}
+    assert global_norm(mixed) == 5.0
+    rng = np.random.default_rng(1)
+    big = {"w": rng.standard_normal(100_000).astype(np.float32)}
+    exact = float(np.sqrt(np.sum(big["w"].astype(np.float64) ** 2)))
+    assert global_norm(big) == pytest.approx(exact, rel=1e-6)
+
+
+def test_weighted_mean_is_bit_for_bit_the_float64_formula() -> None:
+    rng = np.random.default_rng(7)
+    deltas = [{"w": rng.standard_normal((50, 4)).astype(np.float32),
+               "s": np.asarray(rng.standard_normal(), np.float32)} for _ in range(9)]
+    weights = [float(x) for x in rng.random(9) * 40]
+    weights[3] = 0.0
+    w = np.asarray(weights, np.float64)
+    got = weighted_mean(deltas, weights)
+    for name in ("w", "s"):
+        acc = np.zeros(deltas[0][name].shape, np.float64)
+        for wi, d in zip(w, deltas, strict=True):
+            if wi:
+                acc += wi * d[name].astype(np.float64)
+        expected = (acc / float(w.sum())).astype(np.float32)
+        assert got[name].dtype == np.float32 and got[name].shape == expected.shape
+        assert np.array_equal(got[name], expected)

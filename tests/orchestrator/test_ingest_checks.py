@@ -15,6 +15,7 @@ from orchestrator.ingest import (
     RawBatch,
     Reject,
     SenderView,
+    incoming_rows,
     process_group,
     to_incoming,
 )
@@ -105,6 +106,23 @@ def test_content_rejections_use_up_the_seq() -> None:
     rows = to_incoming(result.batches[0])
     assert {r.status for r in rows} == {"rejected"} and rows[4].base_version == 0
     assert all(e.outcome is AckOutcome.REJECTED for e in result.batches[0].ack_entries())
+
+
+def test_incoming_rows_pair_each_ledger_row_with_its_accepted_delta() -> None:
+    good = _delta(0.2)
+    nan = _delta()
+    nan["b0"][0] = np.nan
+    first = _update(1, good)
+    result, _ = _run(first, first, _update(2, nan), _update(3))
+    assert _reasons(result) == ["Accept", "Duplicate", "non_finite", "Accept"]
+    rows, deltas = incoming_rows(result)
+    assert [r.status for r in rows] == ["buffered", "rejected", "buffered"]
+    assert deltas[1] is None
+    for delta, outcome in zip((deltas[0], deltas[2]), (result.batches[0].outcomes[0],
+                                                       result.batches[0].outcomes[3]),
+                              strict=True):
+        assert isinstance(outcome, Accept) and delta is outcome.delta
+    assert np.array_equal(deltas[0]["W0"], good["W0"])
 
 
 def test_authenticity_and_binding_rejections_do_not_mark() -> None:
