@@ -1,0 +1,239 @@
+"""``fedmq model``: model versions — list, show, roll back, export.
+
+    fedmq model list --config FILE [--json]
+    fedmq model show V --config FILE [--json]
+    fedmq model rollback V --config FILE [--wait SECONDS] [--json]
+    fedmq model export V -o model.onnx --config FILE
+
+``show`` prints a version's lineage (parent, kind, ancestors), its contributors (the applied
+updates, by device) and its metrics. ``rollback`` asks the orchestrator to republish V's
+weights as a new version: the request goes into the store, the running service applies it
+within about a second (or at its next start) and publishes it, and agents follow; with
+``--wait`` the command waits for the new version and prints it. ``export`` writes a plain
+ONNX inference model (parameters baked in, input ``X``) that onnxruntime runs with nothing
+from fedmq installed. Every mistake is one line on stderr and a non-zero exit status: 2 for
+bad usage, 1 for failures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import json
+import sys
+import time
+from collections import Counter
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, NoReturn
+
+from orchestrator.config import Config, ConfigError, load_config
+from orchestrator.export import ExportError, export_version
+from orchestrator.models.export import ExportError as GraphExportError
+from orchestrator.rollback import RollbackError, request_rollback, rollback_result
+from orchestrator.store import Store, StoreError, VersionInfo
+
+PROG = "fedmq model"
+_WAIT_POLL_S = 0.2
+_SUMMARY_METRICS = ("server_metric", "server_loss", "federated_metric", "updates")
+
+
+class _UsageError(Exception):
+    pass
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise _UsageError(message)
+
+
+def _version_arg(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a version number: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"a version is >= 0, got {value}")
+    return value
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog=PROG, description="List, show, roll back and export model versions.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    listing = commands.add_parser("list", help="every version with its key metrics")
+    show = commands.add_parser("show", help="one version: lineage, contributors, metrics")
+    show.add_argument("version", type=_version_arg, metavar="V")
+    rollback = commands.add_parser("rollback", help="republish V's weights as a new version")
+    rollback.add_argument("version", type=_version_arg, metavar="V")
+    rollback.add_argument("--wait", type=float, default=0.0, metavar="SECONDS",
+                          help="wait up to this long for the service to apply it")
+    export = commands.add_parser("export", help="write V as a plain ONNX inference model")
+    export.add_argument("version", type=_version_arg, metavar="V")
+    export.add_argument("-o", "--output", required=True, metavar="FILE")
+    for sub in (listing, show, rollback, export):
+        sub.add_argument("--config", required=True, metavar="FILE", help="orchestrator config")
+    for sub in (listing, show, rollback):
+        sub.add_argument("--json", action="store_true", help="JSON on stdout")
+    return parser
+
+
+# -- commands ----------------------------------------------------------------------------------
+
+
+async def _list(store: Store, args: argparse.Namespace) -> int:
+    versions = await store.list_versions()
+    if args.json:
+        print(json.dumps([_info_dict(v) for v in versions]))
+        return 0
+    print(f"{'version':>7}  {'kind':<9} {'parent':>6}  {'created (UTC)':<19}  metrics")
+    for v in versions:
+        parent = "-" if v.parent is None else str(v.parent)
+        print(f"{v.version:>7}  {v.kind:<9} {parent:>6}  {_when(v.created_ms):<19}  "
+              f"{_summary(v.metrics)}")
+    return 0
+
+
+async def _show(store: Store, args: argparse.Namespace) -> int:
+    model = await store.get_version(args.version)
+    info = model.info
+    applied = await store.ledger(applied_version=info.version)
+    contributors = Counter(e.sender for e in applied if e.sender is not None)
+    samples: Counter[str] = Counter()
+    for e in applied:
+        if e.sender is not None and e.num_samples is not None:
+            samples[e.sender] += e.num_samples
+    ancestors = await _ancestors(store, info)
+    if args.json:
+        print(json.dumps({
+            **_info_dict(info), "ancestors": ancestors,
+            "contributors": [{"device": d, "updates": n, "samples": samples[d]}
+                             for d, n in sorted(contributors.items())],
+            "updates": len(applied)}))
+        return 0
+    parent = "none" if info.parent is None else f"v{info.parent}"
+    print(f"version {info.version} ({info.kind}), parent {parent}, created "
+          f"{_when(info.created_ms)} UTC")
+    print(f"params sha256 {info.params_sha256}, architecture {info.arch_hash[:16]}")
+    print("lineage: " + " <- ".join(f"v{v}" for v in [info.version, *ancestors]))
+    extra = {k: v for k, v in info.lineage.items() if k not in ("updates", "staleness")}
+    if extra:
+        print(f"  {json.dumps(extra, sort_keys=True)}")
+    print(f"contributors: {len(contributors)} device(s), {len(applied)} update(s)")
+    for device, n in sorted(contributors.items()):
+        print(f"  {device}: {n} update(s), {samples[device]} samples")
+    print("metrics:")
+    for key, value in sorted(info.metrics.items()):
+        if isinstance(value, dict):
+            value = json.dumps(value, sort_keys=True)
+        elif isinstance(value, float):
+            value = f"{value:.6g}"
+        print(f"  {key}: {value}")
+    return 0
+
+
+async def _rollback(store: Store, args: argparse.Namespace) -> int:
+    request = await request_rollback(store, args.version, actor=_operator(),
+                                     now_ms=int(time.time() * 1000))
+    made: int | None = None
+    if args.wait > 0:
+        deadline = time.monotonic() + args.wait
+        while made is None and time.monotonic() < deadline:
+            await asyncio.sleep(_WAIT_POLL_S)
+            made = await rollback_result(store, request.request_id)
+        if made is None:
+            raise RollbackError(f"rollback to v{args.version} requested (id "
+                                f"{request.request_id}) but not applied within {args.wait:g}s;"
+                                " is the orchestrator running?")
+    if args.json:
+        print(json.dumps({"rollback_of": args.version, "request_id": request.request_id,
+                          "version": made}))
+    elif made is None:
+        print(f"rollback to v{args.version} requested (id {request.request_id}); the "
+              "orchestrator applies it within about a second, or when it next starts")
+    else:
+        print(f"rolled back: v{made} republishes v{args.version}'s weights")
+    return 0
+
+
+async def _export(store: Store, args: argparse.Namespace) -> int:
+    out = await export_version(store, args.version, args.output)
+    print(f"wrote v{args.version} to {out}")
+    return 0
+
+
+_COMMANDS = {"list": _list, "show": _show, "rollback": _rollback, "export": _export}
+
+
+# -- helpers -----------------------------------------------------------------------------------
+
+
+async def _ancestors(store: Store, info: VersionInfo, limit: int = 20) -> list[int]:
+    by_version = {v.version: v for v in await store.list_versions()}
+    chain: list[int] = []
+    parent = info.parent
+    while parent is not None and len(chain) < limit:
+        chain.append(parent)
+        parent = by_version[parent].parent if parent in by_version else None
+    return chain
+
+
+def _info_dict(v: VersionInfo) -> dict[str, Any]:
+    return {"version": v.version, "kind": v.kind, "parent": v.parent,
+            "created_ms": v.created_ms, "arch_hash": v.arch_hash,
+            "params_sha256": v.params_sha256,
+            "lineage": {k: x for k, x in v.lineage.items() if k != "staleness"},
+            "metrics": v.metrics}
+
+
+def _summary(metrics: dict[str, Any]) -> str:
+    parts = []
+    for key in _SUMMARY_METRICS:
+        value = metrics.get(key)
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            parts.append(f"{key}={value:.4g}")
+    return " ".join(parts) or "-"
+
+
+def _when(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _operator() -> str:
+    try:
+        return f"cli:{getpass.getuser()}"
+    except (OSError, KeyError):  # no login name (containers)
+        return "cli"
+
+
+async def _run(config: Config, args: argparse.Namespace) -> int:
+    path = config.federation.store_path
+    # opening creates a missing database: reading commands must not
+    if not await asyncio.to_thread(Path(path).is_file):
+        raise StoreError(f"no orchestrator database at {path} (has the orchestrator run?)")
+    async with Store.open(path) as store:
+        return await _COMMANDS[args.command](store, args)
+
+
+def main(argv: list[str]) -> int:
+    try:
+        args = _parser().parse_args(argv)
+        config = load_config(args.config)
+    except _UsageError as exc:
+        print(f"{PROG}: error: {exc} (try '{PROG} --help')", file=sys.stderr)
+        return 2
+    except SystemExit as exc:  # --help
+        return exc.code if isinstance(exc.code, int) else 0
+    except ConfigError as exc:
+        print(f"{PROG}: config error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        return asyncio.run(_run(config, args))
+    except (StoreError, RollbackError, ExportError, GraphExportError, OSError) as exc:
+        print(f"{PROG}: error: {' '.join(str(exc).split())}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
