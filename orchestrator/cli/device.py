@@ -4,11 +4,13 @@
     fedmq device approve ID --config FILE
     fedmq device revoke ID --config FILE [--reason TEXT]
     fedmq device list --config FILE [--json]
+    fedmq device reinstate ID --config FILE [--reason TEXT]
 
 ``add`` writes the enrollment bundle (default ``ID.bundle.json``; ``-o -`` for stdout) with
 mode 0600 and adds the device's broker credential; ``revoke`` removes it. Both reload a running
-broker. A running orchestrator notices every change within about a second. Every mistake is
-one line on stderr and a non-zero exit status: 2 for bad usage, 1 for failures.
+broker. ``reinstate`` makes a device that screening isolated active again. A running
+orchestrator notices every change within about a second. Every mistake is one line on stderr
+and a non-zero exit status: 2 for bad usage, 1 for failures.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from orchestrator.enrollment import (
     write_private,
 )
 from orchestrator.keys import KeyFileError, load_or_create_key, public_key_hex
+from orchestrator.robust import reinstate_device
 from orchestrator.store import Device, Store, StoreError
 from schemas.signing import key_id
 from schemas.topics import valid_id
@@ -49,7 +52,8 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog=PROG, description="Enroll, approve, revoke and list devices.")
+    parser = _Parser(prog=PROG,
+                     description="Enroll, approve, revoke, reinstate and list devices.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     add = commands.add_parser("add", help="create a device and write its enrollment bundle")
@@ -60,11 +64,12 @@ def _parser() -> argparse.ArgumentParser:
     add.add_argument("--role", choices=["device", "operator"], default="device")
 
     for name, text in (("approve", "activate a device whose key awaits approval"),
-                       ("revoke", "disable a device's key and broker credential")):
+                       ("revoke", "disable a device's key and broker credential"),
+                       ("reinstate", "make a device isolated by screening active again")):
         cmd = commands.add_parser(name, help=text)
         cmd.add_argument("device_id", metavar="ID")
         cmd.add_argument("--config", required=True, metavar="FILE")
-        if name == "revoke":
+        if name in ("revoke", "reinstate"):
             cmd.add_argument("--reason", default="", help="recorded in the audit log")
 
     list_ = commands.add_parser("list", help="list devices")
@@ -145,7 +150,15 @@ async def _list(config: Config, args: argparse.Namespace) -> int:
     return 0
 
 
-_COMMANDS = {"add": _add, "approve": _approve, "revoke": _revoke, "list": _list}
+async def _reinstate(config: Config, args: argparse.Namespace) -> int:
+    async with _open_store(config) as store:
+        await reinstate_device(store, args.device_id, reason=args.reason)
+    print(f"{PROG}: reinstated {args.device_id!r}", file=sys.stderr)
+    return 0
+
+
+_COMMANDS = {"add": _add, "approve": _approve, "revoke": _revoke, "list": _list,
+             "reinstate": _reinstate}
 
 
 def main(argv: list[str]) -> int:
