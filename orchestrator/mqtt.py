@@ -46,6 +46,10 @@ class MqttSettings:
     publish_timeout_s: float = 30.0
     backoff_initial_s: float = 0.2
     backoff_max_s: float = 10.0
+    receive_maximum: int = 16
+    """MQTT 5 Receive Maximum: at most this many QoS 1 messages are unacknowledged at once.
+    A message is acknowledged (PUBACK) only once ``on_message`` has returned, so a handler
+    that blocks (a full ingest queue) makes the broker hold the rest: bounded memory here."""
 
 
 class MqttLink:
@@ -79,12 +83,13 @@ class MqttLink:
         await self._connected.wait()
 
     async def publish(self, topic: str, payload: bytes, *, qos: int = 1,
-                      retain: bool = False) -> None:
+                      retain: bool = False, properties: Properties | None = None) -> None:
+        """``properties``: MQTT 5 PUBLISH properties (e.g. correlation data of a reply)."""
         client = self._client
         if client is None:
             raise NotConnected(f"not connected; dropped a message for {topic}")
         try:
-            await client.publish(topic, payload, qos=qos, retain=retain,
+            await client.publish(topic, payload, qos=qos, retain=retain, properties=properties,
                                  timeout=self._settings.publish_timeout_s)
         except aiomqtt.MqttError as exc:
             raise NotConnected(f"publish to {topic} failed: {exc}") from exc
@@ -109,6 +114,7 @@ class MqttLink:
         s = self._settings
         properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         properties.SessionExpiryInterval = s.session_expiry_s
+        properties.ReceiveMaximum = s.receive_maximum
         tls_context = None
         if s.tls:
             tls_context = await asyncio.to_thread(
@@ -117,9 +123,12 @@ class MqttLink:
             s.host, s.port, username=s.username, password=s.password, identifier=s.client_id,
             protocol=aiomqtt.ProtocolVersion.V5, clean_start=False, properties=properties,
             keepalive=s.keepalive_s, tls_context=tls_context,
-            # unbounded: backpressure is applied by the handler, after the socket
+            # never drop: Receive Maximum and the manual acks below bound this queue
             max_queued_incoming_messages=0,
         )
+        # paho would PUBACK on receipt, and the broker would keep sending however far behind
+        # the handler is; aiomqtt exposes no switch for this, hence its paho client
+        client._client.manual_ack_set(True)
         # acks of a busy group and model chunks are many concurrent publishes by design
         client.pending_calls_threshold = 10_000
         async with client:
@@ -135,6 +144,7 @@ class MqttLink:
             try:
                 async for message in client.messages:
                     await self._on_message(message)
+                    client._client.ack(message.mid, message.qos)
             finally:
                 self._client = None
                 self._connected.clear()
