@@ -4,7 +4,10 @@ Starts Mosquitto (embedded), the orchestrator, and a simulated fleet of real age
 scikit-learn's ``load_digits`` split non-IID, shows live progress, stops on the stopping rule,
 then writes the report and the exported ONNX model.
 
-    fedmq demo [--devices 20] [--out demo-out] [--json]
+    fedmq demo [--devices 20] [--out demo-out] [--dp] [--json]
+
+``--dp`` turns on client-level differential privacy (noise multiplier 1.0, clip norm 1.0,
+noise added by the orchestrator to each aggregate) and prints the federation's epsilon.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from fedmq.simulate import Fleet, FleetData, FleetSpec, provision_fleet, shard_d
 from orchestrator.broker import pick_free_port
 from orchestrator.config import Config, ConfigError, load_config
 from orchestrator.export import export_version
+from orchestrator.privacy import ACCOUNTANT_STATE_KEY, FederationAccountant
 from orchestrator.report import write_report
 from orchestrator.service import Orchestrator
 from orchestrator.store import Store
@@ -66,7 +70,7 @@ k = {k}
 staleness = "polynomial"
 max_staleness = 20
 server_optimizer = "sgd"
-server_lr = 1.0
+server_lr = {server_lr}
 
 [selection]
 concurrency = {concurrency}
@@ -80,10 +84,19 @@ dataset = "{validation}"
 
 [stopping]
 target_metric = {target}
-patience = 15
+patience = {patience}
 min_delta = 0.002
 max_versions = 200
 max_wall_s = {max_wall_s}
+{privacy}"""
+
+DP_SECTION = """
+[privacy]
+mode = "server"
+clip_norm = 1.0
+noise_multiplier = 1.0
+target_delta = 1e-5
+accountant = "rdp"
 """
 
 
@@ -97,9 +110,12 @@ class DemoResult:
     report_dir: str
     model_path: str
     elapsed_s: float
+    epsilon: float | None = None
+    """The federation's DP epsilon (at delta 1e-5) when ``--dp`` was on."""
 
     def to_dict(self) -> dict[str, Any]:
         return {
+            "epsilon": self.epsilon,
             "final_accuracy": self.final_accuracy, "versions": self.versions,
             "updates_accepted": self.updates_accepted,
             "updates_rejected": self.updates_rejected, "stop_reason": self.stop_reason,
@@ -128,7 +144,7 @@ class DemoSetup:
 
 
 def prepare_demo(out: Path, *, devices: int = 20, k: int = 10, target: float = 0.94,
-                 max_wall_s: float = 150.0, seed: int = 0) -> DemoSetup:
+                 max_wall_s: float = 150.0, seed: int = 0, dp: bool = False) -> DemoSetup:
     """Files first (blocking, before the event loop runs): a fresh folder, the data shards,
     the held-out validation set and the orchestrator config."""
     out = out.resolve()
@@ -141,7 +157,10 @@ def prepare_demo(out: Path, *, devices: int = 20, k: int = 10, target: float = 0
     config_path.write_text(CONFIG_TEMPLATE.format(
         config_path=config_path, port=pick_free_port(), n_features=data.test.X.shape[1],
         n_classes=data.n_classes, k=k, concurrency=max(k + k // 2, 2), target=target,
-        validation=out / "validation.npz", max_wall_s=max_wall_s))
+        validation=out / "validation.npz", max_wall_s=max_wall_s,
+        # with DP every version adds noise: smaller server steps average more of it away
+        server_lr=0.5 if dp else 1.0, patience=30 if dp else 15,
+        privacy=DP_SECTION if dp else ""))
     return DemoSetup(out=out, config=load_config(config_path), spec=spec, data=data)
 
 
@@ -169,6 +188,7 @@ async def run_demo(setup: DemoSetup, *, progress: TextIO = sys.stdout) -> DemoRe
             raise RuntimeError("no model version was made")
         version = await store.get_version(latest.version)
         accuracy = version.info.metrics.get("server_metric")
+        epsilon = await _epsilon(store)
         await export_version(store, latest.version, model_path)
         accepted = sum(n for (status, _), n in (await store.ledger_counts()).items()
                        if status in ("buffered", "applied"))
@@ -180,7 +200,16 @@ async def run_demo(setup: DemoSetup, *, progress: TextIO = sys.stdout) -> DemoRe
         versions=latest.version, updates_accepted=accepted, updates_rejected=rejected,
         stop_reason=stop_reason, report_dir=str(out / "report"), model_path=str(model_path),
         elapsed_s=time.monotonic() - started,
+        epsilon=epsilon,
     )
+
+
+async def _epsilon(store: Store) -> float | None:
+    """The federation's epsilon from the accountant the orchestrator saved (None: no DP)."""
+    state = await store.get_server_state(ACCOUNTANT_STATE_KEY)
+    if state is None:
+        return None
+    return await asyncio.to_thread(lambda: FederationAccountant.from_state(state).epsilon())
 
 
 async def _watch(orch: Orchestrator, fleet: Fleet, progress: TextIO) -> None:
@@ -225,6 +254,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--target", type=float, default=0.94,
                         help="stop when test accuracy reaches this (default 0.94)")
     parser.add_argument("--max-wall-s", type=float, default=150.0)
+    parser.add_argument("--dp", action="store_true",
+                        help="differential privacy: noise multiplier 1.0, clip norm 1.0")
     parser.add_argument("--json", action="store_true",
                         help="progress on stderr; the last stdout line is one JSON object")
     args = parser.parse_args(argv)
@@ -232,8 +263,10 @@ def main(argv: list[str]) -> int:
         parser.error("--devices must be > 0")
     progress = sys.stderr if args.json else sys.stdout
     try:
+        # with DP, the more updates per version the less noise each one carries
         setup = prepare_demo(Path(args.out), devices=args.devices, target=args.target,
-                             max_wall_s=args.max_wall_s)
+                             max_wall_s=args.max_wall_s, dp=args.dp,
+                             k=args.devices if args.dp else 10)
         result = asyncio.run(run_demo(setup, progress=progress))
     except (ConfigError, OSError) as exc:
         print(f"fedmq demo: {exc}", file=sys.stderr)
@@ -245,8 +278,11 @@ def main(argv: list[str]) -> int:
         print(json.dumps(result.to_dict()))
     else:
         acc = "n/a" if result.final_accuracy is None else f"{result.final_accuracy:.3f}"
+        privacy = ("" if result.epsilon is None else
+                   f"privacy: epsilon {result.epsilon:.2f} at delta 1e-5 "
+                   f"(fedmq privacy report --config {setup.out / 'orchestrator.toml'})\n")
         print(f"\nfinal accuracy {acc} after {result.versions} versions "
               f"({result.stop_reason}); updates accepted {result.updates_accepted}, "
-              f"rejected {result.updates_rejected}; {result.elapsed_s:.0f} s\n"
+              f"rejected {result.updates_rejected}; {result.elapsed_s:.0f} s\n{privacy}"
               f"report: {result.report_dir}/summary.md\nmodel:  {result.model_path}")
     return 0

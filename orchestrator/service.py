@@ -9,7 +9,8 @@ Tasks: ``mqtt`` (receive loop; routes messages), ``ingest-decode`` (groups queue
 batches and judges them in a worker thread), ``ingest-commit`` (one store transaction per
 group, then the acks), ``control`` (enroll, status, eval), ``aggregate``, ``publish``,
 ``evaluate`` (if configured), ``registry`` (picks up other processes' device changes) and
-``housekeeping`` (straggler and round deadlines, wall-clock stopping rule). One shutdown path:
+``housekeeping`` (straggler and round deadlines, wall-clock stopping rule, rollback
+requests from ``fedmq model rollback``, applied by ``aggregate``). One shutdown path:
 setting the shutdown event (injectable) unwinds the TaskGroup.
 """
 
@@ -21,6 +22,7 @@ import dataclasses
 import json
 import logging
 import random
+import time
 import uuid
 from collections import Counter
 from collections.abc import Callable
@@ -50,11 +52,14 @@ from orchestrator.architecture import (
     unpack_architecture,
 )
 from orchestrator.broker import ORCHESTRATOR_USER, MosquittoBroker
-from orchestrator.buffer_codec import from_stored
+from orchestrator.buffer_cache import BufferCache, load_buffer
+from orchestrator.classes import task_settings
 from orchestrator.config import Config
+from orchestrator.drift import drift_signals
 from orchestrator.embedded_broker import embedded_broker
 from orchestrator.enrollment import judge_enroll
 from orchestrator.evaluation import ServerEvaluator, load_validation_set
+from orchestrator.fedeval import FederatedEvaluation
 from orchestrator.ingest import (
     Accept,
     GroupResult,
@@ -63,15 +68,26 @@ from orchestrator.ingest import (
     RawBatch,
     Reject,
     SenderView,
+    incoming_rows,
     process_group,
-    to_incoming,
 )
 from orchestrator.keys import load_or_create_key
+from orchestrator.metrics import Metrics, MetricsEndpoint, MetricsServerError
 from orchestrator.mqtt import MqttLink, MqttSettings, NotConnected
+from orchestrator.ops import OperatorDesk
+from orchestrator.privacy_runtime import PrivacyRuntime
 from orchestrator.publisher import ORCHESTRATOR_SENDER, ModelPublisher, ModelRelease
 from orchestrator.registry import Registry
-from orchestrator.selection import BasicSelection, Deferred, Outstanding, OutstandingTasks
+from orchestrator.robust import RobustGuard
+from orchestrator.rollback import RollbackError, apply_rollback, pending_rollback
+from orchestrator.selection import (
+    Deferred,
+    Outstanding,
+    OutstandingTasks,
+    selection_from_config,
+)
 from orchestrator.seqs import SeqCounter
+from orchestrator.service_metrics import MeteredCounter, observe_group
 from orchestrator.stopping import StoppingRules, StoppingState
 from orchestrator.store import AuditEvent, Store, wall_clock_ms
 from orchestrator.sync_rounds import SyncRounds
@@ -89,6 +105,8 @@ from schemas.limits import DEFAULT_LIMITS, Limits
 from schemas.messages import (
     Ack,
     AgentState,
+    Control,
+    ControlAction,
     Defer,
     Enrolled,
     EnrollStatus,
@@ -96,6 +114,7 @@ from schemas.messages import (
     Message,
     Status,
     Task,
+    TaskAction,
     Thermal,
 )
 from schemas.replay import ReplayWindow, Verdict
@@ -117,6 +136,7 @@ _STOPPED = "stopped"
 _HOUSEKEEPING_S = 0.25
 _REGISTRY_POLL_S = 1.0
 _NO_MODEL_RETRY_MS = 2000
+_ROLLBACK_POLL_S = 1.0
 
 
 class OrchestratorError(Exception):
@@ -177,7 +197,11 @@ class Orchestrator:
         self._stack = contextlib.AsyncExitStack()
         self._runner: asyncio.Task[None] | None = None
         self._entered = False
-        self.counters: Counter[str] = Counter()
+        self.metrics = Metrics(federation=config.federation.id)
+        """Prometheus metrics, fed through ``counters`` (see orchestrator.service_metrics)."""
+        self.metrics_endpoint: MetricsEndpoint | None = None
+        """Where ``GET /metrics`` is served (``[metrics] port`` set), else None."""
+        self.counters: Counter[str] = MeteredCounter(self.metrics)
         """Ingestion and protocol counters (``accepted``, ``duplicate``, ``rejected.<reason>``,
         ``versions``, ...)."""
         # set in __aenter__
@@ -192,6 +216,7 @@ class Orchestrator:
         self._shapes: dict[str, tuple[int, ...]] = {}
         self._evaluator: ServerEvaluator | None = None
         self._stopping: StoppingRules | None = None
+        self._ops: OperatorDesk  # operator requests and the fleet summary (orchestrator.ops)
         # ingestion state: replay windows as committed to the store, and as judged so far
         self._committed: dict[str, ReplayWindow] = {}
         self._pending: dict[str, ReplayWindow] = {}
@@ -199,6 +224,7 @@ class Orchestrator:
         self._updates: asyncio.Queue[RawBatch] = asyncio.Queue(config.ingest.queue_batches)
         self._control: asyncio.Queue[_Control] = asyncio.Queue(config.ingest.queue_batches)
         self._judged: asyncio.Queue[GroupResult] = asyncio.Queue(2)
+        self._buffer_cache = BufferCache()  # decoded deltas of buffered updates
         self._buffered = 0
         # aggregation, publication, evaluation
         agg = config.aggregation
@@ -225,13 +251,12 @@ class Orchestrator:
         self._stopped_event = asyncio.Event()
         # selection
         self._outstanding = OutstandingTasks()
-        self._selection = BasicSelection(
-            concurrency=config.selection.concurrency,
-            retry_after_s=config.selection.retry_after_s,
-            min_battery_pct=config.training.min_battery_pct,
-            max_thermal=Thermal(config.training.max_thermal),
-            rng=self._rng,
-        )
+        self._selection = selection_from_config(config, rng=self._rng,
+                                                device_ok=self._device_standing)
+        self._fedeval = FederatedEvaluation(config.evaluation.federated_every,
+                                            config.evaluation.federated_devices)
+        self._rollback_polled = float("-inf")
+        self._rollback_due = False
         self._ingest_policy = IngestPolicy(
             fed=config.federation.id,
             limits=Limits(
@@ -248,6 +273,10 @@ class Orchestrator:
         self._first_base: tuple[int, Params] | None = None
         """What the first publication's delta starts from (the latest version's parent)."""
         self._last_base: tuple[int, Params] | None = None
+        # privacy and robustness (orchestrator.privacy_runtime, orchestrator.robust)
+        self._dp = PrivacyRuntime(config.privacy)
+        self._guard = RobustGuard(config.robustness)
+        self._budget_audited: set[str] = set()
 
     # -- public API -------------------------------------------------------------------------
 
@@ -370,6 +399,9 @@ class Orchestrator:
         await self._load_model()
         await self._load_windows()
         await self._load_server_state()
+        await self._dp.load(store)
+        self._guard.load_state(await store.server_state(), isolated={
+            d.device_id for d in self._registry.all() if d.status == "isolated"})
         if cfg.evaluation.dataset is not None:
             assert self._arch is not None
             data = await asyncio.to_thread(load_validation_set, cfg.evaluation)
@@ -389,7 +421,8 @@ class Orchestrator:
             MqttSettings(
                 host=host, port=port, username=username, password=password,
                 client_id=f"fedmq-orchestrator-{cfg.federation.id}",
-                subscriptions=[self._topics.up_all], tls=cfg.broker.tls,
+                subscriptions=[self._topics.up_all, self._topics.ops_request],
+                tls=cfg.broker.tls,
                 ca_file=cfg.broker.ca_file, keepalive_s=cfg.broker.keepalive_s,
                 session_expiry_s=cfg.broker.session_expiry_s,
             ),
@@ -407,6 +440,20 @@ class Orchestrator:
             for row in buffered:
                 if row.base_version is not None:
                     self._rounds.on_accepted(row.base_version)
+        assert self._registry is not None
+        self._ops = OperatorDesk(
+            self, registry=self._registry, key=self._key, seqs=self._seqs,
+            publish=self._link.publish, topics=self._topics, clock=self._clock,
+            classify=lambda sender, seq: self._window(sender).classify(seq),
+            mark_seen=self._mark_seen, counters=self.counters,
+            interval_s=cfg.ops.fleet_interval_s, max_message_bytes=cfg.broker.max_message_bytes)
+        if cfg.metrics.port is not None:
+            try:
+                self.metrics_endpoint = await self._stack.enter_async_context(
+                    self.metrics.serve(cfg.metrics.host, cfg.metrics.port))
+            except MetricsServerError as exc:
+                raise OrchestratorError(str(exc)) from exc
+            log.info("metrics at %s", self.metrics_endpoint.url)
         self._runner = asyncio.create_task(self._run(), name="orchestrator")
         waiter = asyncio.create_task(self._link.wait_connected())
         limit = cfg.broker.connect_timeout_s
@@ -435,7 +482,10 @@ class Orchestrator:
                 if self._evaluator is not None:
                     tg.create_task(self._evaluate_loop(), name="evaluate")
                 tg.create_task(self._registry_loop(), name="registry")
+                if self._dp.enabled:
+                    tg.create_task(self._dp.run(self.store), name="privacy")
                 tg.create_task(self._housekeeping_loop(), name="housekeeping")
+                tg.create_task(self._ops.run(), name="ops")
                 tg.create_task(self._await_shutdown(), name="shutdown")
         except* _ShutdownRequested:
             log.info("orchestrator for %r stopped", self.config.federation.id)
@@ -523,6 +573,9 @@ class Orchestrator:
             self.counters["dropped.bad_topic"] += 1
             return
         payload = message.payload
+        if parsed.fed == self._topics.fed and parsed.area == "ops" and parsed.kind == "request":
+            self._ops.submit(message, now)  # never blocks: its own bounded queue
+            return
         if (parsed.fed != self._topics.fed or parsed.area != "up" or parsed.device is None
                 or not isinstance(payload, bytes | bytearray) or not payload):
             self.counters["dropped.ignored"] += 1
@@ -580,7 +633,7 @@ class Orchestrator:
             await self._commit(result)
 
     async def _commit(self, result: GroupResult) -> None:
-        rows = [row for batch in result.batches for row in to_incoming(batch)]
+        rows, deltas = incoming_rows(result)
         async with self._windows_lock:
             states: dict[str, ReplayWindow] = {}
             for device, seqs in result.marks.items():
@@ -588,7 +641,8 @@ class Orchestrator:
                 for seq in seqs:
                     window.mark(seq)
                 states[device] = window
-            await self.store.ingest(rows, {d: w.to_bytes() for d, w in states.items()})
+            ids = await self.store.ingest(rows, {d: w.to_bytes() for d, w in states.items()})
+            self._buffer_cache.put_many(ids, deltas)
             self._committed.update(states)
         # committed: now (and only now) the acks, the counters and the buffer
         acks: list[tuple[str, Ack]] = []
@@ -615,6 +669,7 @@ class Orchestrator:
             self._aggregate_now.set()
         if acks:
             await asyncio.gather(*(self._send(d, DownKind.ACK, a) for d, a in acks))
+        observe_group(self.metrics, result, self._clock(), buffered=self._buffered)
 
     def _on_accepted(self, device: str, outcome: Accept) -> None:
         task = self._outstanding.get(device)
@@ -733,6 +788,22 @@ class Orchestrator:
         if published is None:
             await self._send(device, DownKind.TASK, Defer(_NO_MODEL_RETRY_MS, "no_model"))
             return
+        if not self._dp.budget_left(device):
+            # checked here, not through the selection's budget_left hook: the device is told
+            # the protocol reason (budget_exhausted) and the refusal is audited once
+            self.counters["deferred.budget_exhausted"] += 1
+            if device not in self._budget_audited:
+                self._budget_audited.add(device)
+                await self.store.append_audit(AuditEvent(
+                    "rejected", ORCHESTRATOR_SENDER, device=device,
+                    reason=Reason.BUDGET_EXHAUSTED.value,
+                    detail={"message": "task", "epsilon": self._dp.spent(device)}))
+            await self._send(device, DownKind.TASK, Defer(
+                int(self.config.selection.retry_after_s * 10_000),
+                Reason.BUDGET_EXHAUSTED.value))
+            return
+        if await self._maybe_federated_eval(device, status, published, now):
+            return
         if self._rounds is not None:
             r = self._rounds.current
             busy = self._outstanding.busy(device) or not self._rounds.may_task(device)
@@ -753,10 +824,14 @@ class Orchestrator:
                                                           decision.reason))
             return
         t = self.config.training
+        noise = self._dp.task_noise(t.clip_norm, t.noise_multiplier)
+        klass = task_settings(status, self.config.selection, t)
+        self.counters[f"tasks.{klass.device_class}"] += 1
         task = Task(
             task_id=uuid.UUID(int=self._rng.getrandbits(128)).hex[:16], model_version=version,
-            epochs=t.epochs, batch_size=t.batch_size, lr=t.lr, mu=t.mu, clip_norm=t.clip_norm,
-            noise_multiplier=t.noise_multiplier, codec=t.codec_spec, seal=t.seal,
+            epochs=klass.epochs, batch_size=klass.batch_size, lr=t.lr, mu=t.mu,
+            clip_norm=noise.clip_norm, noise_multiplier=noise.noise_multiplier,
+            codec=klass.codec, seal=t.seal,
             deadline_ms=now + int(t.deadline_s * 1000), min_battery_pct=t.min_battery_pct,
             max_thermal=Thermal(t.max_thermal),
         )
@@ -773,11 +848,37 @@ class Orchestrator:
         report = decode_body(opened, EvalReport)
         await self._mark_seen(item.device, opened.header.seq)
         if 0 <= report.model_version <= self.version:
-            await self.store.set_version_metrics(report.model_version, {
+            metrics: dict[str, Any] = {
                 f"federated/{item.device}": {"samples": report.num_samples, "loss": report.loss,
                                              "metric": report.metric,
-                                             "metric_name": report.metric_name}})
+                                             "metric_name": report.metric_name}}
+            folded = self._fedeval.on_report(item.device, report)
+            if folded is not None and folded[0] == report.model_version:
+                metrics.update(folded[1])  # the sample-weighted federation-wide figures
+            await self.store.set_version_metrics(report.model_version, metrics)
         self.counters["eval_reports"] += 1
+
+    async def _maybe_federated_eval(self, device: str, status: Status, published: int,
+                                    now: int) -> bool:
+        """Hand an asking device an evaluate task if the published version wants one (and the
+        device is fit for work: evaluation spends battery too)."""
+        if (self._outstanding.busy(device) or not self._fedeval.wants(device, published)
+                or self._selection.unfit(status) is not None):
+            return False
+        task = Task(task_id=uuid.UUID(int=self._rng.getrandbits(128)).hex[:16],
+                    model_version=published, action=TaskAction.EVALUATE,
+                    deadline_ms=now + int(self.config.training.deadline_s * 1000))
+        self._fedeval.on_task(device, task.task_id, published)
+        self.counters["tasks.evaluate"] += 1
+        await self._send(device, DownKind.TASK, task)
+        return True
+
+    def _device_standing(self, device: str) -> str | None:
+        """The selection policy's enrolled-and-in-good-standing check (registry view)."""
+        view = self._registry.get(device) if self._registry is not None else None
+        if view is None or view.verify_key is None:
+            return "not_enrolled"
+        return None if view.status == "active" else view.status
 
     # -- sending ----------------------------------------------------------------------------------
 
@@ -805,11 +906,14 @@ class Orchestrator:
         while True:
             await self._aggregate_now.wait()
             self._aggregate_now.clear()
+            await self._apply_rollback()
             while self._ready_to_aggregate():
+                started = time.perf_counter()
                 if self._rounds is not None:
                     await self._aggregate_sync()
                 else:
                     await self._aggregate_async()
+                self.metrics.observe_aggregation(time.perf_counter() - started)
 
     async def _aggregate_async(self) -> None:
         model = self._model
@@ -819,31 +923,49 @@ class Orchestrator:
         if not entries:
             self._buffered = 0
             return
-        result = await asyncio.to_thread(self._fedbuff.aggregate, model.params, model.version,
-                                         entries)
-        await self._commit_aggregate(result, strategy="fedbuff")
+        entries = await self._screened(entries)
+        if not entries:
+            return
+        result = await asyncio.to_thread(self._dp.aggregate, self._fedbuff, model.params,
+                                         model.version, entries)
+        await self._commit_aggregate(result, strategy="fedbuff", entries=entries)
 
     async def _aggregate_sync(self) -> None:
         model, rounds = self._model, self._rounds
         assert model is not None and rounds is not None and rounds.current is not None
         round_version = rounds.current.version
-        entries = await self._load_buffer(None)
+        entries = await self._screened(await self._load_buffer(None))
         result = await asyncio.to_thread(self._fedavg.aggregate, model.params, entries,
                                          round_version)
-        await self._commit_aggregate(result, strategy="fedavg")
+        await self._commit_aggregate(result, strategy="fedavg", entries=entries)
         rounds.open(self.version, self._clock())
 
     async def _load_buffer(self, limit: int | None) -> list[BufferedUpdate]:
-        """The oldest buffered updates with their float32 deltas."""
-        entries = await self.store.buffered(limit=limit)
+        """The oldest buffered updates with their float32 deltas (see buffer_cache)."""
+        return await load_buffer(self.store, self._buffer_cache, limit)
 
-        def restore() -> list[BufferedUpdate]:
-            return [BufferedUpdate(e.update_id, e.sender, e.base_version, e.num_samples,
-                                   from_stored(e.delta)) for e in entries]
+    async def _screened(self, entries: list[BufferedUpdate]) -> list[BufferedUpdate]:
+        """The entries left once screening quarantined the flagged ones (see robust.py)."""
+        if not self._guard.enabled:
+            return entries
+        assert self._registry is not None
+        report = await self._guard.screen(
+            self.store, entries, now_ms=self._clock(), on_isolated=self._on_isolated,
+            isolated={d.device_id for d in self._registry.all() if d.status == "isolated"})
+        self._buffered = max(0, self._buffered - len(report.quarantined))
+        self.counters.update(f"quarantined.{r}" for r in report.quarantined.values())
+        return report.kept
 
-        return await asyncio.to_thread(restore)
+    async def _on_isolated(self, device: str, reason: str) -> None:
+        assert self._registry is not None
+        await self._registry.reload_device(device)
+        self._outstanding.complete(device)
+        self._selection.forget(device)
+        self.counters["isolated"] += 1
+        await self._send(device, DownKind.CONTROL, Control(ControlAction.ISOLATE, reason))
 
-    async def _commit_aggregate(self, result: AggregateResult, *, strategy: str) -> None:
+    async def _commit_aggregate(self, result: AggregateResult, *, strategy: str,
+                                entries: list[BufferedUpdate]) -> None:
         model = self._model
         assert model is not None
         store = self.store
@@ -858,6 +980,11 @@ class Orchestrator:
             return
         assert result.params is not None
         staleness = [result.staleness[uid] for uid in result.used_ids]
+        senders = {e.update_id: e.sender for e in entries}
+        assert self._registry is not None
+        population = sum(1 for d in self._registry.all()
+                         if d.role == "device" and d.status == "active")
+        plan = self._dp.plan([senders[uid] for uid in result.used_ids], population)
         try:
             info = await store.commit_version(
                 params=result.params, kind="aggregate", parent=model.version,
@@ -865,10 +992,12 @@ class Orchestrator:
                          "staleness": {str(k): v for k, v in result.staleness.items()},
                          "dropped": {str(k): v for k, v in result.dropped.items()}},
                 applied=dict(result.weights), dropped=dict(result.dropped),
-                server_state={_OPTIMIZER: self._optimizer.state_dict()},
+                server_state={_OPTIMIZER: self._optimizer.state_dict(), **self._guard.state(),
+                              **(plan.server_state if plan is not None else {})},
                 metrics={"updates": len(result.used_ids), "dropped": len(result.dropped),
                          "delta_norm": result.delta_norm,
                          "mean_staleness": float(np.mean(staleness)) if staleness else 0.0},
+                privacy=plan.charges if plan is not None else None,
             )
         except BaseException:
             # the optimizer stepped for a version that does not exist: rewind it
@@ -878,8 +1007,16 @@ class Orchestrator:
             raise
         self._buffered = max(0, self._buffered - len(result.used_ids) - len(result.dropped))
         self.counters["versions"] += 1
+        for versions_behind in staleness:
+            self.metrics.observe_staleness(versions_behind)
+        self._guard.observe(result.delta)
+        if plan is not None:
+            await self._dp.committed(plan, info.version)
         await self._set_model(_Model(info.version, result.params, info.arch_hash,
                                      info.created_ms, info.parent))
+        used = set(result.used_ids)
+        await self._record_drift(info.version, model.params, result.params,
+                                 [e for e in entries if e.update_id in used])
         if self._evaluator is None and self._stopping is not None:
             why = self._stopping.on_version(info.version, None)
             await self._save_stopping()
@@ -888,6 +1025,7 @@ class Orchestrator:
 
     async def _set_model(self, model: _Model) -> None:
         self._model = model
+        self.metrics.set_version(model.version)
         self._publish_now.set()
         self._evaluate_now.set()
         async with self._published_event:
@@ -967,6 +1105,12 @@ class Orchestrator:
         log.info("federation %r stopped: %s", self.config.federation.id, reason)
         self._republish = True
         self._publish_now.set()
+        # the retained model says so too; this reaches connected agents at once
+        assert self._registry is not None
+        stop = Control(ControlAction.STOP, reason)
+        for view in self._registry.all():
+            if view.role == "device" and view.status == "active":
+                await self._send(view.device_id, DownKind.CONTROL, stop)
 
     # -- background upkeep ------------------------------------------------------------------------
 
@@ -979,6 +1123,11 @@ class Orchestrator:
                 if after is None or after.status != "active":
                     self._outstanding.complete(device)
                     self._selection.forget(device)
+                elif before is not None and before.status == "isolated":
+                    # an operator reinstated it (fedmq device reinstate)
+                    self._guard.reinstate(device)
+                    await self._send(device, DownKind.CONTROL,
+                                     Control(ControlAction.REINSTATE, "reinstated"))
                 log.info("device %s: %s -> %s", device, before.status if before else None,
                          after.status if after else None)
 
@@ -998,6 +1147,47 @@ class Orchestrator:
                 reason = self._stopping.on_clock(now)
                 if reason is not None:
                     await self._stop(reason)
+            await self._poll_rollback()
+
+    async def _poll_rollback(self) -> None:
+        """A rollback requested in the store (``fedmq model rollback``) wakes the aggregation
+        task, which applies it between aggregates."""
+        tick = asyncio.get_running_loop().time()
+        if tick - self._rollback_polled < _ROLLBACK_POLL_S:
+            return
+        self._rollback_polled = tick
+        if await pending_rollback(self.store) is not None:
+            self._rollback_due = True
+            self._aggregate_now.set()
+
+    async def _apply_rollback(self) -> None:
+        if not self._rollback_due:  # keeps store reads off the per-aggregate path
+            return
+        self._rollback_due = False
+        # read again here: this task is the only one that commits versions
+        request = await pending_rollback(self.store)
+        if request is None:
+            return
+        try:
+            info, params = await apply_rollback(self.store, request, actor=ORCHESTRATOR_SENDER)
+        except RollbackError as exc:
+            log.warning("%s", exc)
+            return
+        self.counters["rollbacks"] += 1
+        log.info("rolled back to v%d's weights as v%d (requested by %s)", request.version,
+                 info.version, request.actor)
+        await self._set_model(_Model(info.version, params, info.arch_hash, info.created_ms,
+                                     info.parent))
+        if self._rounds is not None:
+            self._rounds.open(self.version, self._clock())
+
+    async def _record_drift(self, version: int, before: Params, after: Params,
+                            used: list[BufferedUpdate]) -> None:
+        """Each contributor's update norm and cosine to the aggregate, in the version's
+        metrics under ``drift``."""
+        signals = await asyncio.to_thread(drift_signals, used, before, after)
+        if signals:
+            await self.store.set_version_metrics(version, {"drift": signals})
 
 
 # -- helpers -------------------------------------------------------------------------------------
