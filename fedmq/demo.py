@@ -59,7 +59,6 @@ activation = "relu"
 epochs = 2
 batch_size = 16
 lr = 0.1
-codec = "int8"
 seal = true
 deadline_s = 60.0
 min_battery_pct = 15.0

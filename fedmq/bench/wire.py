@@ -28,7 +28,7 @@ from orchestrator.bench import BenchError
 REDUCTION_TARGET = 8.0
 ACCURACY_GAP_TARGET = 0.01
 
-# the codec this benchmark measures as fedmq's (see docs/benchmarks.md for the choice)
+# fedmq's default codec ([training] codec = "topk", topk_fraction = 0.05 in orchestrator/config.py)
 DEFAULT_CODEC = "topk"
 DEFAULT_TOPK_FRACTION = 0.05
 

@@ -29,7 +29,8 @@ def test_defaults(tmp_path: Path) -> None:
     assert config.password_file == tmp_path / "data" / "broker" / "passwd"
     assert config.aggregation.k == 10 and config.selection.concurrency == 15
     assert config.model.spec is not None and config.model.spec.n_classes == 3
-    assert config.training.codec_spec.codec.value == "int8"
+    assert config.training.codec_spec.codec.value == "topk"
+    assert config.training.codec_spec.topk_fraction == 0.05
     assert not config.stopping.enabled
 
 
