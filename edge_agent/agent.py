@@ -75,7 +75,7 @@ from schemas import (
 from .backoff import Backoff, Sleep
 from .config import AgentConfig
 from .data import LocalData, split_holdout
-from .errors import NotConnectedError
+from .errors import NotConnectedError, storage_full
 from .flusher import Flusher
 from .models import ORCHESTRATOR, ModelReceiver
 from .outbox import Outbox, ResendPolicy
@@ -395,8 +395,12 @@ class Agent:
                 return
             except asyncio.CancelledError:
                 raise
-            except Exception:
-                self.log.exception("%s loop failed; restarting it", name)
+            except Exception as exc:
+                if storage_full(exc):  # an operator problem, not a bug: one clear line
+                    self.log.error("%s: local storage is full (%s); nothing is lost, "
+                                   "retrying in %ss", name, exc, _LOOP_ERROR_PAUSE_S)
+                else:
+                    self.log.exception("%s loop failed; restarting it", name)
                 await asyncio.sleep(_LOOP_ERROR_PAUSE_S)
 
     async def _goodbye(self) -> None:

@@ -24,7 +24,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from .backoff import Backoff
-from .errors import NotConnectedError
+from .errors import NotConnectedError, storage_full
 
 MessageHandler = Callable[[str, bytes], Awaitable[None]]
 WillFactory = Callable[[], Awaitable[bytes]]
@@ -204,8 +204,12 @@ class Session:
             return
         try:
             await self._on_message(message.topic.value, bytes(payload))
-        except Exception:  # the handler is meant not to raise: never lose the session
-            self._log.exception("mqtt: handler failed for %s", message.topic.value)
+        except Exception as exc:  # the handler is meant not to raise: never lose the session
+            if storage_full(exc):
+                self._log.error("mqtt: local storage is full, %s not handled (%s)",
+                                message.topic.value, exc)
+            else:
+                self._log.exception("mqtt: handler failed for %s", message.topic.value)
 
     async def _new_client(self) -> aiomqtt.Client:
         a = self._address

@@ -202,3 +202,15 @@ async def test_training_stops_early_when_the_battery_runs_down(
     update = orch.updates[0].update
     assert 0 < update.local_steps < 10_000 * 8
     assert agent.stats.paused["battery_low"] == 1
+
+
+def test_storage_full_recognises_sqlite_and_enospc() -> None:
+    import errno
+    import sqlite3
+
+    from edge_agent.errors import storage_full
+
+    assert storage_full(sqlite3.OperationalError("database or disk is full"))
+    assert storage_full(OSError(errno.ENOSPC, "No space left on device"))
+    assert not storage_full(sqlite3.OperationalError("database is locked"))
+    assert not storage_full(ValueError("disk is full"))
