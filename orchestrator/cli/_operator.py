@@ -13,8 +13,9 @@ import os
 import sys
 from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime
-from typing import Any, NoReturn
+from typing import Any
 
+from orchestrator.cli._common import Parser, UsageError
 from orchestrator.ops_client import OperatorClient, OpsClientError
 
 __all__ = [
@@ -30,17 +31,6 @@ __all__ = [
 ]
 
 BUNDLE_ENV = "FEDMQ_OPERATOR_BUNDLE"
-
-
-class UsageError(Exception):
-    pass
-
-
-class Parser(argparse.ArgumentParser):
-    """Reports mistakes as :class:`UsageError` (one line, exit 2) instead of exiting."""
-
-    def error(self, message: str) -> NoReturn:
-        raise UsageError(message)
 
 
 def add_operator_options(parser: argparse.ArgumentParser) -> None:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import NoReturn
 
 from orchestrator.broker import (
     BrokerError,
@@ -22,19 +21,10 @@ from orchestrator.broker import (
     read_pid_file,
     reload_broker,
 )
+from orchestrator.cli._common import Parser as _Parser
+from orchestrator.cli._common import UsageError as _UsageError
 
 PROG = "fedmq broker"
-
-
-class _UsageError(Exception):
-    pass
-
-
-class _Parser(argparse.ArgumentParser):
-    """Raises instead of printing the usage block and exiting, so main() prints one line."""
-
-    def error(self, message: str) -> NoReturn:
-        raise _UsageError(message)
 
 
 def _build_parser() -> argparse.ArgumentParser:

@@ -22,9 +22,11 @@ import json
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 from orchestrator.broker import BrokerError
+from orchestrator.cli._common import Parser as _Parser
+from orchestrator.cli._common import UsageError as _UsageError
 from orchestrator.config import Config, ConfigError, load_config
 from orchestrator.enrollment import (
     DeviceCommandError,
@@ -40,15 +42,6 @@ from schemas.signing import key_id
 from schemas.topics import valid_id
 
 PROG = "fedmq device"
-
-
-class _UsageError(Exception):
-    pass
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        raise _UsageError(message)
 
 
 def _parser() -> argparse.ArgumentParser:

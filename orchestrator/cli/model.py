@@ -26,8 +26,10 @@ import time
 from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
+from orchestrator.cli._common import Parser as _Parser
+from orchestrator.cli._common import UsageError as _UsageError
 from orchestrator.config import Config, ConfigError, load_config
 from orchestrator.export import ExportError, export_version
 from orchestrator.models.export import ExportError as GraphExportError
@@ -37,15 +39,6 @@ from orchestrator.store import Store, StoreError, VersionInfo
 PROG = "fedmq model"
 _WAIT_POLL_S = 0.2
 _SUMMARY_METRICS = ("server_metric", "server_loss", "federated_metric", "updates")
-
-
-class _UsageError(Exception):
-    pass
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        raise _UsageError(message)
 
 
 def _version_arg(text: str) -> int:

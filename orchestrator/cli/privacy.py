@@ -17,11 +17,13 @@ import asyncio
 import json
 import sys
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 
+from orchestrator.cli._common import Parser as _Parser
+from orchestrator.cli._common import UsageError as _UsageError
 from orchestrator.config import ConfigError, load_config
 from orchestrator.privacy import (
     ACCOUNTANT_STATE_KEY,
@@ -35,15 +37,6 @@ from orchestrator.privacy import (
 from orchestrator.store import Store, StoreError
 
 PROG = "fedmq privacy"
-
-
-class _UsageError(Exception):
-    pass
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        raise _UsageError(message)
 
 
 def _parser() -> argparse.ArgumentParser:

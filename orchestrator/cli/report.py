@@ -16,22 +16,14 @@ import argparse
 import asyncio
 import sys
 from pathlib import Path
-from typing import NoReturn
 
+from orchestrator.cli._common import Parser as _Parser
+from orchestrator.cli._common import UsageError as _UsageError
 from orchestrator.config import ConfigError, load_config
 from orchestrator.report import ReportError, write_report
 from orchestrator.store import StoreError
 
 PROG = "fedmq report"
-
-
-class _UsageError(Exception):
-    pass
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        raise _UsageError(message)
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -11,10 +11,11 @@ import asyncio
 import logging
 import signal
 import sys
-from typing import NoReturn
 
 from orchestrator.architecture import ArchitectureError
 from orchestrator.broker import BrokerError
+from orchestrator.cli._common import Parser as _Parser
+from orchestrator.cli._common import UsageError as _UsageError
 from orchestrator.config import Config, ConfigError, load_config
 from orchestrator.evaluation import EvaluationError
 from orchestrator.keys import KeyFileError
@@ -25,15 +26,6 @@ from orchestrator.store import StoreError
 PROG = "fedmq orchestrator"
 _RUNTIME_ERRORS = (OrchestratorError, StoreError, BrokerError, KeyFileError, ArchitectureError,
                    EvaluationError, PublishError, OSError)
-
-
-class _UsageError(Exception):
-    pass
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        raise _UsageError(message)
 
 
 def _parser() -> argparse.ArgumentParser:
