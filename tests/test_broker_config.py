@@ -22,6 +22,7 @@ import aiomqtt
 import pytest
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+from tls_support import make_certs, prod_template
 
 from orchestrator.broker import (
     DEFAULT_ACL,
@@ -40,7 +41,6 @@ from orchestrator.cli.broker import main as broker_main
 
 MqttClientFactory = Callable[..., aiomqtt.Client]
 REPO = Path(__file__).resolve().parents[1]
-PROD_CONF = REPO / "broker_config" / "prod.conf"
 needs_mosquitto_passwd = pytest.mark.skipif(
     shutil.which("mosquitto_passwd") is None, reason="mosquitto_passwd not installed"
 )
@@ -308,55 +308,15 @@ async def test_kill_then_start_again(broker: MosquittoBroker,
 # --- prod.conf --------------------------------------------------------------------------------
 
 
-def _openssl(*args: str) -> None:
-    subprocess.run(["openssl", *args], check=True, capture_output=True)
-
-
-def _make_certs(directory: Path) -> None:
-    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
-    _openssl("req", "-x509", *ec, "-keyout", str(directory / "ca.key"),
-             "-out", str(directory / "ca.crt"), "-days", "2", "-subj", "/CN=fedmq test CA")
-    _openssl("req", *ec, "-keyout", str(directory / "server.key"),
-             "-out", str(directory / "server.csr"), "-subj", "/CN=127.0.0.1")
-    ext = directory / "san.ext"
-    ext.write_text("subjectAltName=IP:127.0.0.1\n")
-    _openssl("x509", "-req", "-in", str(directory / "server.csr"),
-             "-CA", str(directory / "ca.crt"), "-CAkey", str(directory / "ca.key"),
-             "-CAcreateserial", "-days", "2", "-extfile", str(ext),
-             "-out", str(directory / "server.crt"))
-
-
-def _prod_as_template(certs: Path) -> str:
-    """prod.conf with its deployment paths turned into the dev placeholders."""
-    text = PROD_CONF.read_text()
-    replacements = {
-        "user mosquitto": "user {user}",
-        "/run/mosquitto/mosquitto.pid": "{pid_file}",
-        "/etc/mosquitto/fedmq/passwd": "{password_file}",
-        "/etc/mosquitto/fedmq/acl": "{acl_file}",
-        "/var/lib/mosquitto/": "{persistence_dir}/",
-        "autosave_interval 60": "autosave_interval {autosave_interval}",
-        "max_packet_size 8388608": "max_packet_size {max_packet_size}",
-        "/var/log/mosquitto/mosquitto.log": "{log_file}",
-        "log_type information": "{log_types}",
-        "listener 8883\n": "listener {port} 127.0.0.1\n",
-        "/etc/mosquitto/fedmq/certs/": f"{certs}/",
-    }
-    for old, new in replacements.items():
-        assert old in text, f"prod.conf no longer contains {old!r}"
-        text = text.replace(old, new)
-    return text + "\n{listener_extra}\n"
-
-
 @pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl not installed")
 async def test_prod_config_serves_tls_with_passwords(
     tmp_path: Path, mqtt_client: MqttClientFactory
 ) -> None:
     certs = tmp_path / "certs"
     certs.mkdir()
-    await asyncio.to_thread(_make_certs, certs)
+    await asyncio.to_thread(make_certs, certs, clients=False)
     template = tmp_path / "prod.conf.in"
-    template.write_text(_prod_as_template(certs))
+    template.write_text(prod_template(certs))
     tls = ssl.create_default_context(cafile=str(certs / "ca.crt"))
     async with MosquittoBroker(tmp_path / "broker", template=template,
                                users={"dev-a": "pw"}) as broker:

@@ -15,7 +15,6 @@ import contextlib
 import os
 import shutil
 import ssl
-import subprocess
 import sys
 import uuid
 from collections.abc import AsyncIterator
@@ -24,6 +23,7 @@ from pathlib import Path
 import aiomqtt
 import numpy as np
 import pytest
+from tls_support import make_certs, prod_template
 
 from orchestrator.broker import MosquittoBroker
 from orchestrator.config import parse_config
@@ -32,77 +32,18 @@ from orchestrator.service import Orchestrator
 
 pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl not installed")
 
-PROD_CONF = Path(__file__).resolve().parents[1] / "broker_config" / "prod.conf"
-_EC = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
-
-
-def _openssl(*args: str) -> None:
-    subprocess.run(["openssl", *args], check=True, capture_output=True)
-
-
-def _ca(directory: Path, name: str) -> None:
-    _openssl("req", "-x509", *_EC, "-keyout", str(directory / f"{name}.key"),
-             "-out", str(directory / f"{name}.crt"), "-days", "2", "-subj", f"/CN={name}")
-
-
-def _issue(directory: Path, ca: str, name: str, cn: str, ext: str | None = None) -> None:
-    _openssl("req", *_EC, "-keyout", str(directory / f"{name}.key"),
-             "-out", str(directory / f"{name}.csr"), "-subj", f"/CN={cn}")
-    extra: list[str] = []
-    if ext is not None:
-        (directory / f"{name}.ext").write_text(ext)
-        extra = ["-extfile", str(directory / f"{name}.ext")]
-    _openssl("x509", "-req", "-in", str(directory / f"{name}.csr"),
-             "-CA", str(directory / f"{ca}.crt"), "-CAkey", str(directory / f"{ca}.key"),
-             "-CAcreateserial", "-days", "2", *extra, "-out", str(directory / f"{name}.crt"))
-
-
-def _make_certs(directory: Path) -> None:
-    _ca(directory, "ca")
-    _issue(directory, "ca", "server", "127.0.0.1", "subjectAltName=IP:127.0.0.1\n")
-    _issue(directory, "ca", "client", "dev-a")
-    _ca(directory, "rogue-ca")
-    _issue(directory, "rogue-ca", "rogue-client", "dev-a")
-
-
-def _template(certs: Path, *, client_certificates: bool) -> str:
-    """prod.conf with its deployment paths turned into the broker supervisor's placeholders
-    (and the TLS port moved to a free loopback port)."""
-    text = PROD_CONF.read_text()
-    replacements = {
-        "user mosquitto": "user {user}",
-        "/run/mosquitto/mosquitto.pid": "{pid_file}",
-        "/etc/mosquitto/fedmq/passwd": "{password_file}",
-        "/etc/mosquitto/fedmq/acl": "{acl_file}",
-        "/var/lib/mosquitto/": "{persistence_dir}/",
-        "autosave_interval 60": "autosave_interval {autosave_interval}",
-        "max_packet_size 8388608": "max_packet_size {max_packet_size}",
-        "/var/log/mosquitto/mosquitto.log": "{log_file}",
-        "log_type information": "{log_types}",
-        "listener 8883\n": "listener {port} 127.0.0.1\n",
-        "/etc/mosquitto/fedmq/certs/": f"{certs}/",
-    }
-    if client_certificates:  # the variant prod.conf documents, uncommented
-        replacements["require_certificate false"] = "require_certificate true"
-        replacements["#use_identity_as_username true"] = "use_identity_as_username true"
-    for old, new in replacements.items():
-        assert old in text, f"prod.conf no longer contains {old!r}"
-        text = text.replace(old, new)
-    return text + "\n{listener_extra}\n"
-
-
 @pytest.fixture
 async def certs(tmp_path: Path) -> Path:
     directory = tmp_path / "certs"
     directory.mkdir()
-    await asyncio.to_thread(_make_certs, directory)
+    await asyncio.to_thread(make_certs, directory)
     return directory
 
 
 @pytest.fixture
 async def tls_broker(tmp_path: Path, certs: Path) -> AsyncIterator[MosquittoBroker]:
     template = tmp_path / "prod.conf.in"
-    template.write_text(_template(certs, client_certificates=False))
+    template.write_text(prod_template(certs, client_certificates=False))
     async with MosquittoBroker(tmp_path / "broker", template=template) as broker:
         yield broker
 
@@ -203,7 +144,7 @@ async def test_client_certificate_variant_admits_only_the_sites_certificates(
     tmp_path: Path, certs: Path,
 ) -> None:
     template = tmp_path / "prod-certs.conf.in"
-    template.write_text(_template(certs, client_certificates=True))
+    template.write_text(prod_template(certs, client_certificates=True))
     async with MosquittoBroker(tmp_path / "broker", template=template) as broker:
         async with _client(broker, None, None, _context(certs, client="client")) as client:
             # the certificate's CN is the MQTT username: the %u ACL confines it as usual
