@@ -192,6 +192,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "max_update_norm": Key("float", None, _gt(0)),
         "quorum": Key("int", None, _gt(0)),
         "round_deadline_s": Key("float", 60.0, _gt(0)),
+        "publish_interval_s": Key("float", 0.25, _ge(0)),
     },
     "selection": {
         "concurrency": Key("int", None, _gt(0)),
@@ -217,6 +218,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "max_update_bytes": Key("int", 8 * MiB, _ge(1024)),
         "max_body_bytes": Key("int", 64 * MiB, _ge(1024)),
         "group_batches": Key("int", 64, _gt(0)),
+        "decode_workers": Key("int", 2, _ge(0)),
         "queue_batches": Key("int", 1024, _gt(0)),
         "synchronous": Key("str", "FULL", _one_of("FULL", "NORMAL")),
     },
@@ -361,6 +363,10 @@ class AggregationConfig:
     max_update_norm: float | None
     quorum: int | None
     round_deadline_s: float
+    publish_interval_s: float
+    """Least time between two model publications: versions made faster are coalesced (the
+    latest is published; every device downloads each publication, so 50 versions a second
+    would be 50 snapshots a second to every device)."""
 
 
 @dataclass(frozen=True)
@@ -397,6 +403,9 @@ class IngestConfig:
     """Largest decompressed update body (zstd bombs stop here)."""
     group_batches: int
     """Most queued batches committed together in one store transaction."""
+    decode_workers: int
+    """Processes that verify, unseal and decode updates (see orchestrator.decode_pool);
+    0 judges them in a thread of the service."""
     queue_batches: int
     synchronous: str
     """SQLite durability: FULL fsyncs every commit (power-loss safe); NORMAL survives a

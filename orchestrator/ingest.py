@@ -6,14 +6,17 @@ Order, per signed update envelope of a batch (see docs/architecture.md, "Deliver
     → replay window → size → decode (unseal) → validate (version, staleness, tensors,
       finite values, norm)
 
-:func:`process_group` runs the checks over several batches at once (in a worker thread: it
-verifies, unseals and decodes) against *copies* of the replay windows, and reports the seqs it
-marked. It does no I/O: the service persists the outcomes in one store transaction and only then
-marks the live windows and sends the acks.
+:func:`process_group` runs the checks over several batches at once (in a decode worker, see
+:mod:`.decode_pool`: it verifies, unseals and decodes) against *copies* of the replay windows,
+and reports the seqs it marked. It does no I/O: the service persists the outcomes in one store
+transaction and only then marks the live windows and sends the acks. An accepted update comes
+back compact, as the store's buffer blob and its metadata (its tensors dropped), since it may
+cross a process boundary.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -24,7 +27,7 @@ from nacl.public import PrivateKey
 from nacl.signing import VerifyKey
 
 from orchestrator.aggregation import check_delta, global_norm
-from orchestrator.buffer_codec import to_stored
+from orchestrator.buffer_codec import decode_buffered, encode_buffered
 from orchestrator.store import IncomingUpdate
 from schemas.envelope import Header, Opened, check_header, decode_body, unpack_batch, verify
 from schemas.errors import FedmqError, Reason
@@ -89,8 +92,16 @@ class Accept:
     seq: int
     header: Header
     update: Update = field(repr=False)
-    delta: Params = field(repr=False)
+    """The update's fields, without its tensors (they are in ``blob``)."""
+    blob: bytes = field(repr=False)
+    """The validated delta as the store's buffer keeps it (see :mod:`.buffer_codec`)."""
+    form: str
     norm: float
+
+    @property
+    def delta(self) -> Params:
+        """The float32 delta that was validated (decoded from ``blob``: bit-identical)."""
+        return decode_buffered(self.blob)
 
 
 @dataclass(frozen=True, slots=True)
@@ -281,7 +292,8 @@ def process_entry(
         delta, norm = validate_update(update, header.seq, model, policy)
     except _Rejected as exc:
         return exc.reject
-    return Accept(header.seq, header, update, delta, norm)
+    blob, form = encode_buffered(update, delta)
+    return Accept(header.seq, header, dataclasses.replace(update, tensors=[]), blob, form, norm)
 
 
 def process_group(
@@ -320,7 +332,7 @@ def process_group(
 
 def to_incoming(result: BatchResult) -> list[IncomingUpdate]:
     """Ledger rows for a judged batch (duplicates are already in the ledger: none for them).
-    Accepted deltas are in buffer form (see :mod:`orchestrator.buffer_codec`)."""
+    Accepted deltas are their buffer blobs (see :mod:`orchestrator.buffer_codec`)."""
     device = result.batch.device
     received = result.batch.received_ms
     if result.failure is not None:
@@ -331,10 +343,9 @@ def to_incoming(result: BatchResult) -> list[IncomingUpdate]:
     for o in result.outcomes:
         if isinstance(o, Accept):
             u = o.update
-            stored, form = to_stored(u, o.delta)
             rows.append(IncomingUpdate.accepted(
-                device, o.seq, u.base_version, u.num_samples, stored, norm=o.norm,
-                received_ms=received, meta={**_provenance(u, o.header), "stored": form},
+                device, o.seq, u.base_version, u.num_samples, o.blob, norm=o.norm,
+                received_ms=received, meta={**_provenance(u, o.header), "stored": o.form},
             ))
         elif isinstance(o, Reject):
             rows.append(IncomingUpdate.rejected(
@@ -345,21 +356,21 @@ def to_incoming(result: BatchResult) -> list[IncomingUpdate]:
     return rows
 
 
-def incoming_rows(result: GroupResult) -> tuple[list[IncomingUpdate], list[Params | None]]:
+def incoming_rows(result: GroupResult) -> tuple[list[IncomingUpdate], list[bytes | None]]:
     """Ledger rows of a judged group (:func:`to_incoming` of each batch) and, aligned with
-    them, each accepted row's decoded float32 delta (None for the other rows)."""
+    them, each accepted row's buffer blob (None for the other rows)."""
     rows: list[IncomingUpdate] = []
-    deltas: list[Params | None] = []
+    blobs: list[bytes | None] = []
     for batch in result.batches:
         rows.extend(to_incoming(batch))
         if batch.failure is not None:
-            deltas.append(None)
+            blobs.append(None)
             continue
-        deltas.extend(o.delta if isinstance(o, Accept) else None
-                      for o in batch.outcomes if not isinstance(o, Duplicate))
-    if len(rows) != len(deltas):  # pragma: no cover - to_incoming's contract
-        raise AssertionError("ledger rows and deltas out of step")
-    return rows, deltas
+        blobs.extend(o.blob if isinstance(o, Accept) else None
+                     for o in batch.outcomes if not isinstance(o, Duplicate))
+    if len(rows) != len(blobs):  # pragma: no cover - to_incoming's contract
+        raise AssertionError("ledger rows and blobs out of step")
+    return rows, blobs
 
 
 def _provenance(u: Update, header: Header) -> dict[str, Any]:

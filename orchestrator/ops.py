@@ -345,11 +345,12 @@ class OperatorDesk:
 
     async def _refuse(self, request: _Request, refusal: _Refused, *,
                       request_id: str | None = None) -> None:
-        self._counters[f"ops.rejected.{refusal.reason.value}"] += 1
         log.info("operator request refused (%s): %s", refusal.reason.value, refusal.detail)
         await self.service.store.append_audit(AuditEvent(
             "rejected", ORCHESTRATOR_SENDER, device=refusal.operator, reason=refusal.reason.value,
             detail={"message": "ops_request", "detail": refusal.detail[:200]}))
+        # counted once audited: whoever watches the counter then finds the audit row
+        self._counters[f"ops.rejected.{refusal.reason.value}"] += 1
         if refusal.operator is None:
             return  # nowhere the sender alone can read: no answer
         if request_id is None:

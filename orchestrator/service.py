@@ -55,6 +55,7 @@ from orchestrator.broker import ORCHESTRATOR_USER, MosquittoBroker
 from orchestrator.buffer_cache import BufferCache, load_buffer
 from orchestrator.classes import task_settings
 from orchestrator.config import Config
+from orchestrator.decode_pool import DecodePool
 from orchestrator.drift import drift_signals
 from orchestrator.embedded_broker import embedded_broker
 from orchestrator.enrollment import judge_enroll
@@ -69,7 +70,6 @@ from orchestrator.ingest import (
     Reject,
     SenderView,
     incoming_rows,
-    process_group,
 )
 from orchestrator.keys import load_or_create_key
 from orchestrator.metrics import Metrics, MetricsEndpoint, MetricsServerError
@@ -224,7 +224,8 @@ class Orchestrator:
         self._updates: asyncio.Queue[RawBatch] = asyncio.Queue(config.ingest.queue_batches)
         self._control: asyncio.Queue[_Control] = asyncio.Queue(config.ingest.queue_batches)
         self._judged: asyncio.Queue[GroupResult] = asyncio.Queue(2)
-        self._buffer_cache = BufferCache()  # decoded deltas of buffered updates
+        self._buffer_cache = BufferCache()  # blobs of buffered updates
+        self._decoder: DecodePool | None = None
         self._buffered = 0
         # aggregation, publication, evaluation
         agg = config.aggregation
@@ -390,6 +391,8 @@ class Orchestrator:
         await asyncio.to_thread(data_dir.mkdir, mode=0o700, parents=True, exist_ok=True)
         self._key = await asyncio.to_thread(load_or_create_key, cfg.federation.key_path)
         self._unseal = unseal_key(self._key)
+        self._decoder = await self._stack.enter_async_context(
+            DecodePool(cfg.ingest.decode_workers, self._ingest_policy, self._unseal))
         self._store = await self._stack.enter_async_context(
             Store.open(cfg.federation.store_path, clock=self._clock,
                        synchronous=self._synchronous))
@@ -610,9 +613,8 @@ class Orchestrator:
                 if view.verify_key is not None:
                     windows[batch.device] = _copy(self._window(batch.device))
             model = ModelView(self._model.version, self._shapes)
-            result = await asyncio.to_thread(
-                process_group, group, senders, windows, model, self._ingest_policy,
-                self._unseal, self._clock())
+            assert self._decoder is not None
+            result = await self._decoder.judge(group, senders, windows, model, self._clock())
             for device, seqs in result.marks.items():
                 window = self._window(device)
                 for seq in seqs:
@@ -633,7 +635,7 @@ class Orchestrator:
             await self._commit(result)
 
     async def _commit(self, result: GroupResult) -> None:
-        rows, deltas = incoming_rows(result)
+        rows, blobs = incoming_rows(result)
         async with self._windows_lock:
             states: dict[str, ReplayWindow] = {}
             for device, seqs in result.marks.items():
@@ -642,7 +644,7 @@ class Orchestrator:
                     window.mark(seq)
                 states[device] = window
             ids = await self.store.ingest(rows, {d: w.to_bytes() for d, w in states.items()})
-            self._buffer_cache.put_many(ids, deltas)
+            self._buffer_cache.put_many(ids, blobs)
             self._committed.update(states)
         # committed: now (and only now) the acks, the counters and the buffer
         acks: list[tuple[str, Ack]] = []
@@ -985,6 +987,11 @@ class Orchestrator:
         population = sum(1 for d in self._registry.all()
                          if d.role == "device" and d.status == "active")
         plan = self._dp.plan([senders[uid] for uid in result.used_ids], population)
+        used = set(result.used_ids)
+        # each contributor's update norm and cosine to the aggregate, in the version's metrics
+        drift = await asyncio.to_thread(drift_signals,
+                                        [e for e in entries if e.update_id in used],
+                                        model.params, result.params)
         try:
             info = await store.commit_version(
                 params=result.params, kind="aggregate", parent=model.version,
@@ -996,7 +1003,8 @@ class Orchestrator:
                               **(plan.server_state if plan is not None else {})},
                 metrics={"updates": len(result.used_ids), "dropped": len(result.dropped),
                          "delta_norm": result.delta_norm,
-                         "mean_staleness": float(np.mean(staleness)) if staleness else 0.0},
+                         "mean_staleness": float(np.mean(staleness)) if staleness else 0.0,
+                         **({"drift": drift} if drift else {})},
                 privacy=plan.charges if plan is not None else None,
             )
         except BaseException:
@@ -1014,9 +1022,6 @@ class Orchestrator:
             await self._dp.committed(plan, info.version)
         await self._set_model(_Model(info.version, result.params, info.arch_hash,
                                      info.created_ms, info.parent))
-        used = set(result.used_ids)
-        await self._record_drift(info.version, model.params, result.params,
-                                 [e for e in entries if e.update_id in used])
         if self._evaluator is None and self._stopping is not None:
             why = self._stopping.on_version(info.version, None)
             await self._save_stopping()
@@ -1035,8 +1040,12 @@ class Orchestrator:
 
     async def _publish_loop(self) -> None:
         assert self._publisher is not None and self._arch is not None
+        interval = self.config.aggregation.publish_interval_s
+        last = float("-inf")
         while True:
             await self._publish_now.wait()
+            # versions made while this waits are coalesced: the latest one goes out
+            await asyncio.sleep(max(0.0, last + interval - time.monotonic()))
             self._publish_now.clear()
             model = self._model
             assert model is not None
@@ -1062,6 +1071,7 @@ class Orchestrator:
                 log.info("model v%d not published yet: %s", model.version, exc)
                 self._republish = self._republish or republish
                 continue  # the next connect triggers it again
+            last = time.monotonic()
             self._last_base = base
             self._published = (model.version, model.params)
             self.counters["published"] += 1
@@ -1181,13 +1191,6 @@ class Orchestrator:
         if self._rounds is not None:
             self._rounds.open(self.version, self._clock())
 
-    async def _record_drift(self, version: int, before: Params, after: Params,
-                            used: list[BufferedUpdate]) -> None:
-        """Each contributor's update norm and cosine to the aggregate, in the version's
-        metrics under ``drift``."""
-        signals = await asyncio.to_thread(drift_signals, used, before, after)
-        if signals:
-            await self.store.set_version_metrics(version, {"drift": signals})
 
 
 # -- helpers -------------------------------------------------------------------------------------

@@ -22,17 +22,22 @@ def wall_clock_ms() -> int:
 
 
 class StoreBase:
-    """One aiosqlite connection, one lock, one clock. Every operation runs under the lock, so
-    transactions never interleave on the shared connection."""
+    """One writing aiosqlite connection and its lock, so transactions never interleave on it;
+    plain reads go to a second, read-only connection with its own lock when there is one
+    (a file database: in WAL mode a reader sees the last commit without waiting for a writer
+    that is storing a large group of updates)."""
 
     def __init__(
-        self, conn: aiosqlite.Connection, path: str, clock: Clock, schema_version: int
+        self, conn: aiosqlite.Connection, path: str, clock: Clock, schema_version: int,
+        reader: aiosqlite.Connection | None = None,
     ) -> None:
         self._conn: aiosqlite.Connection | None = conn
+        self._reader = reader
         self._path = path
         self._clock = clock
         self._schema_version = schema_version
         self._lock = asyncio.Lock()
+        self._read_lock = asyncio.Lock() if reader is not None else self._lock
 
     @property
     def path(self) -> str:
@@ -49,9 +54,12 @@ class StoreBase:
 
     @contextlib.asynccontextmanager
     async def _read(self) -> AsyncIterator[aiosqlite.Connection]:
-        """Exclusive use of the connection for reads outside a transaction."""
-        async with self._lock:
+        """Exclusive use of a connection for reads outside a transaction (each statement
+        sees the latest commit)."""
+        async with self._read_lock:
             conn = self._live()
+            if self._reader is not None:
+                conn = self._reader
             try:
                 yield conn
             except (sqlite3.Error, OSError) as exc:

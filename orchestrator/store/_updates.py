@@ -199,7 +199,8 @@ def _prepare_ingest(
                      received, norm, _rows.dumps(u.meta)))
         if u.status == "buffered":
             assert u.delta is not None  # IncomingUpdate guarantees it
-            blobs.append((i, encode_params(u.delta)))
+            delta = u.delta
+            blobs.append((i, delta if isinstance(delta, bytes) else encode_params(delta)))
     return rows, blobs
 
 

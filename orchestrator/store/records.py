@@ -79,7 +79,9 @@ class IncomingUpdate:
     seq: int | None
     base_version: int | None = None
     num_samples: int | None = None
-    delta: Params | None = field(default=None, repr=False, compare=False)
+    delta: Params | bytes | None = field(default=None, repr=False, compare=False)
+    """Buffered updates only: the tensors, or their blob already encoded by
+    ``aggregation.encode_params`` (e.g. in a decode worker process)."""
     reason: str | None = None
     norm: float | None = None
     meta: Mapping[str, Any] = field(default_factory=dict)
@@ -105,7 +107,7 @@ class IncomingUpdate:
         seq: int,
         base_version: int,
         num_samples: int,
-        delta: Params,
+        delta: Params | bytes,
         *,
         norm: float | None = None,
         meta: Mapping[str, Any] | None = None,

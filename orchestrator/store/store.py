@@ -9,9 +9,10 @@ which would silently break exactly-once for updates already acked. ``FULL`` fsyn
 every commit; ingest commits once per batch, which amortises the cost. ``NORMAL`` is offered for
 benchmarks and throwaway simulations.
 
-Concurrency: every operation holds one asyncio lock, so transactions never interleave on the
-shared connection; the SQLite work itself runs in aiosqlite's thread, never on the event loop,
-and so do the (de)compression of parameters (``asyncio.to_thread``).
+Concurrency: every write holds one asyncio lock, so transactions never interleave on the
+writing connection; plain reads use a second, read-only connection (file databases), so they
+need not wait for a write in progress. The SQLite work itself runs in aiosqlite's threads,
+never on the event loop, and so do the (de)compression of parameters (``asyncio.to_thread``).
 """
 
 from __future__ import annotations
@@ -78,6 +79,7 @@ class Store(DeviceMethods, UpdateMethods, VersionMethods, JournalMethods, Privac
         except (sqlite3.Error, OSError) as exc:
             raise StoreError(f"cannot open store {target!r}: {exc}") from exc
         store: Store | None = None
+        reader: aiosqlite.Connection | None = None
         try:
             try:
                 # before anything writes, refuse a newer schema
@@ -91,12 +93,18 @@ class Store(DeviceMethods, UpdateMethods, VersionMethods, JournalMethods, Privac
                     raise StoreError(f"cannot put {target!r} in WAL mode (got {mode!r})")
                 await conn.execute(f"PRAGMA synchronous = {synchronous}")
                 version = await migrate(conn, migrations)
+                if not memory:
+                    reader = await aiosqlite.connect(target, isolation_level=None)
+                    await reader.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms):d}")
+                    await reader.execute("PRAGMA query_only = ON")
             except (sqlite3.Error, OSError) as exc:
                 raise StoreError(f"cannot open store {target!r}: {exc}") from exc
-            store = cls(conn, target, clock, version)
+            store = cls(conn, target, clock, version, reader)
             yield store
         finally:
             if store is not None:
                 store._conn = None
-            with contextlib.suppress(sqlite3.Error, ValueError):
-                await conn.close()
+            for each in (reader, conn):
+                if each is not None:
+                    with contextlib.suppress(sqlite3.Error, ValueError):
+                        await each.close()

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from orchestrator.buffer_cache import BufferCache, load_buffer
-from orchestrator.buffer_codec import to_stored
+from orchestrator.buffer_codec import encode_buffered
 from orchestrator.store import IncomingUpdate, Store
 from schemas import Codec, CodecSpec, Update, decode_params, encode_params
 from schemas.tensors import Params
@@ -20,19 +20,21 @@ def _delta(seed: int) -> Params:
             "b": rng.standard_normal(3).astype(np.float32)}
 
 
-def _accepted(seq: int, delta: Params) -> tuple[IncomingUpdate, Params]:
-    """An int8 update as ingestion keeps it: the buffer form, and the decoded delta."""
+def _accepted(seq: int, delta: Params) -> tuple[IncomingUpdate, Params, bytes]:
+    """An int8 update as ingestion keeps it: the ledger row (with the buffer blob), the
+    decoded delta, and the blob."""
     tensors = encode_params(delta, CodecSpec(Codec.INT8), np.random.default_rng(seq))
     update = Update(task_id="t", base_version=0, num_samples=seq, tensors=tensors,
                     codec=Codec.INT8)
     decoded = decode_params(tensors)
-    stored, _ = to_stored(update, decoded)
-    return IncomingUpdate.accepted("dev", seq, 0, seq, stored, norm=1.0), decoded
+    blob, form = encode_buffered(update, decoded)
+    assert form == "int8"
+    return IncomingUpdate.accepted("dev", seq, 0, seq, blob, norm=1.0), decoded, blob
 
 
 def test_budget_bounds_what_is_kept() -> None:
     cache = BufferCache(budget_bytes=100)
-    small = {"a": np.zeros(10, np.float32)}  # 40 bytes
+    small = b"x" * 40
     cache.put_many([1, 2, 3, 4], [small, None, small, small])
     assert 1 in cache and 2 not in cache and 3 in cache and 4 not in cache
     assert cache.nbytes == 80
@@ -46,14 +48,15 @@ async def test_load_buffer_matches_the_store_with_and_without_the_cache(tmp_path
     async with Store.open(tmp_path / "s.db") as store:
         await store.commit_version(params=_delta(0), kind="initial", parent=None,
                                    arch_hash=await store.put_architecture(b"arch"))
-        rows, decoded = zip(*(_accepted(seq, _delta(seq)) for seq in range(1, 6)), strict=True)
+        rows, decoded, blobs = zip(*(_accepted(seq, _delta(seq)) for seq in range(1, 6)),
+                                   strict=True)
         ids = await store.ingest(list(rows))
         cold = await load_buffer(store, BufferCache(), 3)  # nothing cached: read the store
         warm_cache = BufferCache()
-        warm_cache.put_many(ids, list(decoded))
+        warm_cache.put_many(ids, list(blobs))
         warm = await load_buffer(store, warm_cache, 3)
         partial_cache = BufferCache()
-        partial_cache.put_many(ids[1:], list(decoded[1:]))  # one missing: the store again
+        partial_cache.put_many(ids[1:], list(blobs[1:]))  # one missing: the store again
         partial = await load_buffer(store, partial_cache, None)
     assert [u.update_id for u in cold] == [u.update_id for u in warm] == ids[:3]
     assert [u.update_id for u in partial] == ids
@@ -70,10 +73,10 @@ async def test_ids_that_left_the_buffer_are_forgotten(tmp_path: Path) -> None:
     async with Store.open(tmp_path / "s.db") as store:
         await store.commit_version(params=_delta(0), kind="initial", parent=None,
                                    arch_hash=await store.put_architecture(b"arch"))
-        rows, decoded = zip(*(_accepted(seq, _delta(seq)) for seq in range(1, 4)), strict=True)
+        rows, _, blobs = zip(*(_accepted(seq, _delta(seq)) for seq in range(1, 4)), strict=True)
         ids = await store.ingest(list(rows))
         cache = BufferCache()
-        cache.put_many(ids, list(decoded))
+        cache.put_many(ids, list(blobs))
         await store.mark_updates(ids[:2], "rejected", "stale")
         left = await load_buffer(store, cache, None)
         assert [u.update_id for u in left] == ids[2:]

@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 from nacl.signing import SigningKey
 
+from orchestrator.buffer_codec import decode_buffered
 from orchestrator.ingest import (
     Accept,
     IngestPolicy,
@@ -108,21 +109,26 @@ def test_content_rejections_use_up_the_seq() -> None:
     assert all(e.outcome is AckOutcome.REJECTED for e in result.batches[0].ack_entries())
 
 
-def test_incoming_rows_pair_each_ledger_row_with_its_accepted_delta() -> None:
+def test_incoming_rows_pair_each_ledger_row_with_its_accepted_blob() -> None:
     good = _delta(0.2)
     nan = _delta()
     nan["b0"][0] = np.nan
     first = _update(1, good)
     result, _ = _run(first, first, _update(2, nan), _update(3))
     assert _reasons(result) == ["Accept", "Duplicate", "non_finite", "Accept"]
-    rows, deltas = incoming_rows(result)
+    rows, blobs = incoming_rows(result)
     assert [r.status for r in rows] == ["buffered", "rejected", "buffered"]
-    assert deltas[1] is None
-    for delta, outcome in zip((deltas[0], deltas[2]), (result.batches[0].outcomes[0],
-                                                       result.batches[0].outcomes[3]),
-                              strict=True):
-        assert isinstance(outcome, Accept) and delta is outcome.delta
-    assert np.array_equal(deltas[0]["W0"], good["W0"])
+    assert blobs[1] is None
+    for row, blob, outcome in zip((rows[0], rows[2]), (blobs[0], blobs[2]),
+                                  (result.batches[0].outcomes[0],
+                                   result.batches[0].outcomes[3]), strict=True):
+        assert isinstance(outcome, Accept) and blob is outcome.blob is row.delta
+        assert outcome.update.tensors == []  # what crosses back from a worker stays small
+    accepted = result.batches[0].outcomes[0]
+    assert isinstance(accepted, Accept)
+    # the blob restores what was validated (float32 on the wire: the very values sent)
+    assert np.array_equal(decode_buffered(blobs[0] or b"")["W0"], good["W0"])
+    assert np.array_equal(accepted.delta["W0"], good["W0"])
 
 
 def test_authenticity_and_binding_rejections_do_not_mark() -> None:

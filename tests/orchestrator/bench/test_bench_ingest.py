@@ -13,7 +13,7 @@ from orchestrator.bench import ingest
 from orchestrator.cli.bench import BENCHMARKS, main
 
 KEYS = ("updates_per_s", "kernel_floor_updates_per_s", "ratio", "lost", "devices", "params",
-        "batch_entries", "durability")
+        "batch_entries", "durability", "max_per_version")
 
 
 def test_defaults_describe_the_target_setup() -> None:
