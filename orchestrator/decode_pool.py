@@ -7,8 +7,9 @@ from a C call), and ingestion ran at a third of the speed of the same work alone
 process it runs at full speed on another core, and only compact results come back: each
 accepted update as its buffer blob (see :func:`orchestrator.ingest.process_entry`).
 
-A group is split by device across the workers (a device's batches stay together, so each
-worker owns its devices' replay windows for the group); results keep the group's order.
+A group is split by device across the workers, balanced by bytes (a device's batches stay
+together, so each worker owns its devices' replay windows for the group); results keep the
+group's order.
 ``workers=0`` judges in a thread of the service instead (tests, single-core devices).
 
 A worker that dies (a crash in a C library on hostile input, an OOM kill) breaks the pool:
@@ -27,7 +28,6 @@ import os
 import select
 import threading
 import time
-import zlib
 from collections.abc import Mapping, Sequence
 from concurrent.futures.process import BrokenProcessPool
 from types import TracebackType
@@ -104,6 +104,24 @@ def _warm() -> None:
     """Nothing: submitting it starts a worker (imports done) before the first batch."""
 
 
+def _shard(batches: Sequence[RawBatch], n: int) -> dict[int, list[int]]:
+    """Batch indices per shard: a device's batches in one shard, the shards' payload bytes
+    as even as a greedy fill makes them (largest device first), each in arrival order."""
+    sizes: dict[str, int] = {}
+    for batch in batches:
+        sizes[batch.device] = sizes.get(batch.device, 0) + len(batch.payload)
+    loads = [0] * n
+    home: dict[str, int] = {}
+    for device in sorted(sizes, key=lambda d: (-sizes[d], d)):
+        shard = loads.index(min(loads))
+        home[device] = shard
+        loads[shard] += sizes[device]
+    shards: dict[int, list[int]] = {}
+    for i, batch in enumerate(batches):
+        shards.setdefault(home[batch.device], []).append(i)
+    return shards
+
+
 class DecodePool:
     """``async with DecodePool(n, policy, unseal) as pool: await pool.judge(...)``."""
 
@@ -174,10 +192,7 @@ class DecodePool:
     async def _sharded(self, batches: list[RawBatch], senders: _Senders,
                        windows: Mapping[str, ReplayWindow], model: ModelView,
                        now_ms: int) -> GroupResult:
-        shards: dict[int, list[int]] = {}
-        for i, batch in enumerate(batches):
-            shard = zlib.crc32(batch.device.encode()) % self._workers if self._workers > 1 else 0
-            shards.setdefault(shard, []).append(i)
+        shards = _shard(batches, self._workers)
         parts = await asyncio.gather(*(
             self._submit([batches[i] for i in idx], senders, windows, model, now_ms)
             for idx in shards.values()))

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from nacl.signing import SigningKey
 
-from orchestrator.decode_pool import DecodePool
+from orchestrator.decode_pool import DecodePool, _shard
 from orchestrator.ingest import (
     Accept,
     Duplicate,
@@ -146,7 +146,7 @@ async def test_leaving_stops_the_workers() -> None:
 _HOLDER = """
 import asyncio, sys
 from nacl.signing import SigningKey
-from orchestrator.decode_pool import DecodePool
+from orchestrator.decode_pool import DecodePool, _shard
 from orchestrator.ingest import IngestPolicy
 from schemas import DEFAULT_LIMITS, unseal_key
 
@@ -191,3 +191,16 @@ def test_workers_do_not_outlive_a_killed_service() -> None:
             assert not any(_alive(p) for p in pids)
         finally:
             proc.kill()
+
+
+def test_shards_keep_devices_together_and_balance_bytes() -> None:
+    batches = [RawBatch(d, b"x" * size, i) for i, (d, size) in enumerate(
+        [("a", 900), ("b", 300), ("a", 100), ("c", 500), ("d", 400), ("b", 300)])]
+    shards = _shard(batches, 2)
+    homes = {batches[i].device: s for s, idx in shards.items() for i in idx}
+    assert all(homes[b.device] == s for s, idx in shards.items() for b in
+               (batches[i] for i in idx))  # one shard per device
+    loads = sorted(sum(len(batches[i].payload) for i in idx) for idx in shards.values())
+    assert loads == [1100, 1400]  # greedy, largest first: a 1000 + d 400 | b 600 + c 500
+    assert all(idx == sorted(idx) for idx in shards.values())  # arrival order kept
+    assert _shard(batches, 1) == {0: list(range(6))}

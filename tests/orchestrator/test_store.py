@@ -3,6 +3,7 @@ SQLite files."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import sqlite3
 import stat
@@ -57,6 +58,47 @@ async def test_open_creates_owner_only_wal_database(tmp_path: Path) -> None:
     with _raw(path) as raw:
         assert raw.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         assert raw.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+
+
+async def test_a_new_database_has_large_pages_and_fast_deletes(tmp_path: Path) -> None:
+    path = tmp_path / "orch.db"
+    async with Store.open(path) as store:
+        conn = store._conn
+        assert conn is not None
+        async with conn.execute("PRAGMA secure_delete") as cur:
+            assert (await cur.fetchone()) == (2,)  # FAST
+    with _raw(path) as raw:
+        assert raw.execute("PRAGMA page_size").fetchone()[0] == 16384
+    old = tmp_path / "old.db"  # an existing database keeps its page size
+    with _raw(old) as raw:
+        raw.execute("CREATE TABLE t (x)")
+    async with Store.open(old):
+        pass
+    with _raw(old) as raw:
+        assert raw.execute("PRAGMA page_size").fetchone()[0] == 4096
+
+
+async def test_reads_do_not_wait_for_a_write_in_progress(tmp_path: Path) -> None:
+    async with Store.open(tmp_path / "orch.db") as store:
+        await store.add_device("dev-1", secret=b"k")
+        writing = asyncio.Event()
+        release = asyncio.Event()
+
+        async def long_write() -> None:
+            async with store._tx() as conn:
+                await conn.execute("UPDATE devices SET device_class = 'x'")
+                writing.set()
+                await release.wait()
+
+        writer = asyncio.create_task(long_write())
+        await writing.wait()
+        # the writer holds the write lock: a read still answers, from the last commit
+        dev = await asyncio.wait_for(store.get_device("dev-1"), 5)
+        assert dev is not None and dev.device_class is None
+        release.set()
+        await writer
+        dev = await store.get_device("dev-1")
+        assert dev is not None and dev.device_class == "x"
 
 
 async def test_existing_file_is_made_owner_only(tmp_path: Path) -> None:
