@@ -1,9 +1,8 @@
 """Ingestion throughput of the orchestrator through real Mosquitto (``fedmq bench ingest``).
 
 Everything runs as in production, each part in its own process: a Mosquitto broker, the
-service (``fedmq orchestrator run`` with its decode workers, aggregation on: versions of at
-least ``--k`` updates, and of up to ``--max-per-version`` when aggregation falls behind, as a
-production service should be configured) and load-generator processes. Each load
+service (``fedmq orchestrator run`` with its decode workers, aggregation on: a version every
+``--k`` updates) and load-generator processes. Each load
 generator enrolls its share of the devices, pre-builds their signed, sealed int8 updates of a
 100,000-parameter softmax model (9999 features x 10 classes + 10 biases), then publishes
 update batches as fast as acks allow, at most ``--window`` unacknowledged batches per device.
@@ -76,9 +75,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="load-generator processes (2)")
     parser.add_argument("--k", type=_positive, default=20,
                         help="FedBuff buffer size: updates per new version (20)")
-    parser.add_argument("--max-per-version", type=_positive, default=100,
+    parser.add_argument("--max-per-version", type=_positive, default=None,
                         help="most updates one version folds when aggregation is behind "
-                             "(100; give the same as --k for versions of exactly k)")
+                             "(default: k, versions of exactly k updates)")
     parser.add_argument("--durability", choices=("NORMAL", "FULL"), default="NORMAL",
                         help="SQLite synchronous mode of the store (NORMAL)")
     parser.add_argument("--kernel-seconds", type=float, default=2.0,
@@ -119,7 +118,7 @@ n_classes = {N_CLASSES}
 [aggregation]
 mode = "async"
 k = {args.k}
-max_per_version = {max(args.k, args.max_per_version)}
+max_per_version = {_per_version(args)}
 staleness = "polynomial"
 max_staleness = 1000000
 [ingest]
@@ -209,7 +208,7 @@ async def _bench(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         "window": args.window,
         "generators": len(generators),
         "k": args.k,
-        "max_per_version": max(args.k, args.max_per_version),
+        "max_per_version": _per_version(args),
         "durability": args.durability,
         "versions": latest.version if latest is not None else 0,
         "updates_accepted": len(acked),
@@ -240,6 +239,10 @@ async def _drain(config: Config, k: int) -> float | None:
                 return round(loop.time() - started, 3)
             await asyncio.sleep(0.05)
     return None
+
+
+def _per_version(args: argparse.Namespace) -> int:
+    return args.k if args.max_per_version is None else max(args.k, args.max_per_version)
 
 
 def _limits(config: Config) -> Limits:

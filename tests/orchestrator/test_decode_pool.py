@@ -3,6 +3,7 @@ worker, shut down cleanly, and do not outlive a SIGKILLed service."""
 
 from __future__ import annotations
 
+import fcntl
 import os
 import signal
 import subprocess
@@ -204,3 +205,12 @@ def test_shards_keep_devices_together_and_balance_bytes() -> None:
     assert loads == [1100, 1400]  # greedy, largest first: a 1000 + d 400 | b 600 + c 500
     assert all(idx == sorted(idx) for idx in shards.values())  # arrival order kept
     assert _shard(batches, 1) == {0: list(range(6))}
+
+
+@pytest.mark.skipif(not hasattr(fcntl, "F_GETPIPE_SZ"), reason="pipe sizes are Linux-only")
+async def test_the_task_and_result_pipes_are_widened() -> None:
+    async with DecodePool(1, POLICY, unseal_key(ORCH)) as pool:
+        executor = pool._executor
+        assert executor is not None
+        for queue in (executor._call_queue, executor._result_queue):  # type: ignore[attr-defined]
+            assert fcntl.fcntl(queue._reader.fileno(), fcntl.F_GETPIPE_SZ) == 1 << 20

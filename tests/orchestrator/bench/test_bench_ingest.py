@@ -38,6 +38,7 @@ def test_small_run_stores_every_acknowledged_update(capsys: pytest.CaptureFixtur
     assert result["updates_not_accepted"] == 0
     assert result["lost"] == 0
     assert result["versions"] >= 1  # aggregation ran during the benchmark
+    assert result["max_per_version"] == 4  # versions of exactly k by default
     assert result["updates_per_s"] > 0 and result["kernel_floor_updates_per_s"] > 0
     assert result["ratio"] == pytest.approx(
         result["updates_per_s"] / result["kernel_floor_updates_per_s"], rel=0.01, abs=0.002)
