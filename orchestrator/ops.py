@@ -282,11 +282,11 @@ class OperatorDesk:
                                request_id=command.request_id)
             return
         await self._mark_seen(operator, opened_seq)
-        self._counters[f"ops.command.{command.command}"] += 1
         await self.service.store.append_audit(AuditEvent(
             "operator_command", operator, detail={
                 "command": command.command[:100], "request_id": command.request_id[:100],
                 "args": _bounded_json(command.args)}))
+        self._counters[f"ops.command.{command.command}"] += 1
         handler = COMMANDS.get(command.command)
         if handler is None:
             await self._reply(request, operator, OperatorResponse(

@@ -728,10 +728,11 @@ class Orchestrator:
                 await self.store.save_replay_windows({item.device: ReplayWindow().to_bytes()})
             self.counters["enrolled"] += 1
         elif decision.status is EnrollStatus.REJECTED:
-            self.counters[f"enroll.rejected.{decision.reason}"] += 1
             await self.store.append_audit(AuditEvent(
                 "rejected", ORCHESTRATOR_SENDER, device=item.device, reason=decision.reason,
                 detail={"message": "enroll", "key_id": key_id(enroll.public_key)}))
+            # counted once audited (plain reads do not wait for writes: see store)
+            self.counters[f"enroll.rejected.{decision.reason}"] += 1
         await self._send(item.device, DownKind.ENROLLED, Enrolled(
             item.device, decision.status, decision.reason,
             heartbeat_s=cfg.federation.heartbeat_s))
@@ -793,13 +794,13 @@ class Orchestrator:
         if not self._dp.budget_left(device):
             # checked here, not through the selection's budget_left hook: the device is told
             # the protocol reason (budget_exhausted) and the refusal is audited once
-            self.counters["deferred.budget_exhausted"] += 1
             if device not in self._budget_audited:
                 self._budget_audited.add(device)
                 await self.store.append_audit(AuditEvent(
                     "rejected", ORCHESTRATOR_SENDER, device=device,
                     reason=Reason.BUDGET_EXHAUSTED.value,
                     detail={"message": "task", "epsilon": self._dp.spent(device)}))
+            self.counters["deferred.budget_exhausted"] += 1
             await self._send(device, DownKind.TASK, Defer(
                 int(self.config.selection.retry_after_s * 10_000),
                 Reason.BUDGET_EXHAUSTED.value))
