@@ -24,6 +24,7 @@ import logging
 import random
 import time
 import uuid
+import zlib
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -154,6 +155,10 @@ class _Model:
     arch_hash: str
     created_ms: int
     parent: int | None
+
+
+_LANES = 8
+"""Control messages handled at once (see ``Orchestrator._control_loop``)."""
 
 
 @dataclass
@@ -683,10 +688,23 @@ class Orchestrator:
     # -- enroll, status, eval ---------------------------------------------------------------------
 
     async def _control_loop(self) -> None:
+        """Enroll, status and eval messages on a few lanes, each device always on the same
+        one: a device's messages are handled in order, other devices' meanwhile. Each handler
+        awaits a store write and a QoS 1 publish; one at a time, a 5,000-device fleet's
+        heartbeats outran them (196 answered of 496 a second)."""
+        lanes: list[asyncio.Queue[_Control]] = [asyncio.Queue(64) for _ in range(_LANES)]
+        async with asyncio.TaskGroup() as tg:
+            for i, lane in enumerate(lanes):
+                tg.create_task(self._control_lane(lane), name=f"control-{i}")
+            while True:
+                item = await self._control.get()
+                await lanes[zlib.crc32(item.device.encode()) % _LANES].put(item)
+
+    async def _control_lane(self, lane: asyncio.Queue[_Control]) -> None:
         handlers = {UpKind.ENROLL.value: self._on_enroll, UpKind.STATUS.value: self._on_status,
                     UpKind.EVAL.value: self._on_eval}
         while True:
-            item = await self._control.get()
+            item = await lane.get()
             handler = handlers.get(item.kind)
             if handler is None:  # pragma: no cover - parse_topic admits only these kinds
                 continue

@@ -14,10 +14,11 @@ add`` per device), then:
 Over the hold window (a minute by default) it measures the orchestrator's CPU (utime+stime
 of its process, the broker not included), heartbeats per second, and how long an
 operator-style fleet status query takes (a read of the store's device table, as ``fedmq fleet
-status`` is not built yet). After the window the agents drain their outboxes and every update
-they built is looked up in the orchestrator's ledger: ``updates_lost`` counts those found
-neither there nor still waiting in an outbox. Targets: ``connected == devices`` (5000 by
-default), ``updates_lost == 0``, ``orchestrator_cpu_pct < 50``.
+status`` is not built yet). After the window the agents drain their outboxes, the orchestrator
+stops, and every update they built is looked up by (device, seq) in the orchestrator's ledger
+and in their outboxes: ``updates_lost`` counts those found in neither. Targets:
+``connected == devices`` (5000 by default), ``updates_lost == 0``,
+``orchestrator_cpu_pct < 50``.
 """
 
 from __future__ import annotations
@@ -183,12 +184,21 @@ async def _run(args: argparse.Namespace, out: Path) -> dict[str, Any]:
             await asyncio.sleep(max(0.0, args.hold_s - (time.monotonic() - t0)))
             cpu1, t1 = _cpu_s(orch.pid), time.monotonic()
             reports = [await _worker_report(w, ramp_s + args.hold_s + 60) for w in workers]
-            pending = await _drain(fleet, timeout_s=30.0)
-            built = sum(a.stats.updates_built for a in fleet.agents)
+            await _drain(fleet, timeout_s=30.0)
+            # the orchestrator stops before the count: nothing reaches the ledger after it, and
+            # an update is then in the ledger, in its outbox, or both (ingested, ack not yet
+            # back), so counting by (device, seq) is exact while the agents keep training
+            await _stop(orch)
+            snapshot = {a.device_id: (a.stats.updates_built,
+                                      {e.seq for e in await a.outbox.pending()})
+                        for a in fleet.agents}
             training_statuses = sum(a.stats.statuses_sent for a in fleet.agents)
     finally:
         await _stop(orch)
-    in_ledger = await _ledger_total(config, spec.device_ids())
+    ledger = await _ledger_seqs(config, list(snapshot))
+    built = sum(n for n, _ in snapshot.values())
+    in_ledger = sum(len(ledger[d]) for d in snapshot)
+    pending = sum(len(seqs - ledger[d]) for d, (_, seqs) in snapshot.items())
     lost = max(0, built - in_ledger - pending)
     connected = sum(r["connected_at_end"] for r in reports)
     heartbeats = sum(r["heartbeats_in_window"] for r in reports)
@@ -332,12 +342,11 @@ async def _drain(fleet: Fleet, timeout_s: float) -> int:
     return fleet.outbox_total()
 
 
-async def _ledger_total(config: Config, device_ids: list[str]) -> int:
+async def _ledger_seqs(config: Config, device_ids: list[str]) -> dict[str, set[int]]:
+    """The seqs of each device's updates in the ledger, whatever their status."""
     async with Store.open(config.federation.store_path) as store:
-        total = 0
-        for dev in device_ids:
-            total += sum((await store.ledger_counts(sender=dev)).values())
-        return total
+        return {dev: {r.seq for r in await store.ledger(sender=dev) if r.seq is not None}
+                for dev in device_ids}
 
 
 def _labels(data: FleetData) -> np.ndarray:
