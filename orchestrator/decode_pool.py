@@ -159,10 +159,6 @@ class DecodePool:
         self.restarts = 0
         """How many times a dead worker forced a restart (tests and metrics watch it)."""
 
-    @property
-    def workers(self) -> int:
-        return self._workers
-
     async def __aenter__(self) -> DecodePool:
         if self._workers:
             self._executor = executor = self._new_executor()

@@ -356,21 +356,10 @@ def to_incoming(result: BatchResult) -> list[IncomingUpdate]:
     return rows
 
 
-def incoming_rows(result: GroupResult) -> tuple[list[IncomingUpdate], list[bytes | None]]:
-    """Ledger rows of a judged group (:func:`to_incoming` of each batch) and, aligned with
-    them, each accepted row's buffer blob (None for the other rows)."""
-    rows: list[IncomingUpdate] = []
-    blobs: list[bytes | None] = []
-    for batch in result.batches:
-        rows.extend(to_incoming(batch))
-        if batch.failure is not None:
-            blobs.append(None)
-            continue
-        blobs.extend(o.blob if isinstance(o, Accept) else None
-                     for o in batch.outcomes if not isinstance(o, Duplicate))
-    if len(rows) != len(blobs):  # pragma: no cover - to_incoming's contract
-        raise AssertionError("ledger rows and blobs out of step")
-    return rows, blobs
+def incoming_rows(result: GroupResult) -> list[IncomingUpdate]:
+    """Ledger rows of a judged group (:func:`to_incoming` of each batch); an accepted row's
+    ``delta`` is its buffer blob."""
+    return [row for batch in result.batches for row in to_incoming(batch)]
 
 
 def _provenance(u: Update, header: Header) -> dict[str, Any]:

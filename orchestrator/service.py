@@ -640,7 +640,7 @@ class Orchestrator:
             await self._commit(result)
 
     async def _commit(self, result: GroupResult) -> None:
-        rows, blobs = incoming_rows(result)
+        rows = incoming_rows(result)
         async with self._windows_lock:
             states: dict[str, ReplayWindow] = {}
             for device, seqs in result.marks.items():
@@ -649,7 +649,8 @@ class Orchestrator:
                     window.mark(seq)
                 states[device] = window
             ids = await self.store.ingest(rows, {d: w.to_bytes() for d, w in states.items()})
-            self._buffer_cache.put_many(ids, blobs)
+            self._buffer_cache.put_many(
+                ids, [r.delta if isinstance(r.delta, bytes) else None for r in rows])
             self._committed.update(states)
         # committed: now (and only now) the acks, the counters and the buffer
         acks: list[tuple[str, Ack]] = []
@@ -1209,7 +1210,6 @@ class Orchestrator:
                                      info.parent))
         if self._rounds is not None:
             self._rounds.open(self.version, self._clock())
-
 
 
 # -- helpers -------------------------------------------------------------------------------------

@@ -109,25 +109,25 @@ def test_content_rejections_use_up_the_seq() -> None:
     assert all(e.outcome is AckOutcome.REJECTED for e in result.batches[0].ack_entries())
 
 
-def test_incoming_rows_pair_each_ledger_row_with_its_accepted_blob() -> None:
+def test_incoming_rows_carry_each_accepted_blob() -> None:
     good = _delta(0.2)
     nan = _delta()
     nan["b0"][0] = np.nan
     first = _update(1, good)
     result, _ = _run(first, first, _update(2, nan), _update(3))
     assert _reasons(result) == ["Accept", "Duplicate", "non_finite", "Accept"]
-    rows, blobs = incoming_rows(result)
+    rows = incoming_rows(result)
     assert [r.status for r in rows] == ["buffered", "rejected", "buffered"]
-    assert blobs[1] is None
-    for row, blob, outcome in zip((rows[0], rows[2]), (blobs[0], blobs[2]),
-                                  (result.batches[0].outcomes[0],
-                                   result.batches[0].outcomes[3]), strict=True):
-        assert isinstance(outcome, Accept) and blob is outcome.blob is row.delta
+    assert rows[1].delta is None
+    for row, outcome in zip((rows[0], rows[2]), (result.batches[0].outcomes[0],
+                                                 result.batches[0].outcomes[3]), strict=True):
+        assert isinstance(outcome, Accept) and outcome.blob is row.delta
         assert outcome.update.tensors == []  # what crosses back from a worker stays small
     accepted = result.batches[0].outcomes[0]
     assert isinstance(accepted, Accept)
     # the blob restores what was validated (float32 on the wire: the very values sent)
-    assert np.array_equal(decode_buffered(blobs[0] or b"")["W0"], good["W0"])
+    assert isinstance(rows[0].delta, bytes)
+    assert np.array_equal(decode_buffered(rows[0].delta)["W0"], good["W0"])
     assert np.array_equal(accepted.delta["W0"], good["W0"])
 
 
