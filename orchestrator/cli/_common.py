@@ -3,7 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import functools
+import sys
+from collections.abc import Callable
 from typing import NoReturn
+
+from orchestrator.config import ConfigError
+
+__all__ = ["Parser", "UsageError", "one_line_errors"]
+
+Main = Callable[[list[str]], int]
 
 
 class UsageError(Exception):
@@ -15,3 +24,27 @@ class Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         raise UsageError(message)
+
+
+def one_line_errors(prog: str) -> Callable[[Main], Main]:
+    """Decorate a command group's ``main``: a :class:`UsageError` (a :class:`Parser`'s
+    included) and a config file the schema refuses are one line on stderr and exit 2;
+    ``--help`` returns argparse's exit status."""
+
+    def decorate(main: Main) -> Main:
+        @functools.wraps(main)
+        def run(argv: list[str]) -> int:
+            try:
+                return main(argv)
+            except UsageError as exc:
+                print(f"{prog}: error: {exc} (try '{prog} --help')", file=sys.stderr)
+                return 2
+            except ConfigError as exc:
+                print(f"{prog}: config error: {exc}", file=sys.stderr)
+                return 2
+            except SystemExit as exc:  # --help (argparse is the only one to raise it here)
+                return exc.code if isinstance(exc.code, int) else 0
+
+        return run
+
+    return decorate

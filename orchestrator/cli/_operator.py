@@ -15,7 +15,7 @@ from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime
 from typing import Any
 
-from orchestrator.cli._common import Parser, UsageError
+from orchestrator.cli._common import Parser, UsageError, one_line_errors
 from orchestrator.ops_client import OperatorClient, OpsClientError
 
 __all__ = [
@@ -47,27 +47,23 @@ def open_client(args: argparse.Namespace) -> OperatorClient:
 def run_command(prog: str, parser: argparse.ArgumentParser, argv: list[str],
                 command: Callable[[argparse.Namespace], Coroutine[Any, Any, int]]) -> int:
     """Parse ``argv`` and run ``command`` with one-line errors and the exit codes above."""
-    try:
+
+    @one_line_errors(prog)
+    def main(argv: list[str]) -> int:
         args = parser.parse_args(argv)
         if args.bundle is None:
             raise UsageError(f"--bundle is required (or set ${BUNDLE_ENV})")
         if not args.timeout > 0:
             raise UsageError(f"--timeout must be > 0, got {args.timeout:g}")
-    except UsageError as exc:
-        print(f"{prog}: error: {exc} (try '{prog} --help')", file=sys.stderr)
-        return 2
-    except SystemExit as exc:  # --help
-        return exc.code if isinstance(exc.code, int) else 0
-    try:
-        return asyncio.run(command(args))
-    except UsageError as exc:
-        print(f"{prog}: error: {exc} (try '{prog} --help')", file=sys.stderr)
-        return 2
-    except OpsClientError as exc:
-        print(f"{prog}: error: {' '.join(str(exc).split())}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        return 130
+        try:
+            return asyncio.run(command(args))
+        except OpsClientError as exc:
+            print(f"{prog}: error: {' '.join(str(exc).split())}", file=sys.stderr)
+            return 1
+        except KeyboardInterrupt:
+            return 130
+
+    return main(argv)
 
 
 def utc(ms: int | None) -> str:

@@ -22,7 +22,7 @@ from orchestrator.broker import (
     reload_broker,
 )
 from orchestrator.cli._common import Parser as _Parser
-from orchestrator.cli._common import UsageError as _UsageError
+from orchestrator.cli._common import one_line_errors
 
 PROG = "fedmq broker"
 
@@ -100,18 +100,13 @@ def _reload(args: argparse.Namespace) -> int:
     return 0
 
 
+@one_line_errors(PROG)
 def main(argv: list[str]) -> int:
-    parser = _build_parser()
+    args = _build_parser().parse_args(argv)
     try:
-        args = parser.parse_args(argv)
         if args.command == "passwd":
             return _passwd(args)
         return _reload(args)
-    except _UsageError as exc:
-        print(f"{PROG}: error: {exc} (try '{PROG} --help')", file=sys.stderr)
-        return 2
-    except SystemExit as exc:  # --help
-        return exc.code if isinstance(exc.code, int) else 0
     except (BrokerError, OSError) as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 1

@@ -27,7 +27,8 @@ from typing import Any
 from orchestrator.broker import BrokerError
 from orchestrator.cli._common import Parser as _Parser
 from orchestrator.cli._common import UsageError as _UsageError
-from orchestrator.config import Config, ConfigError, load_config
+from orchestrator.cli._common import one_line_errors
+from orchestrator.config import Config, load_config
 from orchestrator.enrollment import (
     DeviceCommandError,
     approve,
@@ -154,21 +155,13 @@ _COMMANDS = {"add": _add, "approve": _approve, "revoke": _revoke, "list": _list,
              "reinstate": _reinstate}
 
 
+@one_line_errors(PROG)
 def main(argv: list[str]) -> int:
-    try:
-        args = _parser().parse_args(argv)
-        if getattr(args, "device_id", None) is not None and not valid_id(args.device_id):
-            raise _UsageError(f"invalid device id {args.device_id!r}: use 1-64 letters, "
-                              "digits, '_', '.', '-'")
-        config = load_config(args.config)
-    except _UsageError as exc:
-        print(f"{PROG}: error: {exc} (try '{PROG} --help')", file=sys.stderr)
-        return 2
-    except SystemExit as exc:  # --help
-        return exc.code if isinstance(exc.code, int) else 0
-    except ConfigError as exc:
-        print(f"{PROG}: config error: {exc}", file=sys.stderr)
-        return 2
+    args = _parser().parse_args(argv)
+    if getattr(args, "device_id", None) is not None and not valid_id(args.device_id):
+        raise _UsageError(f"invalid device id {args.device_id!r}: use 1-64 letters, "
+                          "digits, '_', '.', '-'")
+    config = load_config(args.config)
     try:
         return asyncio.run(_COMMANDS[args.command](config, args))
     except (DeviceCommandError, StoreError, BrokerError, KeyFileError, OSError) as exc:

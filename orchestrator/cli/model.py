@@ -29,8 +29,8 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.cli._common import Parser as _Parser
-from orchestrator.cli._common import UsageError as _UsageError
-from orchestrator.config import Config, ConfigError, load_config
+from orchestrator.cli._common import one_line_errors
+from orchestrator.config import Config, load_config
 from orchestrator.export import ExportError, export_version
 from orchestrator.models.export import ExportError as GraphExportError
 from orchestrator.rollback import RollbackError, request_rollback, rollback_result
@@ -209,18 +209,10 @@ async def _run(config: Config, args: argparse.Namespace) -> int:
         return await _COMMANDS[args.command](store, args)
 
 
+@one_line_errors(PROG)
 def main(argv: list[str]) -> int:
-    try:
-        args = _parser().parse_args(argv)
-        config = load_config(args.config)
-    except _UsageError as exc:
-        print(f"{PROG}: error: {exc} (try '{PROG} --help')", file=sys.stderr)
-        return 2
-    except SystemExit as exc:  # --help
-        return exc.code if isinstance(exc.code, int) else 0
-    except ConfigError as exc:
-        print(f"{PROG}: config error: {exc}", file=sys.stderr)
-        return 2
+    args = _parser().parse_args(argv)
+    config = load_config(args.config)
     try:
         return asyncio.run(_run(config, args))
     except (StoreError, RollbackError, ExportError, GraphExportError, OSError) as exc:

@@ -23,8 +23,8 @@ from rich.console import Console
 from rich.table import Table
 
 from orchestrator.cli._common import Parser as _Parser
-from orchestrator.cli._common import UsageError as _UsageError
-from orchestrator.config import ConfigError, load_config
+from orchestrator.cli._common import one_line_errors
+from orchestrator.config import load_config
 from orchestrator.privacy import (
     ACCOUNTANT_STATE_KEY,
     POLICY_STATE_KEY,
@@ -108,19 +108,11 @@ async def _report(args: argparse.Namespace) -> int:
     return 0
 
 
+@one_line_errors(PROG)
 def main(argv: list[str]) -> int:
-    try:
-        args = _parser().parse_args(argv)
-    except _UsageError as exc:
-        print(f"{PROG}: error: {exc} (try '{PROG} --help')", file=sys.stderr)
-        return 2
-    except SystemExit as exc:  # --help
-        return exc.code if isinstance(exc.code, int) else 0
+    args = _parser().parse_args(argv)
     try:
         return asyncio.run(_report(args))
-    except ConfigError as exc:
-        print(f"{PROG}: config error: {exc}", file=sys.stderr)
-        return 2
     except (StoreError, PrivacyError, OSError) as exc:
         print(f"{PROG}: error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 1

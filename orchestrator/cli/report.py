@@ -18,8 +18,8 @@ import sys
 from pathlib import Path
 
 from orchestrator.cli._common import Parser as _Parser
-from orchestrator.cli._common import UsageError as _UsageError
-from orchestrator.config import ConfigError, load_config
+from orchestrator.cli._common import one_line_errors
+from orchestrator.config import load_config
 from orchestrator.report import ReportError, write_report
 from orchestrator.store import StoreError
 
@@ -37,26 +37,18 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+@one_line_errors(PROG)
 def main(argv: list[str]) -> int:
-    try:
-        args = _parser().parse_args(argv)
-        federation: str | None = None
-        higher_is_better: bool | None = None
-        if args.config is not None:
-            config = load_config(args.config)
-            db = config.federation.store_path
-            federation = config.federation.id
-            higher_is_better = config.stopping.higher_is_better
-        else:
-            db = Path(args.db)
-    except _UsageError as exc:
-        print(f"{PROG}: error: {exc} (try '{PROG} --help')", file=sys.stderr)
-        return 2
-    except SystemExit as exc:  # --help
-        return exc.code if isinstance(exc.code, int) else 0
-    except ConfigError as exc:
-        print(f"{PROG}: config error: {exc}", file=sys.stderr)
-        return 2
+    args = _parser().parse_args(argv)
+    federation: str | None = None
+    higher_is_better: bool | None = None
+    if args.config is not None:
+        config = load_config(args.config)
+        db = config.federation.store_path
+        federation = config.federation.id
+        higher_is_better = config.stopping.higher_is_better
+    else:
+        db = Path(args.db)
     try:
         result = asyncio.run(write_report(db, args.output, federation=federation,
                                           higher_is_better=higher_is_better))

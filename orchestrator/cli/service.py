@@ -15,8 +15,8 @@ import sys
 from orchestrator.architecture import ArchitectureError
 from orchestrator.broker import BrokerError
 from orchestrator.cli._common import Parser as _Parser
-from orchestrator.cli._common import UsageError as _UsageError
-from orchestrator.config import Config, ConfigError, load_config
+from orchestrator.cli._common import one_line_errors
+from orchestrator.config import Config, load_config
 from orchestrator.evaluation import EvaluationError
 from orchestrator.keys import KeyFileError
 from orchestrator.publisher import PublishError
@@ -57,18 +57,10 @@ async def _serve(config: Config) -> None:
             loop.remove_signal_handler(sig)
 
 
+@one_line_errors(PROG)
 def main(argv: list[str]) -> int:
-    try:
-        args = _parser().parse_args(argv)
-        config = load_config(args.config)
-    except _UsageError as exc:
-        print(f"{PROG}: error: {exc} (try '{PROG} --help')", file=sys.stderr)
-        return 2
-    except SystemExit as exc:  # --help
-        return exc.code if isinstance(exc.code, int) else 0
-    except ConfigError as exc:
-        print(f"{PROG}: config error: {exc}", file=sys.stderr)
-        return 2
+    args = _parser().parse_args(argv)
+    config = load_config(args.config)
     if args.command == "check":
         print(f"{PROG}: {args.config}: ok (federation {config.federation.id!r})")
         return 0
