@@ -187,10 +187,13 @@ async def test_training_stops_early_when_the_battery_runs_down(
     orch = orchestrator
     bundle = await orch.add_device("dev-drain")
     await orch.publish_model(built_model)
-    # ten simulated hours per second, 360 %/h while training: below 20 % within ~0.1 s
+    # a tenth of a simulated hour per second, 360 %/h while training: 36 %/s, so below 20 %
+    # about 0.11 s after training starts -- long enough that a step runs first even on a
+    # loaded machine (at 3,600 %/s the charge crossed before the training thread's first
+    # step, and the task ended with nothing to send), short next to the 80,000-step task
     probe = SimulatedProbe(SimulationProfile(battery_pct=24.0, drain_idle_pct_per_h=0.0,
                                              drain_training_pct_per_h=360.0),
-                           time_scale=36_000.0)
+                           time_scale=360.0)
     config = dataclasses.replace(agent_config, probe_interval_s=0.001)
     async with make_agent(bundle, shard, tmp_path / "agent.db", config, probe=probe) as agent:
         await ready(agent, orch)
