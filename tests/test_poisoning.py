@@ -83,7 +83,10 @@ def _prepare(workdir: Path, spec: FleetSpec) -> FleetData:
 
 
 async def _run(workdir: Path, *, attackers: int, robust: bool, versions: int,
-               devices: int = 20, seed: int = 0) -> Outcome:
+               devices: int = 20, seed: int = 0, until_isolated: int | None = None) -> Outcome:
+    """Train until ``versions`` versions; with ``until_isolated``, go on (up to that many
+    versions) until every attacker is isolated -- how soon an attacker's third flagged update
+    arrives depends on when it happens to be selected, which varies from run to run."""
     spec = FleetSpec(devices=devices, dataset="digits", split="dirichlet", alpha=0.5, seed=seed,
                      battery_fraction=0.0, time_scale=60.0)
     data = await asyncio.to_thread(_prepare, workdir, spec)
@@ -97,7 +100,7 @@ async def _run(workdir: Path, *, attackers: int, robust: bool, versions: int,
         "selection": {"concurrency": 15, "retry_after_s": 2.0},
         "ingest": {"synchronous": "NORMAL"},
         "evaluation": {"dataset": str(workdir / "validation.npz")},
-        "stopping": {"max_versions": versions},
+        "stopping": {"max_versions": until_isolated or versions},
         "robustness": {"screening": robust},
     }, base_dir=workdir)
     ids = spec.device_ids()
@@ -112,7 +115,16 @@ async def _run(workdir: Path, *, attackers: int, robust: bool, versions: int,
         async with Fleet(bundles, data.shards, workdir / "agents", spec, sims=sims,
                          agent_config=AgentConfig(heartbeat_s=1.0, holdout=0.0)):
             async with asyncio.timeout(240):
-                await orch.wait_stopped()
+                stopped = asyncio.ensure_future(orch.wait_stopped())
+                while until_isolated and not stopped.done():
+                    isolated = {d.device_id
+                                for d in await orch.store.list_devices(status="isolated")}
+                    if orch.version >= versions and bad <= isolated:
+                        stopped.cancel()
+                        break
+                    await asyncio.sleep(0.2)
+                else:
+                    await stopped
         counters = dict(orch.counters)
     async with Store.open(config.federation.store_path) as store:
         latest = await store.latest_version()
@@ -133,7 +145,8 @@ def malicious_agents(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.mark.usefixtures("malicious_agents")
 async def test_screening_isolates_sign_flipping_attackers(tmp_path: Path) -> None:
-    robust = await _run(tmp_path / "robust", attackers=4, robust=True, versions=12)
+    robust = await _run(tmp_path / "robust", attackers=4, robust=True, versions=12,
+                        until_isolated=40)
 
     assert robust.isolated == robust.attackers
     assert robust.quarantined >= 3 * len(robust.attackers)
