@@ -373,6 +373,10 @@ async def running_agent_ready(agent: Agent, orch: FakeOrchestrator, within: floa
     await orch.wait_until(
         lambda: any(s.model_version == orch.model_version
                     for s in orch.statuses_of(agent.device_id)), within)
+    # the orchestrator can see the status before the agent has its PUBACK and records it
+    await agent.wait_until(
+        lambda a: a.last_status is not None and a.last_status.model_version == orch.model_version,
+        within)
 
 
 @pytest.fixture
