@@ -22,13 +22,32 @@ import aiomqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-__all__ = ["MqttLink", "MqttSettings", "NotConnected"]
+__all__ = ["MqttLink", "MqttSettings", "NotConnected", "publish_keeping_cancellation"]
 
 log = logging.getLogger(__name__)
 
 
 class NotConnected(Exception):
     """The link is down; the message was not published."""
+
+
+async def publish_keeping_cancellation(client: aiomqtt.Client, topic: str, payload: bytes,
+                                       **kwargs: Any) -> None:
+    """``client.publish``, except that a cancellation requested meanwhile is never lost.
+
+    aiomqtt waits for the PUBACK with ``asyncio.wait_for``, which on Python 3.11 returns the
+    result (or raises the future's error) instead of ``CancelledError`` when the PUBACK and
+    the cancellation land in the same loop iteration (CPython gh-86296, fixed in 3.12). The
+    cancel request is then used up: a service task stopped by its task group went back to
+    waiting for work, and shutdown hung.
+    """
+    task = asyncio.current_task()
+    before = task.cancelling() if task is not None else 0
+    try:
+        await client.publish(topic, payload, **kwargs)
+    finally:
+        if task is not None and task.cancelling() > before:
+            raise asyncio.CancelledError
 
 
 @dataclass(frozen=True)
@@ -89,8 +108,9 @@ class MqttLink:
         if client is None:
             raise NotConnected(f"not connected; dropped a message for {topic}")
         try:
-            await client.publish(topic, payload, qos=qos, retain=retain, properties=properties,
-                                 timeout=self._settings.publish_timeout_s)
+            await publish_keeping_cancellation(
+                client, topic, payload, qos=qos, retain=retain, properties=properties,
+                timeout=self._settings.publish_timeout_s)
         except aiomqtt.MqttError as exc:
             raise NotConnected(f"publish to {topic} failed: {exc}") from exc
 

@@ -36,6 +36,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from orchestrator.enrollment import write_private
+from orchestrator.mqtt import publish_keeping_cancellation
 from schemas.bundle import Bundle
 from schemas.envelope import check_header, decode_body, pack, verify
 from schemas.errors import FedmqError, ValidationError
@@ -318,8 +319,8 @@ class OperatorClient:
                        properties: Properties | None = None) -> None:
         client = self._require_client()
         try:
-            await client.publish(topic, payload, qos=1, properties=properties,
-                                 timeout=self._timeout)
+            await publish_keeping_cancellation(client, topic, payload, qos=1,
+                                               properties=properties, timeout=self._timeout)
         except aiomqtt.MqttError as exc:
             raise BrokerUnreachable(f"publish to {topic} failed: {exc}") from None
 
