@@ -140,10 +140,17 @@ class Session:
     async def _connect_and_receive(self) -> None:
         client = await self._new_client()
         unfinished: asyncio.Future[aiomqtt.Message] | None = None
+        task = asyncio.current_task()
+        cancels = task.cancelling() if task is not None else 0
         try:
             async with client:
                 for topic in self._subscriptions:
                     await client.subscribe(topic, qos=1)
+                # aiomqtt awaits CONNACK/SUBACK with wait_for, which on Python 3.11 returns
+                # instead of raising when the packet and a cancel land together
+                # (CPython gh-86296); the receive loop below would then never end
+                if task is not None and task.cancelling() > cancels:
+                    raise asyncio.CancelledError
                 self._client = client
                 self._will_payload = None  # this one may be published: sign a new one next time
                 self._connected_since_ms = int(time.time() * 1000)

@@ -10,10 +10,11 @@ acks and tasks are simply re-earned, the model is republished on every connect).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import ssl
-from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,13 @@ import aiomqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-__all__ = ["MqttLink", "MqttSettings", "NotConnected", "publish_keeping_cancellation"]
+__all__ = [
+    "MqttLink",
+    "MqttSettings",
+    "NotConnected",
+    "cancellation_kept",
+    "publish_keeping_cancellation",
+]
 
 log = logging.getLogger(__name__)
 
@@ -31,23 +38,30 @@ class NotConnected(Exception):
     """The link is down; the message was not published."""
 
 
-async def publish_keeping_cancellation(client: aiomqtt.Client, topic: str, payload: bytes,
-                                       **kwargs: Any) -> None:
-    """``client.publish``, except that a cancellation requested meanwhile is never lost.
+@contextlib.contextmanager
+def cancellation_kept() -> Iterator[None]:
+    """Re-raise a cancellation requested while the block ran, even if the block swallowed it.
 
-    aiomqtt waits for the PUBACK with ``asyncio.wait_for``, which on Python 3.11 returns the
-    result (or raises the future's error) instead of ``CancelledError`` when the PUBACK and
-    the cancellation land in the same loop iteration (CPython gh-86296, fixed in 3.12). The
-    cancel request is then used up: a service task stopped by its task group went back to
-    waiting for work, and shutdown hung.
+    aiomqtt waits for CONNACK, SUBACK and PUBACK with ``asyncio.wait_for``, which on Python
+    3.11 returns the result (or raises the future's error) instead of ``CancelledError`` when
+    the awaited packet and the cancellation land in the same loop iteration (CPython gh-86296,
+    fixed in 3.12). The cancel request is then used up: a service task stopped by its task
+    group went back to waiting for work, and shutdown hung.
     """
     task = asyncio.current_task()
     before = task.cancelling() if task is not None else 0
     try:
-        await client.publish(topic, payload, **kwargs)
+        yield
     finally:
         if task is not None and task.cancelling() > before:
             raise asyncio.CancelledError
+
+
+async def publish_keeping_cancellation(client: aiomqtt.Client, topic: str, payload: bytes,
+                                       **kwargs: Any) -> None:
+    """``client.publish`` inside :func:`cancellation_kept`."""
+    with cancellation_kept():
+        await client.publish(topic, payload, **kwargs)
 
 
 @dataclass(frozen=True)
@@ -151,9 +165,11 @@ class MqttLink:
         client._client.manual_ack_set(True)
         # acks of a busy group and model chunks are many concurrent publishes by design
         client.pending_calls_threshold = 10_000
-        async with client:
-            for topic in s.subscriptions:
-                await client.subscribe(topic, qos=1)
+        async with contextlib.AsyncExitStack() as stack:
+            with cancellation_kept():  # CONNACK and SUBACK are awaited with wait_for too
+                await stack.enter_async_context(client)
+                for topic in s.subscriptions:
+                    await client.subscribe(topic, qos=1)
             self._client = client
             self._connected.set()
             self.connections += 1
