@@ -26,7 +26,7 @@ import os
 import signal
 import sys
 import tempfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -53,14 +53,19 @@ _LOAD = "orchestrator.bench._ingest_load"
 _STEP_S = 120.0
 
 
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
+def _at_least(minimum: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {text!r}")
+        return value
+    return parse
+
+
+_positive = _at_least(1)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -78,6 +83,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-per-version", type=_positive, default=None,
                         help="most updates one version folds when aggregation is behind "
                              "(default: k, versions of exactly k updates)")
+    parser.add_argument("--decode-workers", type=_at_least(0), default=2,
+                        help="the service's decode worker processes, 0 for a thread (2)")
     parser.add_argument("--durability", choices=("NORMAL", "FULL"), default="NORMAL",
                         help="SQLite synchronous mode of the store (NORMAL)")
     parser.add_argument("--kernel-seconds", type=float, default=2.0,
@@ -123,6 +130,7 @@ staleness = "polynomial"
 max_staleness = 1000000
 [ingest]
 synchronous = "{args.durability}"
+decode_workers = {args.decode_workers}
 """
 
 
@@ -210,6 +218,7 @@ async def _bench(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         "k": args.k,
         "max_per_version": _per_version(args),
         "durability": args.durability,
+        "decode_workers": args.decode_workers,
         "versions": latest.version if latest is not None else 0,
         "updates_accepted": len(acked),
         "updates_not_accepted": other,

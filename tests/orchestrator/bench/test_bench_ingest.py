@@ -21,12 +21,13 @@ def test_defaults_describe_the_target_setup() -> None:
     ingest.add_arguments(parser)
     args = parser.parse_args([])
     assert (args.devices, args.batch_entries, args.durability) == (20, 8, "NORMAL")
+    assert args.decode_workers == 2  # the service's default
     assert BENCHMARKS["ingest"] == "orchestrator.bench.ingest"
 
 
 def test_small_run_stores_every_acknowledged_update(capsys: pytest.CaptureFixture[str]) -> None:
     code = main(["ingest", "--devices", "3", "--batches", "3", "--batch-entries", "2",
-                 "--k", "4", "--kernel-seconds", "0.05"])
+                 "--k", "4", "--kernel-seconds", "0.05", "--decode-workers", "1"])
     out = capsys.readouterr().out
     assert code == 0, out
     result = json.loads(out.strip().splitlines()[-1])
@@ -39,6 +40,7 @@ def test_small_run_stores_every_acknowledged_update(capsys: pytest.CaptureFixtur
     assert result["lost"] == 0
     assert result["versions"] >= 1  # aggregation ran during the benchmark
     assert result["max_per_version"] == 4  # versions of exactly k by default
+    assert result["decode_workers"] == 1
     assert result["updates_per_s"] > 0 and result["kernel_floor_updates_per_s"] > 0
     assert result["ratio"] == pytest.approx(
         result["updates_per_s"] / result["kernel_floor_updates_per_s"], rel=0.01, abs=0.002)
@@ -46,7 +48,7 @@ def test_small_run_stores_every_acknowledged_update(capsys: pytest.CaptureFixtur
 
 
 @pytest.mark.parametrize("argv", [("--devices", "0"), ("--batches", "x"),
-                                  ("--durability", "OFF")])
+                                  ("--durability", "OFF"), ("--decode-workers", "-1")])
 def test_bad_arguments_are_rejected(argv: tuple[str, str],
                                     capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exc:
