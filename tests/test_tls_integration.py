@@ -71,7 +71,7 @@ async def _handshake(broker: MosquittoBroker, context: ssl.SSLContext) -> None:
         # the refusal shows on the first read
         writer.write(bytes.fromhex("100d00044d5154540402003c000178"))
         await writer.drain()
-        async with asyncio.timeout(5):
+        async with asyncio.timeout(20):
             answer = await reader.read(4)
         if not answer:
             raise ConnectionResetError("the broker hung up")

@@ -126,7 +126,7 @@ async def test_flagged_updates_are_quarantined_and_a_repeat_offender_isolated(
         code = await asyncio.to_thread(device_cli.main, ["reinstate", "bad", "--config",
                                                          str(path), "--reason", "checked"])
         assert code == 0, capsys.readouterr().err
-        control = await bad.next("control", within=5)
+        control = await bad.next("control", within=20)
         assert isinstance(control, Control) and control.action is ControlAction.REINSTATE
         seq, update = bad.update(_honest(orch.params, 8), base_version=orch.version)
         await bad.send(update)

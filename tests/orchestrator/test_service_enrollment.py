@@ -87,7 +87,7 @@ async def test_manual_policy_holds_the_key_until_approved(
         await approve(orch.store, "dev-m")
         assert (await dev.enroll()).status is EnrollStatus.ACTIVE
         # the service picks the approval up through the registry generation (about 1 s)
-        async with asyncio.timeout(5):
+        async with asyncio.timeout(20):
             while True:
                 await dev.status(battery_pct=90.0)
                 try:

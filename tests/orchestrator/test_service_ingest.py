@@ -104,7 +104,7 @@ async def test_every_kind_of_bad_update_is_rejected_on_record(
         # a device the store revoked (broker credential not yet removed): refused too
         await orch.store.set_status("dev-3", "revoked")
         await bump_generation(orch.store)
-        async with asyncio.timeout(5):
+        async with asyncio.timeout(20):
             while True:
                 seq, late = dev.update(delta, base_version=orch.version)
                 await dev.send(late)

@@ -58,7 +58,7 @@ async def test_shutdown_event_ends_the_service(make_config: Callable[..., Config
         await asyncio.sleep(0.2)
         assert not waiter.done()
         shutdown.set()
-        async with asyncio.timeout(5):
+        async with asyncio.timeout(20):
             await waiter
     with pytest.raises(OrchestratorError):
         _ = orch.store
@@ -77,7 +77,7 @@ async def test_a_fatal_error_in_a_task_stops_the_service_and_is_raised(
             monkeypatch.setattr(orch.store, "ingest", broken)
             _, update = dev.update(kit.random_delta(orch.params))
             await dev.send(update)
-            async with asyncio.timeout(5):
+            async with asyncio.timeout(20):
                 await orch.wait_closed()
     assert caught.group_contains(StoreError)
     assert dev.acks == {}  # nothing was committed, so nothing was acknowledged
@@ -98,7 +98,7 @@ async def test_cancelling_the_owner_task_cleans_up(make_config: Callable[..., Co
         await entered.wait()
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
-        async with asyncio.timeout(5):
+        async with asyncio.timeout(20):
             await task
     with pytest.raises(OrchestratorError):
         _ = holder[0].store
