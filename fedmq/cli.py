@@ -24,7 +24,7 @@ GROUPS: dict[str, tuple[str, str]] = {
     "report": ("orchestrator.cli.report", "write plots and a summary"),
     "simulate": ("fedmq.simulate_cli", "run a simulated fleet of real agents"),
     "demo": ("fedmq.demo", "run the end-to-end demo"),
-    "bench": ("orchestrator.cli.bench", "run benchmarks"),
+    "bench": ("fedmq.bench.cli", "run benchmarks"),
 }
 
 

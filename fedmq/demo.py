@@ -28,11 +28,11 @@ from edge_agent.config import AgentConfig
 from fedmq.simulate import Fleet, FleetData, FleetSpec, provision_fleet, shard_data
 from orchestrator.broker import pick_free_port
 from orchestrator.config import Config, ConfigError, load_config
-from orchestrator.export import export_version
 from orchestrator.privacy import ACCOUNTANT_STATE_KEY, FederationAccountant
 from orchestrator.report import write_report
 from orchestrator.service import Orchestrator
 from orchestrator.store import Store
+from orchestrator.versions.export import export_version
 
 _MARKER = ".fedmq-demo"
 

@@ -31,15 +31,15 @@ from edge_agent.probes import (
     periodic,
 )
 from orchestrator.config import Config
-from orchestrator.datasets import (
+from orchestrator.convergence.datasets import (
     Dataset,
     load_named,
     partition_dirichlet,
     partition_iid,
     split_train_test,
 )
-from orchestrator.enrollment import provision
-from orchestrator.keys import load_or_create_key, public_key_hex
+from orchestrator.devices.enrollment import provision
+from orchestrator.link.keys import load_or_create_key, public_key_hex
 from orchestrator.store import Store
 from schemas import Bundle
 

@@ -22,7 +22,7 @@ from typing import NoReturn
 from edge_agent.config import AgentConfig
 from fedmq.simulate import Fleet, FleetSpec, provision_fleet, shard_data
 from orchestrator.config import Config, ConfigError, load_config
-from orchestrator.datasets import DatasetError
+from orchestrator.convergence.datasets import DatasetError
 from schemas import Bundle, ValidationError
 
 PROG = "fedmq simulate"

@@ -46,23 +46,26 @@ from orchestrator.aggregation import (
     optimizer_from_config,
     staleness_from_config,
 )
-from orchestrator.architecture import (
-    Architecture,
-    initial_model,
-    pack_architecture,
-    unpack_architecture,
-)
 from orchestrator.broker import ORCHESTRATOR_USER, MosquittoBroker
-from orchestrator.buffer_cache import BufferCache, load_buffer
-from orchestrator.classes import task_settings
+from orchestrator.broker.embedded import embedded_broker
 from orchestrator.config import Config
-from orchestrator.decode_pool import DecodePool
-from orchestrator.drift import drift_signals
-from orchestrator.embedded_broker import embedded_broker
-from orchestrator.enrollment import judge_enroll
-from orchestrator.evaluation import ServerEvaluator, load_validation_set
-from orchestrator.fedeval import FederatedEvaluation
-from orchestrator.ingest import (
+from orchestrator.convergence.drift import drift_signals
+from orchestrator.convergence.evaluation import ServerEvaluator, load_validation_set
+from orchestrator.convergence.fedeval import FederatedEvaluation
+from orchestrator.convergence.stopping import StoppingRules, StoppingState
+from orchestrator.convergence.sync_rounds import SyncRounds
+from orchestrator.devices.classes import task_settings
+from orchestrator.devices.enrollment import judge_enroll
+from orchestrator.devices.registry import Registry
+from orchestrator.devices.selection import (
+    Deferred,
+    Outstanding,
+    OutstandingTasks,
+    selection_from_config,
+)
+from orchestrator.ingest.buffer_cache import BufferCache, load_buffer
+from orchestrator.ingest.decode_pool import DecodePool
+from orchestrator.ingest.pipeline import (
     Accept,
     GroupResult,
     IngestPolicy,
@@ -72,26 +75,23 @@ from orchestrator.ingest import (
     SenderView,
     incoming_rows,
 )
-from orchestrator.keys import load_or_create_key
-from orchestrator.metrics import Metrics, MetricsEndpoint, MetricsServerError
-from orchestrator.mqtt import MqttLink, MqttSettings, NotConnected
-from orchestrator.ops import OperatorDesk
-from orchestrator.privacy_runtime import PrivacyRuntime
-from orchestrator.publisher import ORCHESTRATOR_SENDER, ModelPublisher, ModelRelease
-from orchestrator.registry import Registry
-from orchestrator.robust import RobustGuard
-from orchestrator.rollback import RollbackError, apply_rollback, pending_rollback
-from orchestrator.selection import (
-    Deferred,
-    Outstanding,
-    OutstandingTasks,
-    selection_from_config,
+from orchestrator.link.keys import load_or_create_key
+from orchestrator.link.mqtt import MqttLink, MqttSettings, NotConnected
+from orchestrator.link.seqs import SeqCounter
+from orchestrator.metrics.counters import MeteredCounter, observe_group
+from orchestrator.metrics.prometheus import Metrics, MetricsEndpoint, MetricsServerError
+from orchestrator.models.architecture import (
+    Architecture,
+    initial_model,
+    pack_architecture,
+    unpack_architecture,
 )
-from orchestrator.seqs import SeqCounter
-from orchestrator.service_metrics import MeteredCounter, observe_group
-from orchestrator.stopping import StoppingRules, StoppingState
+from orchestrator.ops.desk import OperatorDesk
+from orchestrator.privacy.runtime import PrivacyRuntime
 from orchestrator.store import AuditEvent, Store, wall_clock_ms
-from orchestrator.sync_rounds import SyncRounds
+from orchestrator.versions.guard import RobustGuard
+from orchestrator.versions.publisher import ORCHESTRATOR_SENDER, ModelPublisher, ModelRelease
+from orchestrator.versions.rollback import RollbackError, apply_rollback, pending_rollback
 from schemas.envelope import (
     Opened,
     check_header,
@@ -203,7 +203,7 @@ class Orchestrator:
         self._runner: asyncio.Task[None] | None = None
         self._entered = False
         self.metrics = Metrics(federation=config.federation.id)
-        """Prometheus metrics, fed through ``counters`` (see orchestrator.service_metrics)."""
+        """Prometheus metrics, fed through ``counters`` (see orchestrator.metrics.counters)."""
         self.metrics_endpoint: MetricsEndpoint | None = None
         """Where ``GET /metrics`` is served (``[metrics] port`` set), else None."""
         self.counters: Counter[str] = MeteredCounter(self.metrics)
@@ -221,7 +221,7 @@ class Orchestrator:
         self._shapes: dict[str, tuple[int, ...]] = {}
         self._evaluator: ServerEvaluator | None = None
         self._stopping: StoppingRules | None = None
-        self._ops: OperatorDesk  # operator requests and the fleet summary (orchestrator.ops)
+        self._ops: OperatorDesk  # operator requests and the fleet summary (orchestrator.ops.desk)
         # ingestion state: replay windows as committed to the store, and as judged so far
         self._committed: dict[str, ReplayWindow] = {}
         self._pending: dict[str, ReplayWindow] = {}
@@ -279,7 +279,7 @@ class Orchestrator:
         self._first_base: tuple[int, Params] | None = None
         """What the first publication's delta starts from (the latest version's parent)."""
         self._last_base: tuple[int, Params] | None = None
-        # privacy and robustness (orchestrator.privacy_runtime, orchestrator.robust)
+        # privacy and robustness (orchestrator.privacy.runtime, orchestrator.versions.guard)
         self._dp = PrivacyRuntime(config.privacy)
         self._guard = RobustGuard(config.robustness)
         self._budget_audited: set[str] = set()

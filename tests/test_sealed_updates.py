@@ -20,7 +20,7 @@ from edge_agent.config import AgentConfig
 from fedmq.simulate import Fleet, FleetSpec, provision_fleet, shard_data
 from orchestrator.broker import pick_free_port
 from orchestrator.config import parse_config
-from orchestrator.keys import load_or_create_key
+from orchestrator.link.keys import load_or_create_key
 from orchestrator.service import Orchestrator
 from schemas import Update
 from schemas.envelope import ENC_SEALED, decode_body, unpack_batch, unseal_key, verify

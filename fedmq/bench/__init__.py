@@ -1,2 +1,10 @@
-"""Benchmarks that run real agents against a real orchestrator (``fedmq bench wire``,
-``async-vs-sync``, ``fleet``); registered by module path in ``orchestrator.cli.bench``."""
+"""Every benchmark ``fedmq bench NAME`` runs (registered in ``fedmq.bench.cli``).
+
+Each module exposes ``add_arguments(parser)`` and ``run(args) -> dict``; the dict is printed
+as a table and, on the last line of stdout, as one JSON object. They live here, in the one
+package that may import both sides, because they run real agents against a real orchestrator.
+"""
+
+
+class BenchError(RuntimeError):
+    """A benchmark could not run to completion."""

@@ -18,8 +18,8 @@ import msgpack
 import numpy as np
 
 from edge_agent.config import AgentConfig
+from fedmq.bench import BenchError
 from fedmq.simulate import Fleet, FleetData, FleetSpec, provision_fleet, shard_data
-from orchestrator.bench import BenchError
 from orchestrator.broker import pick_free_port
 from orchestrator.config import Config, load_config
 from orchestrator.service import Orchestrator

@@ -18,8 +18,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from fedmq.bench import BenchError
 from fedmq.bench._fleetrun import RunResult, RunSettings, run_federation
-from orchestrator.bench import BenchError
 
 SPEEDUP_TARGET = 3.0
 

@@ -41,12 +41,12 @@ from typing import Any
 import numpy as np
 
 from edge_agent.config import AgentConfig
+from fedmq.bench import BenchError
 from fedmq.simulate import Fleet, FleetData, FleetSpec, shard_data
-from orchestrator.bench import BenchError
 from orchestrator.broker import PasswordFile, generate_password, pick_free_port
 from orchestrator.config import Config, load_config
-from orchestrator.keys import load_or_create_key, public_key_hex
-from orchestrator.registry import bump_generation
+from orchestrator.devices.registry import bump_generation
+from orchestrator.link.keys import load_or_create_key, public_key_hex
 from orchestrator.store import AuditEvent, Store
 from schemas import Bundle
 

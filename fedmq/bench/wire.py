@@ -22,8 +22,8 @@ from typing import Any
 
 import numpy as np
 
+from fedmq.bench import BenchError
 from fedmq.bench._fleetrun import RunResult, RunSettings, run_federation
-from orchestrator.bench import BenchError
 
 REDUCTION_TARGET = 8.0
 ACCURACY_GAP_TARGET = 0.01

@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from orchestrator.cli._common import Parser, UsageError, one_line_errors
-from orchestrator.ops_client import OperatorClient, OpsClientError
+from orchestrator.ops.client import OperatorClient, OpsClientError
 
 __all__ = [
     "BUNDLE_ENV",

@@ -36,7 +36,7 @@ from orchestrator.cli._operator import (
     open_client,
     run_command,
 )
-from orchestrator.fleet_summary import SORT_FIELDS, select_rows
+from orchestrator.ops.fleet_summary import SORT_FIELDS, select_rows
 
 PROG = "fedmq fleet"
 

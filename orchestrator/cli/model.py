@@ -31,10 +31,10 @@ from typing import Any
 from orchestrator.cli._common import Parser as _Parser
 from orchestrator.cli._common import one_line_errors
 from orchestrator.config import Config, load_config
-from orchestrator.export import ExportError, export_version
 from orchestrator.models.export import ExportError as GraphExportError
-from orchestrator.rollback import RollbackError, request_rollback, rollback_result
 from orchestrator.store import Store, StoreError, VersionInfo
+from orchestrator.versions.export import ExportError, export_version
+from orchestrator.versions.rollback import RollbackError, request_rollback, rollback_result
 
 PROG = "fedmq model"
 _WAIT_POLL_S = 0.2

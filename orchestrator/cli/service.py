@@ -12,16 +12,16 @@ import logging
 import signal
 import sys
 
-from orchestrator.architecture import ArchitectureError
 from orchestrator.broker import BrokerError
 from orchestrator.cli._common import Parser as _Parser
 from orchestrator.cli._common import one_line_errors
 from orchestrator.config import Config, load_config
-from orchestrator.evaluation import EvaluationError
-from orchestrator.keys import KeyFileError
-from orchestrator.publisher import PublishError
+from orchestrator.convergence.evaluation import EvaluationError
+from orchestrator.link.keys import KeyFileError
+from orchestrator.models.architecture import ArchitectureError
 from orchestrator.service import Orchestrator, OrchestratorError
 from orchestrator.store import StoreError
+from orchestrator.versions.publisher import PublishError
 
 PROG = "fedmq orchestrator"
 _RUNTIME_ERRORS = (OrchestratorError, StoreError, BrokerError, KeyFileError, ArchitectureError,

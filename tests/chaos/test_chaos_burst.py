@@ -25,10 +25,10 @@ import pytest
 from nacl.signing import SigningKey, VerifyKey
 
 from orchestrator.broker import MosquittoBroker
-from orchestrator.buffer_cache import DEFAULT_BUDGET_BYTES as BUFFER_CACHE_BYTES
 from orchestrator.config import load_config
-from orchestrator.enrollment import provision
-from orchestrator.keys import load_or_create_key, public_key_hex
+from orchestrator.devices.enrollment import provision
+from orchestrator.ingest.buffer_cache import DEFAULT_BUDGET_BYTES as BUFFER_CACHE_BYTES
+from orchestrator.link.keys import load_or_create_key, public_key_hex
 from orchestrator.store import Store
 from schemas import (
     Ack,

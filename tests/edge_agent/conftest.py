@@ -33,7 +33,7 @@ from edge_agent.agent import Agent
 from edge_agent.config import AgentConfig
 from edge_agent.data import LocalData, load_local_data
 from orchestrator.broker import MosquittoBroker
-from orchestrator.datasets import load_named
+from orchestrator.convergence.datasets import load_named
 from orchestrator.models import BuiltModel, ModelSpec, build_model
 from schemas import (
     Ack,

@@ -8,7 +8,7 @@ import onnxruntime as ort
 import pytest
 
 from edge_agent.trainer import ModelContractError, ModelRunError, OrtModel
-from orchestrator.datasets import load_named, split_train_test
+from orchestrator.convergence.datasets import load_named, split_train_test
 from orchestrator.models import BuiltModel, ModelSpec, build_model
 
 

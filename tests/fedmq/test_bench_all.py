@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from orchestrator.cli import bench
+from fedmq.bench import cli as bench
 
 
 def test_all_runs_the_selection_and_keys_the_json_by_name(
@@ -22,7 +22,7 @@ def test_all_runs_the_selection_and_keys_the_json_by_name(
 def test_all_records_a_failing_benchmark_and_goes_on(
         capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(bench, "BENCHMARKS", {"missing": "fedmq.bench._no_such_module",
-                                              "agent": "orchestrator.bench.agent"})
+                                              "agent": "fedmq.bench.agent"})
     assert bench.main(["all", "--quick"]) == 1
     results = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert list(results) == ["missing", "agent"]

@@ -27,7 +27,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from nacl.signing import SigningKey
 
-from orchestrator.ingest import (
+from orchestrator.ingest.pipeline import (
     Accept,
     Duplicate,
     IngestPolicy,

@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from orchestrator.buffer_cache import BufferCache, load_buffer
-from orchestrator.buffer_codec import encode_buffered
+from orchestrator.ingest.buffer_cache import BufferCache, load_buffer
+from orchestrator.ingest.buffer_codec import encode_buffered
 from orchestrator.store import IncomingUpdate, Store
 from schemas import Codec, CodecSpec, Update, decode_params, encode_params
 from schemas.tensors import Params

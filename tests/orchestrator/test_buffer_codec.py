@@ -7,7 +7,12 @@ import numpy as np
 
 from orchestrator.aggregation import decode_params as store_decode
 from orchestrator.aggregation import encode_params as store_encode
-from orchestrator.buffer_codec import decode_buffered, encode_buffered, from_stored, to_stored
+from orchestrator.ingest.buffer_codec import (
+    decode_buffered,
+    encode_buffered,
+    from_stored,
+    to_stored,
+)
 from schemas import Codec, CodecSpec, Update, decode_params, encode_params
 
 

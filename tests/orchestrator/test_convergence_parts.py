@@ -9,16 +9,16 @@ import numpy as np
 import pytest
 
 from orchestrator.aggregation import BufferedUpdate
-from orchestrator.drift import drift_signals
-from orchestrator.fedeval import FederatedEvaluation, combine_reports
-from orchestrator.rollback import (
+from orchestrator.convergence.drift import drift_signals
+from orchestrator.convergence.fedeval import FederatedEvaluation, combine_reports
+from orchestrator.store import NotFoundError, Store
+from orchestrator.versions.rollback import (
     RollbackError,
     apply_rollback,
     pending_rollback,
     request_rollback,
     rollback_result,
 )
-from orchestrator.store import NotFoundError, Store
 from schemas import EvalReport, params_digest
 
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from edge_agent.data import load_local_data
-from orchestrator.datasets import (
+from orchestrator.convergence.datasets import (
     DatasetError,
     label_distribution,
     load_named,

@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 from nacl.signing import SigningKey
 
-from orchestrator.decode_pool import DecodePool, _shard
-from orchestrator.ingest import (
+from orchestrator.ingest.decode_pool import DecodePool, _shard
+from orchestrator.ingest.pipeline import (
     Accept,
     Duplicate,
     GroupResult,
@@ -147,8 +147,8 @@ async def test_leaving_stops_the_workers() -> None:
 _HOLDER = """
 import asyncio, sys
 from nacl.signing import SigningKey
-from orchestrator.decode_pool import DecodePool, _shard
-from orchestrator.ingest import IngestPolicy
+from orchestrator.ingest.decode_pool import DecodePool, _shard
+from orchestrator.ingest.pipeline import IngestPolicy
 from schemas import DEFAULT_LIMITS, unseal_key
 
 async def main():

@@ -8,8 +8,8 @@ from typing import Any
 import numpy as np
 from nacl.signing import SigningKey
 
-from orchestrator.buffer_codec import decode_buffered
-from orchestrator.ingest import (
+from orchestrator.ingest.buffer_codec import decode_buffered
+from orchestrator.ingest.pipeline import (
     Accept,
     IngestPolicy,
     ModelView,

@@ -11,7 +11,7 @@ import urllib.request
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from orchestrator.metrics import Metrics, MetricsServerError
+from orchestrator.metrics.prometheus import Metrics, MetricsServerError
 from schemas.errors import Reason
 
 

@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 
 from orchestrator.config import Config
-from orchestrator.metrics import Metrics, MetricsEndpoint
+from orchestrator.metrics.counters import MeteredCounter
+from orchestrator.metrics.prometheus import Metrics, MetricsEndpoint
 from orchestrator.service import Orchestrator, OrchestratorError
-from orchestrator.service_metrics import MeteredCounter
 from schemas import AckOutcome
 
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from orchestrator.mqtt import publish_keeping_cancellation
+from orchestrator.link.mqtt import publish_keeping_cancellation
 
 
 class _PubackClient:

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from orchestrator.fleet_summary import (
+from orchestrator.ops.fleet_summary import (
     DEVICE_FIELDS,
     device_row,
     fleet_rows,

@@ -21,8 +21,8 @@ from paho.mqtt.properties import Properties
 
 from orchestrator.broker import MosquittoBroker
 from orchestrator.config import Config
-from orchestrator.enrollment import provision, write_private
-from orchestrator.ops_client import OperatorClient, OperatorRefused, identity_path
+from orchestrator.devices.enrollment import provision, write_private
+from orchestrator.ops.client import OperatorClient, OperatorRefused, identity_path
 from orchestrator.service import Orchestrator
 from schemas import Bundle, Update, encode_params, pack, verify
 from schemas.envelope import check_header, decode_body

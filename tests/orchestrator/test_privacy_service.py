@@ -20,7 +20,7 @@ from orchestrator.aggregation.strategy import BufferedUpdate
 from orchestrator.cli import privacy as privacy_cli
 from orchestrator.config import Config, ConfigError, PrivacyConfig, parse_config
 from orchestrator.privacy import ACCOUNTANT_STATE_KEY, DeviceLedger, FederationAccountant
-from orchestrator.privacy_runtime import PrivacyRuntime
+from orchestrator.privacy.runtime import PrivacyRuntime
 from orchestrator.service import Orchestrator
 from schemas import AckOutcome, Defer, Task
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from nacl.signing import SigningKey
 
-from orchestrator.publisher import (
+from orchestrator.versions.publisher import (
     ModelRelease,
     PublishError,
     build_release,

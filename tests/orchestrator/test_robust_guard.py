@@ -6,7 +6,7 @@ import numpy as np
 
 from orchestrator.aggregation import BufferedUpdate, cosine
 from orchestrator.config import RobustnessConfig
-from orchestrator.robust import (
+from orchestrator.versions.guard import (
     ISOLATION_STATE_KEY,
     SCREEN_STATE_KEY,
     RobustGuard,

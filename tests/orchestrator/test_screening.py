@@ -20,7 +20,7 @@ from orchestrator.aggregation import (
     global_norm,
     weighted_mean,
 )
-from orchestrator.datasets import load_named, partition_dirichlet, split_train_test
+from orchestrator.convergence.datasets import load_named, partition_dirichlet, split_train_test
 
 CLIENTS, ATTACKERS, K = 20, {"c0", "c1", "c2", "c3"}, 10
 

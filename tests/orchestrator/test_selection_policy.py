@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 
-from orchestrator.selection import (
+from orchestrator.devices.selection import (
     BasicSelection,
     Deferred,
     Outstanding,

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.classes import device_class, task_settings
 from orchestrator.config import ConfigError, parse_config
-from orchestrator.selection import BasicSelection, Deferred, Selected, selection_from_config
+from orchestrator.devices.classes import device_class, task_settings
+from orchestrator.devices.selection import BasicSelection, Deferred, Selected, selection_from_config
 from schemas import Codec, Status
 
 

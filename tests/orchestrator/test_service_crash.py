@@ -25,8 +25,8 @@ import pytest
 from orchestrator.aggregation import weighted_mean
 from orchestrator.broker import MosquittoBroker
 from orchestrator.config import load_config
-from orchestrator.enrollment import provision
-from orchestrator.keys import load_or_create_key, public_key_hex
+from orchestrator.devices.enrollment import provision
+from orchestrator.link.keys import load_or_create_key, public_key_hex
 from orchestrator.store import Store
 from schemas import AckOutcome, Codec, CodecSpec, Params
 

@@ -12,7 +12,7 @@ import numpy as np
 from nacl.signing import SigningKey
 
 from orchestrator.config import Config
-from orchestrator.registry import bump_generation
+from orchestrator.devices.registry import bump_generation
 from orchestrator.service import Orchestrator
 from schemas import AckOutcome, Codec, CodecSpec, Update, encode_params
 

@@ -12,8 +12,8 @@ import pytest
 
 from orchestrator.broker import MosquittoBroker, pick_free_port
 from orchestrator.config import Config, parse_config
-from orchestrator.enrollment import provision
-from orchestrator.keys import load_or_create_key, public_key_hex
+from orchestrator.devices.enrollment import provision
+from orchestrator.link.keys import load_or_create_key, public_key_hex
 from orchestrator.service import Orchestrator, OrchestratorError
 from orchestrator.store import Store, StoreError
 from schemas import AckOutcome, EnrollStatus

@@ -10,13 +10,13 @@ import pytest
 from nacl.signing import SigningKey
 
 from orchestrator.config import StoppingConfig
-from orchestrator.enrollment import judge_enroll
-from orchestrator.keys import KeyFileError, load_key, load_or_create_key
-from orchestrator.registry import DeviceView, Registry, bump_generation
-from orchestrator.seqs import SeqCounter
-from orchestrator.stopping import StoppingRules, StoppingState
+from orchestrator.convergence.stopping import StoppingRules, StoppingState
+from orchestrator.convergence.sync_rounds import SyncRounds
+from orchestrator.devices.enrollment import judge_enroll
+from orchestrator.devices.registry import DeviceView, Registry, bump_generation
+from orchestrator.link.keys import KeyFileError, load_key, load_or_create_key
+from orchestrator.link.seqs import SeqCounter
 from orchestrator.store import Store
-from orchestrator.sync_rounds import SyncRounds
 from schemas import Enroll, EnrollStatus, enroll_mac
 
 

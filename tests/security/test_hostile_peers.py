@@ -32,7 +32,7 @@ from nacl.signing import SigningKey
 
 from orchestrator.broker import MosquittoBroker
 from orchestrator.config import Config
-from orchestrator.registry import bump_generation
+from orchestrator.devices.registry import bump_generation
 from orchestrator.service import Orchestrator
 from schemas import AckOutcome, Codec, CodecSpec, enroll_mac
 
@@ -319,7 +319,7 @@ async def test_valid_signature_from_a_revoked_key_is_refused(
 
 
 async def test_revoked_device_cannot_connect(arena: Arena) -> None:
-    from orchestrator.enrollment import revoke
+    from orchestrator.devices.enrollment import revoke
 
     await revoke(arena.orch.store, arena.orch.config, "dev-victim")
     await arena.broker.reload()

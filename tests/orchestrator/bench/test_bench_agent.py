@@ -6,7 +6,7 @@ import argparse
 
 import pytest
 
-from orchestrator.bench import agent
+from fedmq.bench import agent
 
 
 def _args(*argv: str) -> argparse.Namespace:

@@ -9,8 +9,8 @@ import json
 
 import pytest
 
-from orchestrator.bench import ingest
-from orchestrator.cli.bench import BENCHMARKS, main
+from fedmq.bench import ingest
+from fedmq.bench.cli import BENCHMARKS, main
 
 KEYS = ("updates_per_s", "kernel_floor_updates_per_s", "ratio", "lost", "devices", "params",
         "batch_entries", "durability", "max_per_version")
@@ -22,7 +22,7 @@ def test_defaults_describe_the_target_setup() -> None:
     args = parser.parse_args([])
     assert (args.devices, args.batch_entries, args.durability) == (20, 8, "NORMAL")
     assert args.decode_workers == 2  # the service's default
-    assert BENCHMARKS["ingest"] == "orchestrator.bench.ingest"
+    assert BENCHMARKS["ingest"] == "fedmq.bench.ingest"
 
 
 def test_small_run_stores_every_acknowledged_update(capsys: pytest.CaptureFixture[str]) -> None:

@@ -7,8 +7,8 @@ import json
 
 import pytest
 
+from fedmq.bench import cli as bench
 from fedmq.cli import main as fedmq_main
-from orchestrator.cli import bench
 
 
 def test_every_registered_benchmark_has_the_interface() -> None:

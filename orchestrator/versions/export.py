@@ -7,8 +7,8 @@ import asyncio
 import os
 from pathlib import Path
 
-from orchestrator.architecture import unpack_architecture
 from orchestrator.models import export_inference
+from orchestrator.models.architecture import unpack_architecture
 from orchestrator.store import Store
 
 

@@ -21,13 +21,13 @@ from typing import Any
 
 import numpy as np
 
-from orchestrator.bench import BenchError
-from orchestrator.datasets import load_named, write_shards
+from fedmq.bench import BenchError
+from orchestrator.convergence.datasets import load_named, write_shards
 from orchestrator.models import ModelSpec, build_model
 
 RSS_TARGET_MB = 120.0
 RATIO_TARGET = 1.0
-_CHILD = "edge_agent._bench_child"
+_CHILD = "fedmq.bench._agent_child"
 _THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 
 

@@ -39,8 +39,8 @@ from orchestrator.aggregation import (
 )
 from orchestrator.aggregation.strategy import Params
 from orchestrator.config import RobustnessConfig
-from orchestrator.enrollment import DeviceCommandError
-from orchestrator.registry import bump_generation
+from orchestrator.devices.enrollment import DeviceCommandError
+from orchestrator.devices.registry import bump_generation
 from orchestrator.store import AuditEvent, NotFoundError, Store
 from schemas.errors import Reason
 

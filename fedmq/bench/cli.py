@@ -18,11 +18,11 @@ import sys
 from collections.abc import Iterator
 from typing import Any
 
-from orchestrator.bench import BenchError
+from fedmq.bench import BenchError
 
 BENCHMARKS: dict[str, str] = {
-    "agent": "orchestrator.bench.agent",
-    "ingest": "orchestrator.bench.ingest",
+    "agent": "fedmq.bench.agent",
+    "ingest": "fedmq.bench.ingest",
     "wire": "fedmq.bench.wire",
     "async-vs-sync": "fedmq.bench.async_vs_sync",
     "fleet": "fedmq.bench.fleet",

@@ -3,7 +3,7 @@
 ``judge_enroll`` decides what an enroll request does given the registry row (no I/O).
 ``provision``, ``approve`` and ``revoke`` are what ``fedmq device add|approve|revoke`` do to the
 store and the broker's password file; they work on the database directly, next to a running
-service, which notices through the registry generation (see :mod:`orchestrator.registry`).
+service, which notices through the registry generation (see :mod:`orchestrator.devices.registry`).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from pathlib import Path
 from orchestrator.broker import BrokerError, PasswordFile, generate_password, read_pid_file
 from orchestrator.broker import reload_broker as _sighup
 from orchestrator.config import Config
-from orchestrator.registry import DeviceView, bump_generation
+from orchestrator.devices.registry import DeviceView, bump_generation
 from orchestrator.store import AuditEvent, Device, Role, Store
 from schemas.bundle import Bundle
 from schemas.errors import Reason

@@ -37,7 +37,7 @@ from types import TracebackType
 from nacl.public import PrivateKey
 from nacl.signing import VerifyKey
 
-from orchestrator.ingest import (
+from orchestrator.ingest.pipeline import (
     BatchResult,
     GroupResult,
     IngestPolicy,
@@ -178,7 +178,7 @@ class DecodePool:
     def _new_executor(self) -> concurrent.futures.ProcessPoolExecutor:
         # forkserver: a worker forked from the service would inherit its threads' locks
         ctx = multiprocessing.get_context("forkserver")
-        ctx.set_forkserver_preload(["orchestrator.ingest"])
+        ctx.set_forkserver_preload(["orchestrator.ingest.pipeline"])
         executor = concurrent.futures.ProcessPoolExecutor(
             self._workers, mp_context=ctx, initializer=_init_worker,
             initargs=(self._policy, bytes(self._unseal), os.getpid()))

@@ -35,9 +35,12 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from orchestrator.config import Config
-from orchestrator.fleet_summary import fleet_rows, fleet_totals
-from orchestrator.metrics import Metrics
-from orchestrator.mqtt import NotConnected
+from orchestrator.convergence.stopping import StoppingState
+from orchestrator.devices.registry import Registry
+from orchestrator.link.mqtt import NotConnected
+from orchestrator.link.seqs import SeqCounter
+from orchestrator.metrics.prometheus import Metrics
+from orchestrator.ops.fleet_summary import fleet_rows, fleet_totals
 from orchestrator.privacy import (
     ACCOUNTANT_STATE_KEY,
     POLICY_STATE_KEY,
@@ -46,11 +49,8 @@ from orchestrator.privacy import (
     PrivacySummary,
     summarize,
 )
-from orchestrator.publisher import ORCHESTRATOR_SENDER
-from orchestrator.registry import Registry
-from orchestrator.seqs import SeqCounter
-from orchestrator.stopping import StoppingState
 from orchestrator.store import AuditEvent, AuditRecord, Device, Store
+from orchestrator.versions.publisher import ORCHESTRATOR_SENDER
 from schemas.envelope import check_header, decode_body, pack, verify
 from schemas.errors import FedmqError, Reason
 from schemas.messages import FleetSummary, OperatorRequest, OperatorResponse

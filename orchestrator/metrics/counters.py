@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from collections import Counter
 
-from orchestrator.ingest import GroupResult
-from orchestrator.metrics import Metrics
+from orchestrator.ingest.pipeline import GroupResult
+from orchestrator.metrics.prometheus import Metrics
 
 __all__ = ["MeteredCounter", "observe_group"]
 

@@ -35,8 +35,8 @@ from nacl.signing import SigningKey, VerifyKey
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from orchestrator.enrollment import write_private
-from orchestrator.mqtt import publish_keeping_cancellation
+from orchestrator.devices.enrollment import write_private
+from orchestrator.link.mqtt import publish_keeping_cancellation
 from schemas.bundle import Bundle
 from schemas.envelope import check_header, decode_body, pack, verify
 from schemas.errors import FedmqError, ValidationError

@@ -27,7 +27,7 @@ from nacl.public import PrivateKey
 from nacl.signing import VerifyKey
 
 from orchestrator.aggregation import check_delta, global_norm
-from orchestrator.buffer_codec import decode_buffered, encode_buffered
+from orchestrator.ingest.buffer_codec import decode_buffered, encode_buffered
 from orchestrator.store import IncomingUpdate
 from schemas.envelope import Header, Opened, check_header, decode_body, unpack_batch, verify
 from schemas.errors import FedmqError, Reason
@@ -332,7 +332,7 @@ def process_group(
 
 def to_incoming(result: BatchResult) -> list[IncomingUpdate]:
     """Ledger rows for a judged batch (duplicates are already in the ledger: none for them).
-    Accepted deltas are their buffer blobs (see :mod:`orchestrator.buffer_codec`)."""
+    Accepted deltas are their buffer blobs (see :mod:`orchestrator.ingest.buffer_codec`)."""
     device = result.batch.device
     received = result.batch.received_ms
     if result.failure is not None:

@@ -12,7 +12,13 @@ import numpy as np
 import onnxruntime as ort
 
 from orchestrator.config import EvaluationConfig
-from orchestrator.datasets import NAMED, Dataset, DatasetError, load_named, split_train_test
+from orchestrator.convergence.datasets import (
+    NAMED,
+    Dataset,
+    DatasetError,
+    load_named,
+    split_train_test,
+)
 
 __all__ = ["EvaluationError", "ServerEvaluator", "load_validation_set"]
 

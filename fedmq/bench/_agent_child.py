@@ -1,6 +1,6 @@
 """Child process of ``fedmq bench agent``: train as a device would, and time it.
 
-Run as ``python -m edge_agent._bench_child DIR ...`` where DIR holds ``train_step.onnx``,
+Run as ``python -m fedmq.bench._agent_child DIR ...`` where DIR holds ``train_step.onnx``,
 ``eval.onnx``, ``params.npz`` and ``data.npz``. It imports only what a device has (edge_agent,
 numpy, onnxruntime), so its peak RSS is what a device would need. It times ``OrtModel.train``
 step by step and the identical SGD step written in numpy (dense ReLU layers, softmax
@@ -141,7 +141,7 @@ def _max_difference(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m edge_agent._bench_child")
+    parser = argparse.ArgumentParser(prog="python -m fedmq.bench._agent_child")
     parser.add_argument("directory", type=Path)
     parser.add_argument("--steps", type=int, required=True)
     parser.add_argument("--warmup", type=int, required=True)

@@ -33,12 +33,12 @@ from typing import Any
 import msgpack
 from nacl.signing import VerifyKey
 
-from orchestrator.bench import BenchError
-from orchestrator.bench._ingest_kernel import kernel_updates_per_s
+from fedmq.bench import BenchError
+from fedmq.bench._ingest_kernel import kernel_updates_per_s
 from orchestrator.broker import BrokerError, MosquittoBroker
 from orchestrator.config import Config, load_config
-from orchestrator.enrollment import provision
-from orchestrator.keys import load_or_create_key, public_key_hex
+from orchestrator.devices.enrollment import provision
+from orchestrator.link.keys import load_or_create_key, public_key_hex
 from orchestrator.store import Store
 from schemas.envelope import unseal_key
 from schemas.limits import DEFAULT_LIMITS, Limits
@@ -49,7 +49,7 @@ UPDATES_TARGET = 1000.0
 RATIO_TARGET = 0.5
 N_FEATURES, N_CLASSES = 9999, 10  # 99,990 weights + 10 biases = 100,000 parameters
 FED = "bench"
-_LOAD = "orchestrator.bench._ingest_load"
+_LOAD = "fedmq.bench._ingest_load"
 _STEP_S = 120.0
 
 

@@ -1,6 +1,6 @@
 """Load generator of ``fedmq bench ingest``: one process driving several enrolled devices.
 
-Run as ``python -m orchestrator.bench._ingest_load SPEC.json``. It speaks only the device side
+Run as ``python -m fedmq.bench._ingest_load SPEC.json``. It speaks only the device side
 of the wire contract (``schemas``, aiomqtt, numpy, pynacl). Protocol with the parent, one JSON
 object per stdout line:
 

@@ -16,7 +16,7 @@ import asyncio
 from collections.abc import Sequence
 
 from orchestrator.aggregation import BufferedUpdate
-from orchestrator.buffer_codec import decode_buffered, from_stored
+from orchestrator.ingest.buffer_codec import decode_buffered, from_stored
 from orchestrator.store import Store
 
 __all__ = ["DEFAULT_BUDGET_BYTES", "BufferCache", "load_buffer"]
