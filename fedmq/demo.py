@@ -28,10 +28,11 @@ from edge_agent.config import AgentConfig
 from fedmq.simulate import Fleet, FleetData, FleetSpec, provision_fleet, shard_data
 from orchestrator.broker import pick_free_port
 from orchestrator.config import Config, ConfigError, load_config
-from orchestrator.privacy import ACCOUNTANT_STATE_KEY, FederationAccountant
+from orchestrator.privacy import FederationAccountant
 from orchestrator.report import write_report
 from orchestrator.service import Orchestrator
 from orchestrator.store import Store
+from orchestrator.store.state_keys import StateKey
 from orchestrator.versions.export import export_version
 
 _MARKER = ".fedmq-demo"
@@ -205,7 +206,7 @@ async def run_demo(setup: DemoSetup, *, progress: TextIO = sys.stdout) -> DemoRe
 
 async def _epsilon(store: Store) -> float | None:
     """The federation's epsilon from the accountant the orchestrator saved (None: no DP)."""
-    state = await store.get_server_state(ACCOUNTANT_STATE_KEY)
+    state = await store.get_server_state(StateKey.ACCOUNTANT)
     if state is None:
         return None
     return await asyncio.to_thread(lambda: FederationAccountant.from_state(state).epsilon())

@@ -38,7 +38,7 @@ from orchestrator.convergence.datasets import (
     partition_iid,
     split_train_test,
 )
-from orchestrator.devices.enrollment import provision
+from orchestrator.devices.commands import provision
 from orchestrator.link.keys import load_or_create_key, public_key_hex
 from orchestrator.store import Store
 from schemas import Bundle

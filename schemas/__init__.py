@@ -83,10 +83,20 @@ from .tensors import (
     params_digest,
     xor_delta,
 )
-from .topics import DownKind, ParsedTopic, Topics, UpKind, check_id, parse_topic, valid_id
+from .topics import (
+    ORCHESTRATOR_SENDER,
+    DownKind,
+    ParsedTopic,
+    Topics,
+    UpKind,
+    check_id,
+    parse_topic,
+    valid_id,
+)
 
 __all__ = [
-    "DEFAULT_LIMITS", "MESSAGE_TYPES", "PROTOCOL_VERSION", "Ack", "AckEntry", "AckOutcome",
+    "DEFAULT_LIMITS", "MESSAGE_TYPES", "ORCHESTRATOR_SENDER", "PROTOCOL_VERSION", "Ack",
+    "AckEntry", "AckOutcome",
     "AgentState", "Bundle", "Chunk", "ChunkManifest", "Codec", "CodecSpec", "Control",
     "ControlAction", "DecodeError", "Defer", "DownKind", "EncodeError", "EncodedTensor",
     "Enroll", "EnrollStatus", "Enrolled", "ErrorFeedback", "EvalReport", "FedmqError",

@@ -21,6 +21,8 @@ from enum import StrEnum
 from .errors import DecodeError, Reason
 
 ROOT = "fl"
+ORCHESTRATOR_SENDER = "orchestrator"
+"""The ``sender`` of everything the orchestrator signs (devices check it on every message)."""
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _SHA_HEX = re.compile(r"^[0-9a-f]{64}$")
 
@@ -101,6 +103,12 @@ class Topics:
 
     def ops_reply(self, operator: str) -> str:
         return f"{ROOT}/{self.fed}/ops/reply/{check_id(operator, 'operator id')}"
+
+    @property
+    def orchestrator_client_id(self) -> str:
+        """The orchestrator's MQTT client id: fixed per federation, so its session (with the
+        QoS 1 messages queued while it was down) is resumed on every reconnect."""
+        return f"fedmq-orchestrator-{self.fed}"
 
 
 @dataclass(frozen=True, slots=True)

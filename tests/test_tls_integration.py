@@ -27,7 +27,7 @@ from tls_support import make_certs, prod_template
 
 from orchestrator.broker import MosquittoBroker
 from orchestrator.config import parse_config
-from orchestrator.devices.enrollment import provision
+from orchestrator.devices.commands import provision
 from orchestrator.service import Orchestrator
 
 pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl not installed")

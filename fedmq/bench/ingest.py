@@ -37,7 +37,7 @@ from fedmq.bench import BenchError
 from fedmq.bench._ingest_kernel import kernel_updates_per_s
 from orchestrator.broker import BrokerError, MosquittoBroker
 from orchestrator.config import Config, load_config
-from orchestrator.devices.enrollment import provision
+from orchestrator.devices.commands import provision
 from orchestrator.link.keys import load_or_create_key, public_key_hex
 from orchestrator.store import Store
 from schemas.envelope import unseal_key

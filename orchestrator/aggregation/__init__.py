@@ -1,9 +1,10 @@
 """Aggregation maths: pure, synchronous numpy with no I/O (run it in a worker thread).
 
 One algorithm per module (:mod:`.fedbuff`, :mod:`.fedavg`), the interface in :mod:`.strategy`,
-the maths in :mod:`.reducers`, :mod:`.staleness` and :mod:`.optimizers`, the ingestion checks
-in :mod:`.validation`, anomaly screening and isolation in :mod:`.screening` and the storage
-encoding of parameters in :mod:`.codec`.
+the strategies that wrap one (clipping, robust reducers, the server optimizer's step) in
+:mod:`.wrappers`, the maths in :mod:`.reducers`, :mod:`.staleness` and :mod:`.optimizers`, the
+ingestion checks in :mod:`.validation`, anomaly screening and isolation in :mod:`.screening`
+and the storage encoding of parameters in :mod:`.codec`.
 """
 
 from .codec import ParamsCodecError, decode_params, encode_params
@@ -43,9 +44,11 @@ from .strategy import (
     ReducerName,
     ServerOptimizer,
     StalenessFn,
+    Strategy,
     UpdateLike,
 )
 from .validation import check_delta
+from .wrappers import Clipped, RobustReduction, ServerStep
 
 __all__ = [
     "DIRECTION_OUTLIER",
@@ -54,6 +57,7 @@ __all__ = [
     "AggregateResult",
     "AnomalyScreen",
     "BufferedUpdate",
+    "Clipped",
     "Constant",
     "FedAdagrad",
     "FedAdam",
@@ -67,12 +71,15 @@ __all__ = [
     "ParamsCodecError",
     "Polynomial",
     "ReducerName",
+    "RobustReduction",
     "ScreenItem",
     "ScreenResult",
     "ScreeningStateError",
     "ServerOptimizer",
     "ServerSGD",
+    "ServerStep",
     "StalenessFn",
+    "Strategy",
     "UpdateLike",
     "check_delta",
     "clip_by_norm",

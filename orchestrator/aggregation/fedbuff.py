@@ -1,10 +1,11 @@
 """FedBuff: buffered asynchronous aggregation (Nguyen et al., AISTATS 2022).
 
-Accepted updates wait in the store's buffer; once ``k`` are there the service passes them to
-:meth:`FedBuff.aggregate`. Update ``i``, trained on version ``tau_i`` while the server is at
-``t``, weighs ``n_i * s(t - tau_i)``; one staler than ``max_staleness`` is dropped (reason
-``stale``), as is one whose delta does not fit the model. The weighted mean (or a robust
-reducer) of the survivors goes through the server optimizer to give version ``t + 1``.
+Accepted updates wait in the store's buffer; once enough are there (the service's cadence, see
+:mod:`orchestrator.versions.cadence`) they are aggregated. Update ``i``, trained on version
+``tau_i`` while the server is at ``t``, weighs ``n_i * s(t - tau_i)``; one staler than
+``max_staleness`` is dropped (reason ``stale``), as is one whose delta does not fit the model.
+The result is their weighted mean; wrappers (:mod:`.wrappers`) clip, reduce robustly and step
+the server optimizer.
 """
 
 from __future__ import annotations
@@ -17,45 +18,29 @@ import numpy as np
 
 from schemas.errors import Reason
 
-from ._combine import check_options, combine, screen
-from .optimizers import ServerSGD
+from ._combine import mean_result, screen
 from .staleness import Polynomial
-from .strategy import AggregateResult, ReducerName, ServerOptimizer, StalenessFn, UpdateLike
+from .strategy import AggregateResult, StalenessFn, UpdateLike
 
 __all__ = ["FedBuff"]
 
 
 @dataclass(eq=False)
 class FedBuff:
-    k: int
     staleness_fn: StalenessFn = field(default_factory=Polynomial)
     max_staleness: int | None = None
-    reducer: ReducerName = "mean"
-    trim_fraction: float = 0.1
-    clip_norm: float | None = None
-    """Clip every delta to this global L2 norm before reducing (None = no clipping)."""
-    optimizer: ServerOptimizer = field(default_factory=ServerSGD)
 
     def __post_init__(self) -> None:
-        if self.k < 1:
-            raise ValueError(f"k must be >= 1, got {self.k}")
         if self.max_staleness is not None and self.max_staleness < 0:
             raise ValueError(f"max_staleness must be >= 0, got {self.max_staleness}")
-        check_options(self.reducer, self.trim_fraction, self.clip_norm)
-
-    def ready(self, n_buffered: int) -> bool:
-        return n_buffered >= self.k
 
     def aggregate(
         self,
         global_params: Mapping[str, np.ndarray],
-        current_version: int,
+        version: int,
         updates: Sequence[UpdateLike],
     ) -> AggregateResult:
-        """Aggregate every usable update in ``updates`` into the next global parameters.
-
-        Advances ``optimizer`` when something was aggregated (see :mod:`.optimizers`).
-        """
+        """The staleness-weighted mean of every usable update in ``updates``."""
         shapes = {name: tuple(p.shape) for name, p in global_params.items()}
         used: list[UpdateLike] = []
         weights: dict[int, float] = {}
@@ -66,7 +51,7 @@ class FedBuff:
             if u.update_id in seen:
                 continue  # the same update listed twice counts once (its first listing)
             seen.add(u.update_id)
-            s = current_version - u.base_version
+            s = version - u.base_version
             reason = screen(u, shapes)
             if reason is None and s < 0:
                 reason = Reason.UNKNOWN_VERSION.value  # trained on a version not yet made
@@ -82,8 +67,4 @@ class FedBuff:
             used.append(u)
             weights[u.update_id] = w
             staleness[u.update_id] = s
-        return combine(
-            global_params, used, weights, staleness, dropped,
-            reducer=self.reducer, trim_fraction=self.trim_fraction, clip_norm=self.clip_norm,
-            optimizer=self.optimizer,
-        )
+        return mean_result(global_params, used, weights, staleness, dropped)

@@ -2,11 +2,18 @@
 
 Everything in this package is synchronous, pure numpy and free of I/O: the service owns the
 event loop, the store and every await, and runs these calls in a worker thread.
+
+A :class:`Strategy` turns buffered updates into one aggregate delta. The algorithms
+(:class:`~.fedbuff.FedBuff`, :class:`~.fedavg.FedAvg`) weigh and average; everything else
+composes around one as a wrapper holding a strategy (:mod:`.wrappers`: clipping, robust
+reducers, the server optimizer's step; server-side DP noise in
+:mod:`orchestrator.privacy.server_noise`), the pattern of Flower's
+``DifferentialPrivacyServerSideFixedClipping``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
@@ -21,6 +28,7 @@ __all__ = [
     "ReducerName",
     "ServerOptimizer",
     "StalenessFn",
+    "Strategy",
     "UpdateLike",
 ]
 
@@ -83,15 +91,17 @@ class ServerOptimizer(Protocol):
 class AggregateResult:
     """The outcome of one aggregation. Failures are data: unusable updates land in ``dropped``.
 
-    ``params`` and ``delta`` are None when no update was usable (no new version to commit).
-    ``weights`` are the nominal weights ``n_i * s(t - tau_i)`` of the used updates (the ledger
-    records them); the robust reducers ignore them, see :mod:`.reducers`.
+    ``delta`` is the aggregate (None when no update was usable: no new version to commit);
+    ``params`` the next global parameters once a :class:`~.wrappers.ServerStep` applied the
+    server optimizer to it (None before). ``weights`` are the nominal weights
+    ``n_i * s(t - tau_i)`` of the used updates (the ledger records them); the robust reducers
+    ignore them, see :mod:`.reducers`.
     """
 
-    params: Params | None
     delta: Params | None
     delta_norm: float
     used_ids: tuple[int, ...]
+    params: Params | None = None
     weights: Mapping[int, float] = field(default_factory=dict)
     staleness: Mapping[int, int] = field(default_factory=dict)
     update_norms: Mapping[int, float] = field(default_factory=dict)
@@ -103,4 +113,16 @@ class AggregateResult:
 
     @property
     def has_update(self) -> bool:
-        return self.params is not None
+        return self.delta is not None
+
+
+class Strategy(Protocol):
+    """Aggregates ``updates`` for the version after ``version`` (the current one): which
+    updates count, with what weight, and the aggregate delta. Must not modify its inputs."""
+
+    def aggregate(
+        self,
+        global_params: Mapping[str, np.ndarray],
+        version: int,
+        updates: Sequence[UpdateLike],
+    ) -> AggregateResult: ...

@@ -29,16 +29,16 @@ from orchestrator.cli._common import Parser as _Parser
 from orchestrator.cli._common import UsageError as _UsageError
 from orchestrator.cli._common import one_line_errors
 from orchestrator.config import Config, load_config
-from orchestrator.devices.enrollment import (
+from orchestrator.devices.commands import (
     DeviceCommandError,
     approve,
     provision,
+    reinstate_device,
     revoke,
     write_private,
 )
 from orchestrator.link.keys import KeyFileError, load_or_create_key, public_key_hex
 from orchestrator.store import Device, Store, StoreError
-from orchestrator.versions.guard import reinstate_device
 from schemas.signing import key_id
 from schemas.topics import valid_id
 

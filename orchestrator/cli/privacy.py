@@ -26,8 +26,6 @@ from orchestrator.cli._common import Parser as _Parser
 from orchestrator.cli._common import one_line_errors
 from orchestrator.config import load_config
 from orchestrator.privacy import (
-    ACCOUNTANT_STATE_KEY,
-    POLICY_STATE_KEY,
     DpPolicy,
     FederationAccountant,
     PrivacyError,
@@ -35,6 +33,7 @@ from orchestrator.privacy import (
     summarize,
 )
 from orchestrator.store import Store, StoreError
+from orchestrator.store.state_keys import StateKey
 
 PROG = "fedmq privacy"
 
@@ -52,8 +51,8 @@ def _parser() -> argparse.ArgumentParser:
 
 async def _gather(path: Path) -> PrivacySummary:
     async with Store.open(path) as store:
-        policy_state = await store.get_server_state(POLICY_STATE_KEY)
-        accountant_state = await store.get_server_state(ACCOUNTANT_STATE_KEY)
+        policy_state = await store.get_server_state(StateKey.PRIVACY_POLICY)
+        accountant_state = await store.get_server_state(StateKey.ACCOUNTANT)
         records = await store.privacy_ledger()
         devices = await store.list_devices(role="device")
     policy = DpPolicy.from_bytes(policy_state) if policy_state is not None else None

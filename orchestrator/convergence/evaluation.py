@@ -1,12 +1,14 @@
 """Server-side evaluation of each model version on a held-out data set (ONNX Runtime).
 
 The ``eval`` graph takes the parameters, ``X`` and (for supervised models) ``y`` and returns
-``loss`` and ``metric``. ``evaluate`` is blocking: call it through ``asyncio.to_thread``.
+``loss`` and ``metric``. ``evaluate`` is blocking: call it through ``asyncio.to_thread``
+(:class:`EvaluationLoop` does, for each new version).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import asyncio
+from collections.abc import Mapping, MutableMapping
 
 import numpy as np
 import onnxruntime as ort
@@ -19,11 +21,15 @@ from orchestrator.convergence.datasets import (
     load_named,
     split_train_test,
 )
+from orchestrator.convergence.stopper import Stopper
+from orchestrator.errors import OrchestratorError
+from orchestrator.store import Store
+from orchestrator.versions.head import VersionHead
 
-__all__ = ["EvaluationError", "ServerEvaluator", "load_validation_set"]
+__all__ = ["EvaluationError", "EvaluationLoop", "ServerEvaluator", "load_validation_set"]
 
 
-class EvaluationError(Exception):
+class EvaluationError(OrchestratorError):
     """The validation set or the eval graph is unusable."""
 
 
@@ -74,3 +80,33 @@ class ServerEvaluator:
         feeds.update({name: params[name] for name in self._param_names})
         loss, metric = self._session.run(["loss", "metric"], feeds)
         return {"loss": float(loss), "metric": float(metric), "samples": float(self.samples)}
+
+
+class EvaluationLoop:
+    """The ``evaluate`` task: each new version the head reaches is evaluated (in a thread;
+    versions made meanwhile are skipped) and its ``server_*`` metrics recorded, then the
+    stopping rules see the metric."""
+
+    def __init__(self, evaluator: ServerEvaluator, *, head: VersionHead, store: Store,
+                 stopper: Stopper, counters: MutableMapping[str, int]) -> None:
+        self._evaluator = evaluator
+        self._head = head
+        self._store = store
+        self._stopper = stopper
+        self._counters = counters
+        self._changed = head.watch()
+        self._evaluated: int | None = None
+
+    async def run(self) -> None:
+        while True:
+            await self._changed.wait()
+            self._changed.clear()
+            model = self._head.current
+            if model.version == self._evaluated:
+                continue
+            metrics = await asyncio.to_thread(self._evaluator.evaluate, model.params)
+            await self._store.set_version_metrics(
+                model.version, {f"server_{k}": v for k, v in metrics.items()})
+            self._evaluated = model.version
+            self._counters["evaluations"] += 1
+            await self._stopper.on_version(model.version, metrics["metric"])

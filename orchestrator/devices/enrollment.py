@@ -1,51 +1,32 @@
-"""Enrollment: the pure decision on an ``enroll`` message, and the operator's device commands.
-
-``judge_enroll`` decides what an enroll request does given the registry row (no I/O).
-``provision``, ``approve`` and ``revoke`` are what ``fedmq device add|approve|revoke`` do to the
-store and the broker's password file; they work on the database directly, next to a running
-service, which notices through the registry generation (see :mod:`orchestrator.devices.registry`).
+"""Enrollment as the service handles it: the pure decision on an ``enroll`` message
+(:func:`judge_enroll`, no I/O) and :class:`EnrollHandler`, which records and answers it. The
+operator's side (``fedmq device add`` and the rest) is in :mod:`orchestrator.devices.commands`.
 """
 
 from __future__ import annotations
 
-import os
-import secrets
+from collections.abc import MutableMapping
 from dataclasses import dataclass
-from pathlib import Path
 
-from orchestrator.broker import BrokerError, PasswordFile, generate_password, read_pid_file
-from orchestrator.broker import reload_broker as _sighup
-from orchestrator.config import Config
-from orchestrator.devices.registry import DeviceView, bump_generation
-from orchestrator.store import AuditEvent, Device, Role, Store
-from schemas.bundle import Bundle
-from schemas.errors import Reason
-from schemas.messages import Enroll, EnrollStatus
-from schemas.signing import ENROLL_SECRET_BYTES, check_enroll_mac
+from orchestrator.devices.registry import DeviceView, Registry
+from orchestrator.devices.replay_book import ReplayBook
+from orchestrator.link.sender import Outbound
+from orchestrator.store import AuditEvent, DeviceStatus, Store
+from schemas.envelope import check_header, open_enroll
+from schemas.errors import FedmqError, Reason
+from schemas.messages import Enroll, Enrolled, EnrollStatus
+from schemas.signing import check_enroll_mac, key_id
+from schemas.topics import ORCHESTRATOR_SENDER, DownKind
 
-__all__ = [
-    "DeviceCommandError",
-    "EnrollDecision",
-    "approve",
-    "judge_enroll",
-    "provision",
-    "reload_broker",
-    "revoke",
-    "write_private",
-]
-
-
-class DeviceCommandError(Exception):
-    """An operator command cannot be carried out; the message is one line."""
+__all__ = ["EnrollDecision", "EnrollHandler", "judge_enroll"]
 
 
 @dataclass(frozen=True, slots=True)
 class EnrollDecision:
     status: EnrollStatus
     reason: str = ""
-    register: bool = False
-    """True: store the key with ``new_status`` (a first enrollment)."""
-    new_status: str = ""
+    register: DeviceStatus | None = None
+    """Store the key with this status (a first enrollment); None: store nothing."""
 
 
 def judge_enroll(
@@ -65,9 +46,8 @@ def judge_enroll(
         ):
             return EnrollDecision(EnrollStatus.REJECTED, Reason.BAD_HMAC.value)
         if manual_approval:
-            return EnrollDecision(EnrollStatus.AWAITING_APPROVAL, register=True,
-                                  new_status="awaiting_approval")
-        return EnrollDecision(EnrollStatus.ACTIVE, register=True, new_status="active")
+            return EnrollDecision(EnrollStatus.AWAITING_APPROVAL, register="awaiting_approval")
+        return EnrollDecision(EnrollStatus.ACTIVE, register="active")
     # enrolled before: the same key is answered again (idempotent), another key is refused
     if device.public_key != enroll.public_key:
         return EnrollDecision(EnrollStatus.REJECTED, Reason.NOT_AUTHORIZED.value)
@@ -76,107 +56,50 @@ def judge_enroll(
     return EnrollDecision(EnrollStatus.ACTIVE)
 
 
-# -- operator commands -----------------------------------------------------------------------
+class EnrollHandler:
+    """Judges an ``enroll`` (self-signed with the key it enrolls), records a first
+    enrollment and answers ``Enrolled``. One that proves nothing about its sender is audited
+    and refused without an answer."""
 
+    def __init__(self, *, fed: str, manual_approval: bool, heartbeat_s: float, store: Store,
+                 registry: Registry, book: ReplayBook, outbound: Outbound,
+                 counters: MutableMapping[str, int]) -> None:
+        self._fed = fed
+        self._manual = manual_approval
+        self._heartbeat_s = heartbeat_s
+        self._store = store
+        self._registry = registry
+        self._book = book
+        self._outbound = outbound
+        self._counters = counters
 
-def reload_broker(config: Config) -> bool:
-    """SIGHUP the broker if its pid file names a running process; False if none runs."""
-    pid_file = config.broker_pid_file
-    if pid_file is None or not pid_file.exists():
-        return False
-    try:
-        _sighup(read_pid_file(pid_file))
-    except BrokerError:
-        return False  # a stale pid file: the broker reads the password file when it starts
-    return True
-
-
-def _password_file(config: Config) -> PasswordFile | None:
-    path = config.password_file
-    if path is None:
-        return None
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    return PasswordFile(path)
-
-
-async def provision(
-    store: Store,
-    config: Config,
-    device_id: str,
-    *,
-    orchestrator_key: str,
-    role: Role = "device",
-    actor: str = "cli",
-) -> Bundle:
-    """Create a pending device with a fresh enrollment secret and broker credential; returns
-    its bundle. Refuses an existing id."""
-    if await store.get_device(device_id) is not None:
-        raise DeviceCommandError(f"device {device_id!r} already exists")
-    secret = secrets.token_bytes(ENROLL_SECRET_BYTES)
-    password = generate_password()
-    passwords = _password_file(config)
-    if passwords is None and config.broker.password is None:
-        raise DeviceCommandError("no broker password file configured (broker.password_file)")
-    await store.add_device(
-        device_id, secret=secret, role=role, status="pending",
-        audit=AuditEvent("added", actor, device=device_id, detail={"role": role}),
-    )
-    if passwords is not None:
-        passwords.set(device_id, password)
-        reload_broker(config)
-    await bump_generation(store)
-    broker = config.broker
-    return Bundle(
-        device_id=device_id, fed=config.federation.id,
-        broker_host=broker.advertised_host or broker.host,
-        broker_port=broker.advertised_port or broker.port,
-        mqtt_username=device_id, mqtt_password=password, orchestrator_key=orchestrator_key,
-        enroll_secret=secret.hex(), tls=broker.tls,
-        ca_file=str(broker.ca_file) if broker.ca_file else "", role=role,
-    )
-
-
-async def approve(store: Store, device_id: str, *, actor: str = "cli") -> Device:
-    """Activate a device whose key waits for approval."""
-    device = await _existing(store, device_id)
-    if device.status == "active":
-        raise DeviceCommandError(f"device {device_id!r} is already active")
-    if device.status != "awaiting_approval":
-        hint = " (it has not enrolled yet)" if device.status == "pending" else ""
-        raise DeviceCommandError(f"device {device_id!r} is {device.status}, "
-                                 f"not awaiting approval{hint}")
-    await store.set_status(device_id, "active",
-                           audit=AuditEvent("approved", actor, device=device_id))
-    await bump_generation(store)
-    return await _existing(store, device_id)
-
-
-async def revoke(store: Store, config: Config, device_id: str, *, actor: str = "cli",
-                 reason: str = "") -> Device:
-    """Disable the device's key and remove its broker credential (then reload the broker)."""
-    device = await _existing(store, device_id)
-    if device.status == "revoked":
-        raise DeviceCommandError(f"device {device_id!r} is already revoked")
-    await store.set_status(device_id, "revoked", audit=AuditEvent(
-        "revoked", actor, device=device_id, reason=reason or None))
-    passwords = _password_file(config)
-    if passwords is not None and passwords.exists():
-        passwords.remove(device_id)
-        reload_broker(config)
-    await bump_generation(store)
-    return await _existing(store, device_id)
-
-
-async def _existing(store: Store, device_id: str) -> Device:
-    device = await store.get_device(device_id)
-    if device is None:
-        raise DeviceCommandError(f"no device {device_id!r}")
-    return device
-
-
-def write_private(path: Path, text: str) -> None:
-    """Write ``text`` to a new or existing file with mode 0600 (set before any byte lands)."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        os.fchmod(fh.fileno(), 0o600)
-        fh.write(text)
+    async def handle(self, device_id: str, payload: bytes, received_ms: int) -> None:
+        try:
+            header, enroll = open_enroll(payload)
+            check_header(header, fed=self._fed, sender=device_id, now_ms=received_ms)
+        except FedmqError as exc:
+            # not answerable: nothing proves who sent it; still on the record
+            await self._store.append_audit(AuditEvent(
+                "rejected", ORCHESTRATOR_SENDER, device=device_id, reason=exc.reason.value,
+                detail={"message": "enroll", "detail": exc.detail[:200]}))
+            raise
+        device = await self._registry.reload_device(device_id)
+        decision = judge_enroll(device, enroll, fed=self._fed, manual_approval=self._manual)
+        if decision.register is not None:
+            await self._store.set_key(
+                device_id, enroll.public_key, status=decision.register, clear_secret=True,
+                audit=AuditEvent("enrolled", ORCHESTRATOR_SENDER, device=device_id, detail={
+                    "status": decision.register, "key_id": key_id(enroll.public_key),
+                    "agent_version": enroll.agent_version}),
+            )
+            await self._registry.reload_device(device_id)
+            await self._book.reset(device_id)  # a (re-)enrolled key starts a fresh seq history
+            self._counters["enrolled"] += 1
+        elif decision.status is EnrollStatus.REJECTED:
+            await self._store.append_audit(AuditEvent(
+                "rejected", ORCHESTRATOR_SENDER, device=device_id, reason=decision.reason,
+                detail={"message": "enroll", "key_id": key_id(enroll.public_key)}))
+            # counted once audited (plain reads do not wait for writes: see store)
+            self._counters[f"enroll.rejected.{decision.reason}"] += 1
+        await self._outbound.send(device_id, DownKind.ENROLLED, Enrolled(
+            device_id, decision.status, decision.reason, heartbeat_s=self._heartbeat_s))

@@ -1,9 +1,9 @@
 """The running service's in-memory view of the device registry (the store is the truth).
 
 Other processes change devices too (``fedmq device revoke`` works on the database directly).
-Each such change also writes a fresh random token under :data:`GENERATION_KEY` in the store's
-server state (:func:`bump_generation`); the service polls that one row about once a second and
-reloads the registry when it differs, so a revocation takes effect within a second.
+Each such change also writes a fresh random token under ``StateKey.REGISTRY_GENERATION`` in
+the store's server state (:func:`bump_generation`); the service polls that one row about once a
+second and reloads the registry when it differs, so a revocation takes effect within a second.
 """
 
 from __future__ import annotations
@@ -14,16 +14,16 @@ from dataclasses import dataclass, field
 from nacl.signing import VerifyKey
 
 from orchestrator.store import Device, Store
+from orchestrator.store.state_keys import StateKey
 
-__all__ = ["GENERATION_KEY", "DeviceView", "Registry", "bump_generation"]
+__all__ = ["DeviceView", "Registry", "bump_generation"]
 
-GENERATION_KEY = "registry_generation"
 
 
 async def bump_generation(store: Store) -> None:
     """Tell running services that devices changed (call after the change committed)."""
     # a random token rather than a counter: two concurrent bumps can never cancel out
-    await store.put_server_state({GENERATION_KEY: os.urandom(8)})
+    await store.put_server_state({StateKey.REGISTRY_GENERATION: os.urandom(8)})
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,8 +59,16 @@ class Registry:
     def all(self) -> list[DeviceView]:
         return list(self._devices.values())
 
+    def standing(self, device_id: str) -> str | None:
+        """None when the device is enrolled and in good standing, else why it is not
+        (``not_enrolled`` or its status): the selection policy's ``device_ok``."""
+        view = self._devices.get(device_id)
+        if view is None or view.verify_key is None:
+            return "not_enrolled"
+        return None if view.status == "active" else view.status
+
     async def load(self) -> None:
-        self._generation = await self._store.get_server_state(GENERATION_KEY)
+        self._generation = await self._store.get_server_state(StateKey.REGISTRY_GENERATION)
         self._devices = {d.device_id: DeviceView.of(d) for d in await self._store.list_devices()}
 
     async def reload_device(self, device_id: str) -> DeviceView | None:
@@ -75,7 +83,7 @@ class Registry:
     async def refresh(self) -> list[tuple[DeviceView | None, DeviceView | None]]:
         """Reload if another process bumped the generation; returns ``(old, new)`` for every
         device whose status or key changed (None for one added or removed)."""
-        generation = await self._store.get_server_state(GENERATION_KEY)
+        generation = await self._store.get_server_state(StateKey.REGISTRY_GENERATION)
         if generation == self._generation:
             return []
         old = self._devices

@@ -19,7 +19,7 @@ from orchestrator.aggregation import BufferedUpdate
 from orchestrator.ingest.buffer_codec import decode_buffered, from_stored
 from orchestrator.store import Store
 
-__all__ = ["DEFAULT_BUDGET_BYTES", "BufferCache", "load_buffer"]
+__all__ = ["DEFAULT_BUDGET_BYTES", "Buffer", "BufferCache", "load_buffer"]
 
 DEFAULT_BUDGET_BYTES = 256 * 2**20
 
@@ -99,3 +99,38 @@ async def load_buffer(store: Store, cache: BufferCache, limit: int | None
                                from_stored(e.delta)) for e in entries]
 
     return await asyncio.to_thread(restore)
+
+
+class Buffer:
+    """The aggregation buffer as the running service sees it: how many accepted updates wait
+    in the store, and their blobs in memory. Intake adds what it committed; the aggregator
+    takes the oldest and removes what it applied, rejected or quarantined."""
+
+    def __init__(self, store: Store, cache: BufferCache | None = None) -> None:
+        self._store = store
+        self._cache = cache if cache is not None else BufferCache()
+        self._count = 0
+
+    @property
+    def count(self) -> int:
+        return self._count
+
+    async def load(self) -> None:
+        self._count = await self._store.buffered_count()
+
+    def committed(self, ids: Sequence[int], blobs: Sequence[bytes | None], *,
+                  accepted: int) -> None:
+        """Rows ``ids`` are in the store (``blobs``: the buffered ones' blobs, else None)."""
+        self._cache.put_many(ids, blobs)
+        self._count += accepted
+
+    def removed(self, n: int) -> None:
+        self._count = max(0, self._count - n)
+
+    async def oldest(self, limit: int | None) -> list[BufferedUpdate]:
+        """The oldest ``limit`` buffered updates (see :func:`load_buffer`); none left resets
+        the count (the store is the truth)."""
+        entries = await load_buffer(self._store, self._cache, limit)
+        if not entries:
+            self._count = 0
+        return entries

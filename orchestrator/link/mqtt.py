@@ -14,7 +14,7 @@ import contextlib
 import logging
 import random
 import ssl
-from collections.abc import Awaitable, Callable, Coroutine, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +22,9 @@ from typing import Any
 import aiomqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+
+from orchestrator.clock import Clock, SystemClock
+from orchestrator.errors import OrchestratorError
 
 __all__ = [
     "MqttLink",
@@ -34,7 +37,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 
-class NotConnected(Exception):
+class NotConnected(OrchestratorError):
     """The link is down; the message was not published."""
 
 
@@ -85,28 +88,38 @@ class MqttSettings:
     that blocks (a full ingest queue) makes the broker hold the rest: bounded memory here."""
 
 
+OnMessage = Callable[[aiomqtt.Message], Awaitable[None]]
+
+
 class MqttLink:
-    """Run :meth:`run` as a task; it connects, subscribes, calls ``on_connect`` (as its own
-    task, so it may publish) and feeds every message to ``on_message`` until cancelled."""
+    """Run :meth:`run` as a task; it connects, subscribes, calls ``on_connect`` (which must
+    not block: it may only schedule work) and feeds every message to ``on_message`` until
+    cancelled."""
 
     def __init__(
         self,
         settings: MqttSettings,
         *,
-        on_message: Callable[[aiomqtt.Message], Awaitable[None]],
-        on_connect: Callable[[], Coroutine[Any, Any, None]] | None = None,
         rng: random.Random | None = None,
+        clock: Clock | None = None,
     ) -> None:
         self._settings = settings
-        self._on_message = on_message
-        self._on_connect = on_connect
         self._rng = rng or random.Random()
+        self._clock = clock or SystemClock()
         self._client: aiomqtt.Client | None = None
         self._connected = asyncio.Event()
         self.connections = 0
         """How many times the link has connected (tests watch reconnects)."""
         self.last_error: str | None = None
         """Why the last connection attempt or session ended (None: never failed)."""
+
+    @property
+    def host(self) -> str:
+        return self._settings.host
+
+    @property
+    def port(self) -> int:
+        return self._settings.port
 
     @property
     def connected(self) -> bool:
@@ -128,12 +141,13 @@ class MqttLink:
         except aiomqtt.MqttError as exc:
             raise NotConnected(f"publish to {topic} failed: {exc}") from exc
 
-    async def run(self) -> None:
+    async def run(self, on_message: OnMessage,
+                  on_connect: Callable[[], None] | None = None) -> None:
         delay = self._settings.backoff_initial_s
         while True:
             before = self.connections
             try:
-                await self._session()
+                await self._session(on_message, on_connect)
             except aiomqtt.MqttError as exc:
                 self.last_error = str(exc) or type(exc).__name__
                 log.warning("MQTT link to %s:%d down: %s", self._settings.host,
@@ -141,10 +155,11 @@ class MqttLink:
             if self.connections != before:
                 delay = self._settings.backoff_initial_s  # that session did get connected
             # jittered exponential backoff
-            await asyncio.sleep(delay * self._rng.uniform(0.5, 1.0))
+            await self._clock.sleep(delay * self._rng.uniform(0.5, 1.0))
             delay = min(delay * 2, self._settings.backoff_max_s)
 
-    async def _session(self) -> None:
+    async def _session(self, on_message: OnMessage,
+                       on_connect: Callable[[], None] | None) -> None:
         s = self._settings
         properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         properties.SessionExpiryInterval = s.session_expiry_s
@@ -173,23 +188,12 @@ class MqttLink:
             self._client = client
             self._connected.set()
             self.connections += 1
-            hook: asyncio.Task[None] | None = None
-            if self._on_connect is not None:
-                hook = asyncio.create_task(self._on_connect(), name="mqtt-on-connect")
-                hook.add_done_callback(_log_failure)
+            if on_connect is not None:
+                on_connect()
             try:
                 async for message in client.messages:
-                    await self._on_message(message)
+                    await on_message(message)
                     client._client.ack(message.mid, message.qos)
             finally:
                 self._client = None
                 self._connected.clear()
-                if hook is not None and not hook.done():
-                    hook.cancel()
-                    # wait() does not re-raise the hook's cancellation, but does ours
-                    await asyncio.wait([hook])
-
-
-def _log_failure(task: asyncio.Task[None]) -> None:
-    if not task.cancelled() and task.exception() is not None:
-        log.error("%s failed: %r", task.get_name(), task.exception())

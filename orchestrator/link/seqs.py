@@ -10,23 +10,19 @@ none is reused.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+
+from orchestrator.store.state_keys import ServerState, StateKey
 
 __all__ = ["SeqCounter"]
 
 
 class SeqCounter:
-    def __init__(
-        self,
-        *,
-        load_limit: Callable[[], Awaitable[int]],
-        save_limit: Callable[[int], Awaitable[None]],
-        block: int = 10_000,
-    ) -> None:
+    """Keeps its limit in ``state`` under :attr:`StateKey.SEQ_LIMIT`."""
+
+    def __init__(self, state: ServerState, *, block: int = 10_000) -> None:
         if block <= 0:
             raise ValueError("block must be positive")
-        self._load = load_limit
-        self._save = save_limit
+        self._state = state
         self._block = block
         self._next: int | None = None
         self._limit = 0
@@ -34,8 +30,8 @@ class SeqCounter:
 
     async def start(self) -> None:
         """Resume from the stored limit (every seq below it may have been used)."""
-        limit = await self._load()
-        self._next = self._limit = limit
+        raw = await self._state.get_server_state(StateKey.SEQ_LIMIT)
+        self._next = self._limit = int.from_bytes(raw, "big") if raw else 0
 
     async def reserve(self, n: int) -> list[int]:
         """``n`` fresh seqs, in increasing order."""
@@ -46,7 +42,8 @@ class SeqCounter:
                 raise RuntimeError("SeqCounter.start() was not awaited")
             if self._next + n > self._limit:
                 limit = self._next + n + self._block
-                await self._save(limit)  # durable before any seq below it is used
+                # durable before any seq below it is used
+                await self._state.put_server_state({StateKey.SEQ_LIMIT: limit.to_bytes(8, "big")})
                 self._limit = limit
             first = self._next
             self._next += n

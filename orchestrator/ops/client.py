@@ -35,7 +35,7 @@ from nacl.signing import SigningKey, VerifyKey
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from orchestrator.devices.enrollment import write_private
+from orchestrator.devices.commands import write_private
 from orchestrator.link.mqtt import publish_keeping_cancellation
 from schemas.bundle import Bundle
 from schemas.envelope import check_header, decode_body, pack, verify

@@ -27,43 +27,46 @@ import logging
 import math
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 import aiomqtt
-from nacl.signing import SigningKey
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from orchestrator.clock import Clock
 from orchestrator.config import Config
 from orchestrator.convergence.stopping import StoppingState
 from orchestrator.devices.registry import Registry
+from orchestrator.devices.replay_book import ReplayBook
+from orchestrator.devices.reports import status_reason
+from orchestrator.devices.selection import OutstandingTasks
+from orchestrator.errors import OrchestratorError
+from orchestrator.ingest.buffer_cache import Buffer
 from orchestrator.link.mqtt import NotConnected
-from orchestrator.link.seqs import SeqCounter
+from orchestrator.link.sender import Outbound
 from orchestrator.metrics.prometheus import Metrics
 from orchestrator.ops.fleet_summary import fleet_rows, fleet_totals
 from orchestrator.privacy import (
-    ACCOUNTANT_STATE_KEY,
-    POLICY_STATE_KEY,
     DpPolicy,
     FederationAccountant,
     PrivacySummary,
     summarize,
 )
 from orchestrator.store import AuditEvent, AuditRecord, Device, Store
-from orchestrator.versions.publisher import ORCHESTRATOR_SENDER
-from schemas.envelope import check_header, decode_body, pack, verify
+from orchestrator.store.state_keys import StateKey
+from orchestrator.versions.head import VersionHead
+from schemas.envelope import check_header, decode_body, verify
 from schemas.errors import FedmqError, Reason
 from schemas.messages import FleetSummary, OperatorRequest, OperatorResponse
 from schemas.replay import Verdict
 from schemas.signing import key_id
-from schemas.topics import Topics, valid_id
+from schemas.topics import ORCHESTRATOR_SENDER, valid_id
 
 __all__ = [
     "COMMANDS",
     "MAX_AUDIT_LIMIT",
     "CommandError",
     "OperatorDesk",
-    "ServiceView",
 ]
 
 log = logging.getLogger(__name__)
@@ -72,30 +75,9 @@ MAX_AUDIT_LIMIT = 1000
 _QUEUE = 64
 _MAX_CORRELATION = 256
 _EVALUATIONS = 5
-_STOPPING_KEY = "stopping"  # the service's server-state key for the stopping rules
 
 
-class ServiceView(Protocol):
-    """What the desk reads from the running service (the :class:`Orchestrator` has it)."""
-
-    config: Config
-    metrics: Metrics
-
-    @property
-    def store(self) -> Store: ...
-    @property
-    def version(self) -> int: ...
-    @property
-    def published_version(self) -> int | None: ...
-    @property
-    def buffered(self) -> int: ...
-    @property
-    def stopped_reason(self) -> str | None: ...
-    @property
-    def outstanding_tasks(self) -> int: ...
-
-
-class CommandError(Exception):
+class CommandError(OrchestratorError):
     """A command's arguments are wrong; the message goes back to the operator."""
 
 
@@ -132,7 +114,7 @@ def _arg(args: Mapping[str, Any], name: str, kind: type | tuple[type, ...],
 
 
 async def _ping(desk: OperatorDesk, args: Mapping[str, Any]) -> Any:
-    return {"pong": True, "version": desk.service.version}
+    return {"pong": True, "version": desk.head.version}
 
 
 async def _fleet_status(desk: OperatorDesk, args: Mapping[str, Any]) -> Any:
@@ -147,7 +129,7 @@ async def _device_list(desk: OperatorDesk, args: Mapping[str, Any]) -> Any:
     role = _arg(args, "role", str)
     if role not in (None, "device", "operator"):
         raise CommandError(f"role must be device or operator, not {role!r}")
-    devices = await desk.service.store.list_devices(role=role)
+    devices = await desk.store.list_devices(role=role)
     return [{"device_id": d.device_id, "role": d.role, "status": d.status,
              "key_id": key_id(d.public_key) if d.public_key else None,
              "class": d.device_class, "created_ms": d.created_ms, "enrolled_ms": d.enrolled_ms,
@@ -163,7 +145,7 @@ async def _audit_list(desk: OperatorDesk, args: Mapping[str, Any]) -> Any:
     limit = _arg(args, "limit", int, 50)
     if not 0 < limit <= MAX_AUDIT_LIMIT:
         raise CommandError(f"limit must be in 1..{MAX_AUDIT_LIMIT}, got {limit}")
-    records = await desk.service.store.list_audit(
+    records = await desk.store.list_audit(
         since_ms=_arg(args, "since_ms", int), until_ms=_arg(args, "until_ms", int),
         event=events or None, device=_arg(args, "device", str), actor=_arg(args, "actor", str),
         limit=limit)
@@ -196,40 +178,40 @@ COMMANDS: dict[str, Command] = {
 
 
 class OperatorDesk:
-    """See the module docstring. ``classify(sender, seq)`` and ``mark_seen(sender, seq)`` are
-    the service's replay windows (operators share the registry and its windows with devices).
-    """
+    """See the module docstring. Operators share the registry and its replay windows
+    (``book``) with devices."""
 
     def __init__(
         self,
-        service: ServiceView,
         *,
+        config: Config,
+        store: Store,
+        head: VersionHead,
+        buffer: Buffer,
+        outstanding: OutstandingTasks,
         registry: Registry,
-        key: SigningKey,
-        seqs: SeqCounter,
-        publish: Callable[..., Awaitable[None]],
-        topics: Topics,
-        clock: Callable[[], int],
-        classify: Callable[[str, int], Verdict],
-        mark_seen: Callable[[str, int], Awaitable[None]],
+        book: ReplayBook,
+        outbound: Outbound,
+        metrics: Metrics,
         counters: MutableMapping[str, int],
-        interval_s: float,
-        max_message_bytes: int,
+        clock: Clock,
     ) -> None:
-        self.service = service
+        self.config = config
+        self.store = store
+        self.head = head
+        self._buffer = buffer
+        self._outstanding = outstanding
         self._registry = registry
-        self._key = key
-        self._seqs = seqs
-        self._publish = publish
-        self._topics = topics
-        self._clock = clock
-        self._classify = classify
-        self._mark_seen = mark_seen
+        self._book = book
+        self._outbound = outbound
+        self._metrics = metrics
         self._counters = counters
-        self._interval_s = interval_s
-        self._max_bytes = max_message_bytes
+        self._clock = clock
+        self._fed = config.federation.id
+        self._interval_s = config.ops.fleet_interval_s
+        self._max_bytes = config.broker.max_message_bytes
         self._requests: asyncio.Queue[_Request] = asyncio.Queue(_QUEUE)
-        self._reply_prefix = topics.ops_request.rsplit("/", 1)[0] + "/reply/"
+        self._reply_prefix = outbound.topics.ops_request.rsplit("/", 1)[0] + "/reply/"
         self._classes: dict[str, str] = {}
         self._privacy_key: tuple[bytes | None, bytes | None] | None = None
         self._privacy: PrivacySummary | None = None
@@ -265,7 +247,7 @@ class OperatorDesk:
     async def _fleet_loop(self) -> None:
         while True:
             await self.publish_fleet()
-            await asyncio.sleep(self._interval_s)
+            await self._clock.sleep(self._interval_s)
 
     # -- requests --------------------------------------------------------------------------------
 
@@ -275,14 +257,14 @@ class OperatorDesk:
         except _Refused as refusal:
             await self._refuse(request, refusal)
             return
-        verdict = self._classify(operator, opened_seq)
+        verdict = self._book.classify(operator, opened_seq)
         if verdict is not Verdict.FRESH:
             reason = Reason.REPLAY if verdict is Verdict.REPLAY else Reason.DUPLICATE
             await self._refuse(request, _Refused(reason, f"seq {opened_seq}", operator),
                                request_id=command.request_id)
             return
-        await self._mark_seen(operator, opened_seq)
-        await self.service.store.append_audit(AuditEvent(
+        await self._book.mark_seen(operator, opened_seq)
+        await self.store.append_audit(AuditEvent(
             "operator_command", operator, detail={
                 "command": command.command[:100], "request_id": command.request_id[:100],
                 "args": _bounded_json(command.args)}))
@@ -326,7 +308,7 @@ class OperatorDesk:
             raise _Refused(Reason.UNKNOWN_SENDER, f"no key for {operator!r}", operator)
         try:
             opened = verify(request.payload, view.verify_key)
-            check_header(opened.header, fed=self._topics.fed, sender=operator,
+            check_header(opened.header, fed=self._fed, sender=operator,
                          now_ms=request.received_ms)
         except FedmqError as exc:
             raise _Refused(exc.reason, exc.detail, operator) from None
@@ -334,9 +316,7 @@ class OperatorDesk:
             raise _Refused(Reason.NOT_AUTHORIZED, f"{operator!r} has the {view.role} role, "
                            "not operator", operator)
         if view.status != "active":
-            reason = {"revoked": Reason.REVOKED, "isolated": Reason.ISOLATED}.get(
-                view.status, Reason.NOT_AUTHORIZED)
-            raise _Refused(reason, f"operator is {view.status}", operator)
+            raise _Refused(status_reason(view.status), f"operator is {view.status}", operator)
         try:
             command = decode_body(opened, OperatorRequest)
         except FedmqError as exc:
@@ -346,7 +326,7 @@ class OperatorDesk:
     async def _refuse(self, request: _Request, refusal: _Refused, *,
                       request_id: str | None = None) -> None:
         log.info("operator request refused (%s): %s", refusal.reason.value, refusal.detail)
-        await self.service.store.append_audit(AuditEvent(
+        await self.store.append_audit(AuditEvent(
             "rejected", ORCHESTRATOR_SENDER, device=refusal.operator, reason=refusal.reason.value,
             detail={"message": "ops_request", "detail": refusal.detail[:200]}))
         # counted once audited: whoever watches the counter then finds the audit row
@@ -360,19 +340,17 @@ class OperatorDesk:
 
     async def _reply(self, request: _Request, operator: str,
                      response: OperatorResponse) -> None:
-        payload = pack(response, key=self._key, fed=self._topics.fed,
-                       sender=ORCHESTRATOR_SENDER, seq=await self._seqs.next(),
-                       ts_ms=self._clock(), to=operator)
+        payload = await self._outbound.sign(response, to=operator)
         if len(payload) > self._max_bytes:
-            payload = pack(OperatorResponse(response.request_id, False,
-                                            error="too_large: narrow the request (limit)"),
-                           key=self._key, fed=self._topics.fed, sender=ORCHESTRATOR_SENDER,
-                           seq=await self._seqs.next(), ts_ms=self._clock(), to=operator)
+            payload = await self._outbound.sign(OperatorResponse(
+                response.request_id, False, error="too_large: narrow the request (limit)"),
+                to=operator)
         props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
         if request.correlation:
             props.CorrelationData = request.correlation
         try:
-            await self._publish(request.response_topic, payload, qos=1, properties=props)
+            await self._outbound.publish(request.response_topic, payload, qos=1,
+                                         properties=props)
         except NotConnected:
             self._counters["dropped.ops_reply"] += 1
 
@@ -380,49 +358,46 @@ class OperatorDesk:
 
     async def fleet(self) -> dict[str, Any]:
         """``fleet.status``: every device row plus the fleet totals."""
-        service = self.service
-        store = service.store
-        devices = await store.list_devices(role="device")
+        devices = await self.store.list_devices(role="device")
         privacy = await self.privacy()
         spend = ({d.device_id: _finite(d.epsilon) for d in privacy.devices}
                  if privacy is not None else {})
-        rows = fleet_rows(devices, now_ms=self._clock(), current_version=service.version,
-                          heartbeat_s=service.config.federation.heartbeat_s,
+        now = self._clock.wall_ms()
+        rows = fleet_rows(devices, now_ms=now, current_version=self.head.version,
+                          heartbeat_s=self.config.federation.heartbeat_s,
                           classes=await self._device_classes(devices), privacy=spend)
         totals = fleet_totals(rows)
-        return {"ts_ms": self._clock(), "federation": self._topics.fed,
-                "version": service.version, "totals": totals.to_dict(), "devices": rows}
+        return {"ts_ms": now, "federation": self._fed, "version": self.head.version,
+                "totals": totals.to_dict(), "devices": rows}
 
     async def federation(self, fleet: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """``federation.status``: version, buffer, ingest, evaluations, stopping rules."""
-        service = self.service
-        cfg = service.config
-        store = service.store
+        cfg, store, head = self.config, self.store, self.head
         if fleet is None:
             fleet = await self.fleet()
-        snap = service.metrics.snapshot()
+        snap = self._metrics.snapshot()
         versions = await store.list_versions()
         evaluations = [_evaluation(v.version, v.created_ms, v.metrics)
                        for v in versions[-_EVALUATIONS:]]
-        raw = await store.get_server_state(_STOPPING_KEY)
+        raw = await store.get_server_state(StateKey.STOPPING)
         state = StoppingState.from_bytes(raw) if raw is not None else None
         s = cfg.stopping
         privacy = await self.privacy()
         return {
-            "federation": self._topics.fed,
-            "ts_ms": self._clock(),
+            "federation": self._fed,
+            "ts_ms": self._clock.wall_ms(),
             "mode": cfg.aggregation.mode,
-            "version": service.version,
-            "published_version": service.published_version,
-            "buffer": {"fill": service.buffered, "capacity": cfg.aggregation.k},
-            "outstanding_tasks": service.outstanding_tasks,
+            "version": head.version,
+            "published_version": head.published_version,
+            "buffer": {"fill": self._buffer.count, "capacity": cfg.aggregation.k},
+            "outstanding_tasks": len(self._outstanding),
             "ingest": {"rate_per_s": snap["rate_per_s"], "updates": snap["updates"],
                        "latency_s": snap["ingest_latency_s"]},
             "devices": fleet["totals"],
             "last_evaluations": evaluations,
             "stopping": {
-                "enabled": s.enabled, "stopped": service.stopped_reason is not None,
-                "reason": service.stopped_reason,
+                "enabled": s.enabled, "stopped": head.stopped is not None,
+                "reason": head.stopped,
                 "rules": {"target_metric": s.target_metric, "patience": s.patience,
                           "min_delta": s.min_delta, "max_versions": s.max_versions,
                           "max_wall_s": s.max_wall_s},
@@ -437,9 +412,9 @@ class OperatorDesk:
     async def privacy(self) -> PrivacySummary | None:
         """The privacy report (None: differential privacy was never used); recomputed only
         when the accountant or the policy changed (the PLD accountant takes seconds)."""
-        store = self.service.store
-        policy_state = await store.get_server_state(POLICY_STATE_KEY)
-        accountant_state = await store.get_server_state(ACCOUNTANT_STATE_KEY)
+        store = self.store
+        policy_state = await store.get_server_state(StateKey.PRIVACY_POLICY)
+        accountant_state = await store.get_server_state(StateKey.ACCOUNTANT)
         if policy_state is None and accountant_state is None:
             return None
         key = (policy_state, accountant_state)
@@ -461,7 +436,7 @@ class OperatorDesk:
             if (d.device_class or d.device_id in self._classes
                     or d.accepted_count + d.quarantine_count == 0):
                 continue
-            latest = await self.service.store.ledger(
+            latest = await self.store.ledger(
                 sender=d.device_id, status=("buffered", "applied", "quarantined"), limit=1,
                 newest_first=True)
             klass = latest[0].meta.get("device_class") if latest else None
@@ -479,34 +454,31 @@ class OperatorDesk:
         self._meter(fleet, federation)
         devices: list[dict[str, Any]] = fleet["devices"]
         summary = FleetSummary(ts_ms=fleet["ts_ms"], federation=federation, devices=devices)
-        payload = await self._sign(summary)
+        payload = await self._outbound.sign(summary)
         if len(payload) > self._max_bytes:
             # too many devices for one message: the totals still go out; the rows are one
             # `fedmq fleet status` away
             self._counters["ops.fleet_truncated"] += 1
-            payload = await self._sign(FleetSummary(ts_ms=fleet["ts_ms"], federation={
+            payload = await self._outbound.sign(FleetSummary(ts_ms=fleet["ts_ms"], federation={
                 **federation, "devices_truncated": True}, devices=[]))
         try:
-            await self._publish(self._topics.fleet, payload, qos=1, retain=True)
+            await self._outbound.publish(self._outbound.topics.fleet, payload, qos=1,
+                                         retain=True)
         except NotConnected:
             self._counters["dropped.fleet"] += 1
             return
         self._counters["ops.fleet_published"] += 1
 
-    async def _sign(self, summary: FleetSummary) -> bytes:
-        return pack(summary, key=self._key, fed=self._topics.fed, sender=ORCHESTRATOR_SENDER,
-                    seq=await self._seqs.next(), ts_ms=self._clock())
-
     def _meter(self, fleet: Mapping[str, Any], federation: Mapping[str, Any]) -> None:
-        m = self.service.metrics
+        m = self._metrics
         totals = fleet["totals"]
         m.set_online(totals["online"])
         m.set_devices_by_state(totals["by_state"])
         m.set_outbox_backlog(totals["outbox_backlog"])
         m.set_buffer(federation["buffer"]["fill"], federation["buffer"]["capacity"])
-        if self.service.version >= 0:
-            m.set_version(self.service.version)
-        m.set_stopped(self.service.stopped_reason)
+        if self.head.version >= 0:
+            m.set_version(self.head.version)
+        m.set_stopped(self.head.stopped)
         if federation["privacy_epsilon"] is not None:
             m.set_privacy_epsilon(federation["privacy_epsilon"])
 

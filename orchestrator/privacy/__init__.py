@@ -14,8 +14,8 @@ Per aggregated version, the service does about this::
     await store.commit_version(
         ..., privacy=PrivacyCharge.for_senders(senders, noise_multiplier=policy.noise_multiplier,
                                                clip_norm=policy.clip_norm, mode=policy.mode),
-        server_state={ACCOUNTANT_STATE_KEY: accountant.state_dict(),
-                      POLICY_STATE_KEY: policy.to_bytes()})
+        server_state={StateKey.ACCOUNTANT: accountant.state_dict(),
+                      StateKey.PRIVACY_POLICY: policy.to_bytes()})
     for device, k in counts.items():
         ledger.record(device, policy.noise_multiplier, contributions=k)
 
@@ -28,9 +28,7 @@ from .ledger import DeviceLedger, DeviceSpend, ParticipationLike
 from .noise import add_server_noise, server_noise_std
 from .policy import (
     ACCOUNTANT_KINDS,
-    ACCOUNTANT_STATE_KEY,
     DP_MODES,
-    POLICY_STATE_KEY,
     AccountantKind,
     DpMode,
     DpPolicy,
@@ -39,9 +37,7 @@ from .summary import PrivacySummary, summarize
 
 __all__ = [
     "ACCOUNTANT_KINDS",
-    "ACCOUNTANT_STATE_KEY",
     "DP_MODES",
-    "POLICY_STATE_KEY",
     "AccountantKind",
     "AccountantStep",
     "DeviceLedger",

@@ -7,7 +7,7 @@ device to its own clipped delta (``local``) or once by the orchestrator to the a
 (``server``: a trusted server, see :func:`~.noise.add_server_noise`).
 
 The federation's accountant state and this policy are kept in the store's ``server_state``
-under :data:`ACCOUNTANT_STATE_KEY` and :data:`POLICY_STATE_KEY`, written in the same
+under ``StateKey.ACCOUNTANT`` and ``StateKey.PRIVACY_POLICY``, written in the same
 transaction as the version they account for; each device's participations are rows of the
 store's ``privacy_ledger`` table.
 """
@@ -23,9 +23,7 @@ from .errors import PrivacyError, PrivacyStateError
 
 __all__ = [
     "ACCOUNTANT_KINDS",
-    "ACCOUNTANT_STATE_KEY",
     "DP_MODES",
-    "POLICY_STATE_KEY",
     "AccountantKind",
     "DpMode",
     "DpPolicy",
@@ -41,8 +39,6 @@ accountant (tight, slower: seconds per distinct sampling rate)."""
 DP_MODES: tuple[DpMode, ...] = get_args(DpMode)
 ACCOUNTANT_KINDS: tuple[AccountantKind, ...] = get_args(AccountantKind)
 
-ACCOUNTANT_STATE_KEY = "privacy.accountant"
-POLICY_STATE_KEY = "privacy.policy"
 
 
 def check_target_delta(delta: float) -> None:

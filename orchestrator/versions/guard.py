@@ -5,9 +5,10 @@ updates flagged by :class:`~orchestrator.aggregation.AnomalyScreen` (non-finite,
 direction outliers) and those of devices already isolated are quarantined (ledger status
 ``quarantined`` with the reason, audited, counted on the device), never applied. A device
 flagged ``max_flags`` times within ``window_s`` is isolated: device status ``isolated`` in the
-store, audited, and the service is called back to tell it (``Control(isolate)``) and forget its
-task. Its later updates are rejected at ingestion with reason ``isolated``; ``fedmq device
-reinstate`` makes it active again (the service then calls :meth:`RobustGuard.reinstate`).
+store, audited, and reported in :attr:`ScreenReport.isolated` for the service to tell the
+device (``Control(isolate)``) and forget its task. Its later updates are rejected at
+ingestion with reason ``isolated``; ``fedmq device reinstate`` makes it active again (the
+service then calls :meth:`RobustGuard.reinstate`).
 
 Until an aggregate has been applied there is no reference direction, and the screen's fallback
 (the coordinate-wise median of the batch) is not enough at start-up: on ``load_digits`` split
@@ -25,7 +26,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -39,29 +40,19 @@ from orchestrator.aggregation import (
 )
 from orchestrator.aggregation.strategy import Params
 from orchestrator.config import RobustnessConfig
-from orchestrator.devices.enrollment import DeviceCommandError
-from orchestrator.devices.registry import bump_generation
 from orchestrator.store import AuditEvent, NotFoundError, Store
+from orchestrator.store.state_keys import StateKey
 from schemas.errors import Reason
 
 __all__ = [
-    "ISOLATION_STATE_KEY",
-    "SCREEN_STATE_KEY",
     "RobustGuard",
     "ScreenReport",
     "consensus_direction",
-    "reinstate_device",
 ]
 
 log = logging.getLogger(__name__)
 
-SCREEN_STATE_KEY = "robust.screen"
-ISOLATION_STATE_KEY = "robust.isolation"
 _ACTOR = "screening"
-
-OnIsolated = Callable[[str, str], Awaitable[None]]
-"""``await on_isolated(device, reason)`` after the device's isolation is committed."""
-
 
 @dataclass(frozen=True)
 class ScreenReport:
@@ -69,8 +60,8 @@ class ScreenReport:
     """The updates to aggregate, in buffer order."""
     quarantined: dict[int, str] = field(default_factory=dict)
     """Update id -> reason, already quarantined in the store."""
-    isolated: list[str] = field(default_factory=list)
-    """Devices isolated by this screening."""
+    isolated: dict[str, str] = field(default_factory=dict)
+    """Devices isolated by this screening (committed to the store), with the reason."""
     results: list[ScreenResult] = field(default_factory=list)
 
 
@@ -97,10 +88,10 @@ class RobustGuard:
         """Restore saved history and flags; ``isolated`` (the store's isolated devices) wins
         over the saved flags, so a reinstatement made while the service was down holds."""
         try:
-            if SCREEN_STATE_KEY in state:
-                self._screen.load_state_dict(state[SCREEN_STATE_KEY])
-            if ISOLATION_STATE_KEY in state:
-                self._isolation.load_state_dict(state[ISOLATION_STATE_KEY])
+            if StateKey.SCREEN in state:
+                self._screen.load_state_dict(state[StateKey.SCREEN])
+            if StateKey.ISOLATION in state:
+                self._isolation.load_state_dict(state[StateKey.ISOLATION])
         except ScreeningStateError as exc:
             log.warning("screening state not restored (%s); starting fresh", exc)
         for device in self._isolation.isolated - set(isolated):
@@ -110,8 +101,8 @@ class RobustGuard:
         """Server-state entries to commit with the next version."""
         if not self.enabled:
             return {}
-        return {SCREEN_STATE_KEY: self._screen.state_dict(),
-                ISOLATION_STATE_KEY: self._isolation.state_dict()}
+        return {StateKey.SCREEN: self._screen.state_dict(),
+                StateKey.ISOLATION: self._isolation.state_dict()}
 
     def observe(self, delta: Mapping[str, np.ndarray] | None) -> None:
         """Fold an applied aggregate into the reference direction."""
@@ -135,7 +126,6 @@ class RobustGuard:
         *,
         now_ms: int,
         isolated: Collection[str],
-        on_isolated: OnIsolated,
     ) -> ScreenReport:
         """Judge ``entries`` (in a thread), quarantine the flagged ones and those of
         ``isolated`` devices, isolate repeat offenders; returns what is left to aggregate."""
@@ -164,6 +154,7 @@ class RobustGuard:
             by_reason.setdefault(reason, []).append(uid)
         for reason, ids in by_reason.items():
             await store.mark_updates(ids, "quarantined", reason, actor=_ACTOR)
+        newly: dict[str, str] = {}
         for device, reason in offenders.items():
             flags = self._isolation.flags(device)
             try:
@@ -174,9 +165,9 @@ class RobustGuard:
                 continue
             log.warning("device %s isolated after %d flags (last: %s)", device, len(flags),
                         reason)
-            await on_isolated(device, reason)
+            newly[device] = reason
         kept = [e for e in entries if e.update_id not in quarantined]
-        return ScreenReport(kept, quarantined, list(offenders), results)
+        return ScreenReport(kept, quarantined, newly, results)
 
 
 def _fmt(x: float | None) -> str:
@@ -222,18 +213,3 @@ def consensus_direction(
         out[k] = mean[offset: offset + size].reshape(shape)
         offset += size
     return out
-
-
-async def reinstate_device(store: Store, device_id: str, *, actor: str = "cli",
-                           reason: str = "") -> None:
-    """Operator: make an isolated device active again (audited). A running service notices
-    within about a second, forgets the device's flags and tells it (``Control(reinstate)``).
-    Raises :class:`~orchestrator.enrollment.DeviceCommandError` unless it is isolated."""
-    device = await store.get_device(device_id)
-    if device is None:
-        raise DeviceCommandError(f"no device {device_id!r}")
-    if device.status != "isolated":
-        raise DeviceCommandError(f"device {device_id!r} is {device.status}, not isolated")
-    await store.set_status(device_id, "active", audit=AuditEvent(
-        "reinstated", actor, device=device_id, reason=reason or None))
-    await bump_generation(store)

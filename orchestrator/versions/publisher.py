@@ -12,14 +12,17 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import math
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Protocol
 
 import numpy as np
 from nacl.signing import SigningKey
 
+from orchestrator.errors import OrchestratorError
+from orchestrator.link.sender import Outbound
+from orchestrator.store.state_keys import ServerState, StateKey
 from schemas.envelope import pack
 from schemas.messages import Chunk, ChunkManifest, Message, ModelDelta, ModelSnapshot
 from schemas.tensors import (
@@ -30,42 +33,27 @@ from schemas.tensors import (
     params_digest,
     xor_delta,
 )
-from schemas.topics import Topics
+from schemas.topics import ORCHESTRATOR_SENDER, Topics
 
 __all__ = [
-    "ORCHESTRATOR_SENDER",
-    "MessageSink",
     "ModelPublisher",
     "ModelRelease",
     "Outgoing",
     "PublishError",
     "Release",
-    "SeqSource",
     "arch_id",
     "build_release",
     "chunk_data_size",
     "seqs_needed",
 ]
 
-ORCHESTRATOR_SENDER = "orchestrator"
 _FLOAT32 = CodecSpec(Codec.FLOAT32)
 # Envelope framing around a chunk's data: header map, signature, msgpack and zstd framing.
 _CHUNK_OVERHEAD = 512
 
 
-class PublishError(Exception):
+class PublishError(OrchestratorError):
     """A model cannot be published within the configured message size."""
-
-
-class SeqSource(Protocol):
-    """Hands out the orchestrator's message seqs (see :class:`orchestrator.seqs.SeqCounter`)."""
-
-    async def reserve(self, n: int) -> list[int]: ...
-
-
-class MessageSink(Protocol):
-    async def publish(self, topic: str, payload: bytes, *, qos: int = 1,
-                      retain: bool = False) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -218,57 +206,45 @@ def _split(
 class ModelPublisher:
     """Publishes releases in order and clears superseded chunks.
 
-    ``load_chunks``/``save_chunks`` persist the set of chunk topics currently retained, so a
-    restarted orchestrator still clears what its predecessor left behind.
+    The set of chunk topics currently retained is kept in ``state``
+    (:attr:`StateKey.PUBLISHED_CHUNKS`), so a restarted orchestrator still clears what its
+    predecessor left behind.
     """
 
-    def __init__(
-        self,
-        *,
-        sink: MessageSink,
-        key: SigningKey,
-        topics: Topics,
-        seqs: SeqSource,
-        max_message_bytes: int,
-        load_chunks: Callable[[], Awaitable[set[str]]],
-        save_chunks: Callable[[set[str]], Awaitable[None]],
-    ) -> None:
-        self._sink = sink
-        self._key = key
-        self._topics = topics
-        self._seqs = seqs
+    def __init__(self, outbound: Outbound, state: ServerState, *,
+                 max_message_bytes: int) -> None:
+        self._outbound = outbound
+        self._state = state
         self._max = max_message_bytes
-        self._load_chunks = load_chunks
-        self._save_chunks = save_chunks
         self._lock = asyncio.Lock()
-        self._published_version: int | None = None
 
-    @property
-    def published_version(self) -> int | None:
-        """The version last published completely (None before the first)."""
-        return self._published_version
+    async def _chunks(self) -> set[str]:
+        raw = await self._state.get_server_state(StateKey.PUBLISHED_CHUNKS)
+        return set(json.loads(raw)) if raw else set()
+
+    async def _save_chunks(self, topics: set[str]) -> None:
+        await self._state.put_server_state(
+            {StateKey.PUBLISHED_CHUNKS: json.dumps(sorted(topics)).encode()})
 
     async def publish(self, release: ModelRelease) -> Release:
+        """Raises ``NotConnected`` when the link is down (call again once it is up)."""
+        out = self._outbound
         async with self._lock:
-            seqs = await self._seqs.reserve(seqs_needed(release, self._max))
+            seqs = await out.reserve(seqs_needed(release, self._max))
             built = await asyncio.to_thread(
-                build_release, release, key=self._key, topics=self._topics, seqs=seqs,
+                build_release, release, key=out.key, topics=out.topics, seqs=seqs,
                 max_message_bytes=self._max,
             )
-            previous = await self._load_chunks()
+            previous = await self._chunks()
             new_chunks = built.chunk_topics
             # Record the union first: if we die half-way, the next start clears both sets.
             await self._save_chunks(previous | new_chunks)
-            for out in built.chunks:
-                await self._sink.publish(out.topic, out.payload, qos=1, retain=True)
-            for out in built.messages:
-                await self._sink.publish(out.topic, out.payload, qos=1, retain=True)
+            for message in [*built.chunks, *built.messages]:
+                await out.publish(message.topic, message.payload, qos=1, retain=True)
             if release.base is None:
                 # no delta for this version: a retained delta from an older one must not linger
-                await self._sink.publish(self._topics.model_delta, b"", qos=1, retain=True)
+                await out.publish(out.topics.model_delta, b"", qos=1, retain=True)
             for topic in sorted(previous - new_chunks):
-                await self._sink.publish(topic, b"", qos=1, retain=True)
+                await out.publish(topic, b"", qos=1, retain=True)
             await self._save_chunks(new_chunks)
-            self._published_version = release.version
             return built
-

@@ -12,26 +12,29 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 
+from orchestrator.clock import Clock
+from orchestrator.errors import OrchestratorError
 from orchestrator.store import AuditEvent, Store, StoreError, VersionInfo
+from orchestrator.store.state_keys import StateKey
 from schemas.tensors import Params
 
 __all__ = [
-    "REQUEST_KEY",
     "RollbackError",
     "RollbackRequest",
+    "RollbackWatch",
     "apply_rollback",
     "pending_rollback",
     "request_rollback",
     "rollback_result",
 ]
 
-REQUEST_KEY = "rollback_request"
-_APPLIED_KEY = "rollback_applied"
+_POLL_S = 1.0
 
 
-class RollbackError(Exception):
+class RollbackError(OrchestratorError):
     """The request cannot be made or applied (one line)."""
 
 
@@ -62,18 +65,18 @@ async def request_rollback(store: Store, version: int, *, actor: str, now_ms: in
     unknown version. A newer request replaces one not yet applied."""
     await store.get_version(version)  # exists and its params are intact
     request = RollbackRequest(os.urandom(8).hex(), version, actor, now_ms)
-    await store.put_server_state({REQUEST_KEY: request.to_bytes()})
+    await store.put_server_state({StateKey.ROLLBACK_REQUEST: request.to_bytes()})
     await store.append_audit(AuditEvent("rollback_requested", actor, detail={
         "version": version, "request_id": request.request_id}))
     return request
 
 
 async def pending_rollback(store: Store) -> RollbackRequest | None:
-    raw = await store.get_server_state(REQUEST_KEY)
+    raw = await store.get_server_state(StateKey.ROLLBACK_REQUEST)
     if raw is None:
         return None
     request = RollbackRequest.from_bytes(raw)
-    applied = await store.get_server_state(_APPLIED_KEY)
+    applied = await store.get_server_state(StateKey.ROLLBACK_APPLIED)
     if applied is not None and json.loads(applied).get("request_id") == request.request_id:
         return None
     return request
@@ -95,7 +98,7 @@ async def apply_rollback(store: Store, request: RollbackRequest, *, actor: str
         source = await store.get_version(request.version)
     except StoreError as exc:
         # never retried: mark it done, and say why on the record
-        await store.put_server_state({_APPLIED_KEY: json.dumps(
+        await store.put_server_state({StateKey.ROLLBACK_APPLIED: json.dumps(
             {"request_id": request.request_id}).encode()})
         await store.append_audit(AuditEvent("rollback_failed", actor, reason=str(exc)[:200],
                                             detail={"version": request.version,
@@ -106,9 +109,30 @@ async def apply_rollback(store: Store, request: RollbackRequest, *, actor: str
         lineage={"rollback_of": request.version, "requested_by": request.actor,
                  "request_id": request.request_id},
         # marked applied in the same transaction: a crash cannot apply it twice
-        server_state={_APPLIED_KEY: json.dumps({"request_id": request.request_id}).encode()},
+        server_state={StateKey.ROLLBACK_APPLIED: json.dumps(
+            {"request_id": request.request_id}).encode()},
     )
     await store.append_audit(AuditEvent("rollback", actor, detail={
         "version": info.version, "rollback_of": request.version,
         "requested_by": request.actor, "request_id": request.request_id}))
     return info, source.params
+
+
+class RollbackWatch:
+    """The ``rollback`` task: polls the store for a pending request and hands it to the
+    aggregator (``request()``: its ``Aggregator.rollback_requested``), which applies it between
+    aggregates. The aggregator reads the request again before applying it: it is the only
+    task that commits versions."""
+
+    def __init__(self, store: Store, request: Callable[[], None], clock: Clock,
+                 interval_s: float = _POLL_S) -> None:
+        self._store = store
+        self._request = request
+        self._clock = clock
+        self._interval_s = interval_s
+
+    async def run(self) -> None:
+        while True:
+            if await pending_rollback(self._store) is not None:
+                self._request()
+            await self._clock.sleep(self._interval_s)

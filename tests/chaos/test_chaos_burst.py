@@ -26,7 +26,7 @@ from nacl.signing import SigningKey, VerifyKey
 
 from orchestrator.broker import MosquittoBroker
 from orchestrator.config import load_config
-from orchestrator.devices.enrollment import provision
+from orchestrator.devices.commands import provision
 from orchestrator.ingest.buffer_cache import DEFAULT_BUDGET_BYTES as BUFFER_CACHE_BYTES
 from orchestrator.link.keys import load_or_create_key, public_key_hex
 from orchestrator.store import Store

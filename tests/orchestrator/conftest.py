@@ -23,7 +23,7 @@ from nacl.signing import SigningKey, VerifyKey
 
 from orchestrator.broker import MosquittoBroker
 from orchestrator.config import Config, parse_config
-from orchestrator.devices.enrollment import provision
+from orchestrator.devices.commands import provision
 from orchestrator.service import Orchestrator
 from schemas import (
     Ack,

@@ -22,7 +22,7 @@ from fedmq.simulate import Fleet, FleetSpec, provision_fleet, shard_data
 from orchestrator.broker import MosquittoBroker
 from orchestrator.cli import audit, federation, fleet
 from orchestrator.config import Config
-from orchestrator.devices.enrollment import provision, write_private
+from orchestrator.devices.commands import provision, write_private
 from orchestrator.service import Orchestrator
 from schemas import Bundle, Update, encode_params
 from schemas.tensors import Codec, CodecSpec

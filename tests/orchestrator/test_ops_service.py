@@ -21,7 +21,7 @@ from paho.mqtt.properties import Properties
 
 from orchestrator.broker import MosquittoBroker
 from orchestrator.config import Config
-from orchestrator.devices.enrollment import provision, write_private
+from orchestrator.devices.commands import provision, write_private
 from orchestrator.ops.client import OperatorClient, OperatorRefused, identity_path
 from orchestrator.service import Orchestrator
 from schemas import Bundle, Update, encode_params, pack, verify

@@ -13,12 +13,11 @@ from dp_accounting.rdp import RdpAccountant
 
 from fedmq.cli import main as fedmq
 from orchestrator.privacy import (
-    ACCOUNTANT_STATE_KEY,
-    POLICY_STATE_KEY,
     DpPolicy,
     FederationAccountant,
 )
 from orchestrator.store import PrivacyCharge, Store
+from orchestrator.store.state_keys import StateKey
 
 DELTA = 1e-5
 POPULATION = 4
@@ -51,8 +50,8 @@ async def _populate(path: Path) -> None:
                 params=params, kind="aggregate", parent=parent,
                 privacy=PrivacyCharge.for_senders(senders, noise_multiplier=1.0, clip_norm=1.0,
                                                   mode="server"),
-                server_state={ACCOUNTANT_STATE_KEY: accountant.state_dict(),
-                              POLICY_STATE_KEY: POLICY.to_bytes()},
+                server_state={StateKey.ACCOUNTANT: accountant.state_dict(),
+                              StateKey.PRIVACY_POLICY: POLICY.to_bytes()},
             )
 
 
@@ -137,7 +136,7 @@ def test_mistakes_are_one_line(args: list[str], code: int, message: str,
 def test_corrupt_saved_state_is_one_line(db: Path, capsys: pytest.CaptureFixture[str]) -> None:
     async def corrupt() -> None:
         async with Store.open(db) as store:
-            await store.put_server_state({ACCOUNTANT_STATE_KEY: b"\x00garbage"})
+            await store.put_server_state({StateKey.ACCOUNTANT: b"\x00garbage"})
 
     asyncio.run(corrupt())
     assert fedmq(["privacy", "report", "--db", str(db)]) == 1

@@ -15,13 +15,15 @@ import numpy as np
 import pytest
 from dp_accounting.rdp import RdpAccountant
 
-from orchestrator.aggregation import FedBuff, ServerSGD
 from orchestrator.aggregation.strategy import BufferedUpdate
 from orchestrator.cli import privacy as privacy_cli
-from orchestrator.config import Config, ConfigError, PrivacyConfig, parse_config
-from orchestrator.privacy import ACCOUNTANT_STATE_KEY, DeviceLedger, FederationAccountant
+from orchestrator.config import Config, ConfigError, parse_config
+from orchestrator.privacy import DeviceLedger, FederationAccountant
 from orchestrator.privacy.runtime import PrivacyRuntime
 from orchestrator.service import Orchestrator
+from orchestrator.store import Store
+from orchestrator.store.state_keys import StateKey
+from orchestrator.versions.strategies import optimizer_from, strategy_from
 from schemas import AckOutcome, Defer, Task
 
 DP = {"mode": "local", "clip_norm": 1.0, "noise_multiplier": 1.0, "target_delta": 1e-5}
@@ -86,7 +88,7 @@ async def test_versions_charge_devices_and_the_epsilon_matches_dp_accounting(
         expected = _rdp_epsilon(0.5, 1.0, 3, 1e-5)
         assert epsilons[-1] == pytest.approx(expected, rel=1e-9)
         assert epsilons[0] == pytest.approx(_rdp_epsilon(0.5, 1.0, 1, 1e-5), rel=1e-9)
-        saved = await orch.store.get_server_state(ACCOUNTANT_STATE_KEY)
+        saved = await orch.store.get_server_state(StateKey.ACCOUNTANT)
         assert saved is not None
         assert FederationAccountant.from_state(saved).epsilon() == pytest.approx(expected)
         ledger = await orch.store.privacy_ledger()
@@ -135,16 +137,19 @@ async def test_a_device_with_a_spent_budget_is_never_tasked_again(
         assert orch.counters["deferred.budget_exhausted"] == 3
 
 
-def test_server_mode_noises_the_reduction_before_the_optimizer_steps() -> None:
-    policy = PrivacyConfig(mode="server", clip_norm=1.0, noise_multiplier=2.0)
-    runtime = PrivacyRuntime(policy, rng=np.random.default_rng(0))
+async def test_server_mode_noises_the_reduction_before_the_optimizer_steps(
+    tmp_path: Any, kit: Any, broker: Any,
+) -> None:
+    config = parse_config(kit.config_dict(
+        tmp_path, broker, privacy={"mode": "server", "clip_norm": 1.0, "noise_multiplier": 2.0},
+        aggregation={"k": 4, "server_lr": 1.0}), base_dir=tmp_path)
+    strategy = strategy_from(config, optimizer_from(config), rng=np.random.default_rng(0))
     params = {"w": np.zeros(40_000, np.float32)}
     # 4 equal-weight updates of norm 3: the server clips them to 1 before averaging
     updates = [BufferedUpdate(i, f"d{i}", 0, 10, {"w": np.full(40_000, 3 / 200, np.float32)})
                for i in range(4)]
-    fedbuff = FedBuff(k=4, optimizer=ServerSGD(lr=1.0))
 
-    result = runtime.aggregate(fedbuff, params, 0, updates)
+    result = strategy.aggregate(params, 0, updates)
 
     assert result.params is not None and result.delta is not None
     clipped_mean = 1 / 200  # each update is clipped to norm 1 = 200 * (1/200)
@@ -154,8 +159,10 @@ def test_server_mode_noises_the_reduction_before_the_optimizer_steps() -> None:
     assert float(np.mean(noise)) == pytest.approx(0.0, abs=0.02)
     # the optimizer stepped on the noised delta (plain SGD, lr 1)
     np.testing.assert_allclose(result.params["w"], result.delta["w"], rtol=1e-6)
-    assert runtime.task_noise(None, 0.0).noise_multiplier == 0.0  # devices only clip
-    assert runtime.task_noise(None, 0.0).clip_norm == 1.0
+    async with Store.open(":memory:") as store:
+        runtime = PrivacyRuntime(config.privacy, store)
+        assert runtime.task_noise(None, 0.0).noise_multiplier == 0.0  # devices only clip
+        assert runtime.task_noise(None, 0.0).clip_norm == 1.0
 
 
 @pytest.mark.parametrize(("sections", "message"), [

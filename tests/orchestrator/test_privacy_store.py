@@ -11,8 +11,6 @@ import numpy as np
 import pytest
 
 from orchestrator.privacy import (
-    ACCOUNTANT_STATE_KEY,
-    POLICY_STATE_KEY,
     DeviceLedger,
     DpPolicy,
     FederationAccountant,
@@ -28,6 +26,7 @@ from orchestrator.store import (
     Store,
     StoreIntegrityError,
 )
+from orchestrator.store.state_keys import StateKey
 
 POLICY = DpPolicy(mode="server", clip_norm=1.0, noise_multiplier=1.0, epsilon_max=10.0)
 
@@ -88,8 +87,8 @@ async def test_commit_version_charges_devices_with_the_version(tmp_path: Path) -
         info = await store.commit_version(
             params=_params(9), kind="aggregate", parent=0,
             applied={i: 10.0 for i in ids}, privacy=charges,
-            server_state={ACCOUNTANT_STATE_KEY: accountant.state_dict(),
-                          POLICY_STATE_KEY: POLICY.to_bytes()},
+            server_state={StateKey.ACCOUNTANT: accountant.state_dict(),
+                          StateKey.PRIVACY_POLICY: POLICY.to_bytes()},
         )
         rows = await store.privacy_ledger()
         assert rows == [
@@ -99,10 +98,10 @@ async def test_commit_version_charges_devices_with_the_version(tmp_path: Path) -
         assert await store.privacy_ledger(device_id="dev-b") == rows[1:]
         assert await store.privacy_ledger(since_version=info.version + 1) == []
 
-        saved = await store.get_server_state(ACCOUNTANT_STATE_KEY)
+        saved = await store.get_server_state(StateKey.ACCOUNTANT)
         assert saved is not None
         assert FederationAccountant.from_state(saved).epsilon() == accountant.epsilon()
-        policy_state = await store.get_server_state(POLICY_STATE_KEY)
+        policy_state = await store.get_server_state(StateKey.PRIVACY_POLICY)
         assert policy_state is not None and DpPolicy.from_bytes(policy_state) == POLICY
         # the rows feed the per-device ledger as they are
         ledger = DeviceLedger.for_policy(POLICY, rows)
@@ -117,10 +116,10 @@ async def test_failed_commit_charges_nobody(tmp_path: Path) -> None:
             await store.commit_version(
                 params=_params(9), kind="aggregate", parent=0, applied={41: 1.0},
                 privacy=[PrivacyCharge("dev-a", 1.0, 1.0, "server")],
-                server_state={ACCOUNTANT_STATE_KEY: b"{}"},
+                server_state={StateKey.ACCOUNTANT: b"{}"},
             )
         assert await store.privacy_ledger() == []
-        assert await store.get_server_state(ACCOUNTANT_STATE_KEY) is None
+        assert await store.get_server_state(StateKey.ACCOUNTANT) is None
         # a device charged twice in one version is refused before anything is written
         with pytest.raises(ValueError, match="charged twice"):
             await store.commit_version(

@@ -6,12 +6,8 @@ import numpy as np
 
 from orchestrator.aggregation import BufferedUpdate, cosine
 from orchestrator.config import RobustnessConfig
-from orchestrator.versions.guard import (
-    ISOLATION_STATE_KEY,
-    SCREEN_STATE_KEY,
-    RobustGuard,
-    consensus_direction,
-)
+from orchestrator.store.state_keys import StateKey
+from orchestrator.versions.guard import RobustGuard, consensus_direction
 
 
 def _honest(rng: np.random.Generator, common: np.ndarray) -> dict[str, np.ndarray]:
@@ -52,7 +48,7 @@ def test_state_round_trips_and_the_store_wins_over_saved_isolation() -> None:
     assert guard.isolation.record_flag("x", 1_000)
     guard.observe({"w": np.ones(3)})
     state = guard.state()
-    assert set(state) == {SCREEN_STATE_KEY, ISOLATION_STATE_KEY}
+    assert set(state) == {StateKey.SCREEN, StateKey.ISOLATION}
 
     restored = RobustGuard(RobustnessConfig(screening=True, max_flags=1))
     restored.load_state(state, isolated={"x"})
@@ -62,7 +58,7 @@ def test_state_round_trips_and_the_store_wins_over_saved_isolation() -> None:
     assert not reinstated.isolation.is_isolated("x")
     # a damaged state is ignored, not fatal
     RobustGuard(RobustnessConfig(screening=True)).load_state(
-        {SCREEN_STATE_KEY: b"\x00junk"}, isolated=set())
+        {StateKey.SCREEN: b"\x00junk"}, isolated=set())
 
 
 def test_screening_off_keeps_everything_and_saves_nothing() -> None:

@@ -22,7 +22,7 @@ from edge_agent.data import LocalData
 from edge_agent.probes import SimulatedProbe, SimulationProfile
 from orchestrator.broker import MosquittoBroker
 from orchestrator.config import Config
-from orchestrator.devices.enrollment import provision
+from orchestrator.devices.commands import provision
 from orchestrator.service import Orchestrator
 from schemas import AgentState, Defer, Status, Task, message_type, verify
 from schemas.envelope import decode_body

@@ -25,7 +25,7 @@ import pytest
 from orchestrator.aggregation import weighted_mean
 from orchestrator.broker import MosquittoBroker
 from orchestrator.config import load_config
-from orchestrator.devices.enrollment import provision
+from orchestrator.devices.commands import provision
 from orchestrator.link.keys import load_or_create_key, public_key_hex
 from orchestrator.store import Store
 from schemas import AckOutcome, Codec, CodecSpec, Params

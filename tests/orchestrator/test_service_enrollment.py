@@ -11,7 +11,7 @@ from nacl.signing import SigningKey
 
 from orchestrator.broker import MosquittoBroker
 from orchestrator.config import Config
-from orchestrator.devices.enrollment import approve, provision, revoke
+from orchestrator.devices.commands import approve, provision, revoke
 from orchestrator.service import Orchestrator
 from schemas import EnrollStatus
 

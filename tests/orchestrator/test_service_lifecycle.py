@@ -12,7 +12,7 @@ import pytest
 
 from orchestrator.broker import MosquittoBroker, pick_free_port
 from orchestrator.config import Config, parse_config
-from orchestrator.devices.enrollment import provision
+from orchestrator.devices.commands import provision
 from orchestrator.link.keys import load_or_create_key, public_key_hex
 from orchestrator.service import Orchestrator, OrchestratorError
 from orchestrator.store import Store, StoreError

@@ -307,7 +307,7 @@ async def test_valid_signature_from_a_revoked_key_is_refused(
     store = arena.orch.store
     await store.set_status("dev-victim", "revoked")
     await bump_generation(store)
-    registry = arena.orch._registry  # the service polls the generation about once a second
+    registry = arena.orch.registry  # the service polls the generation about once a second
     assert registry is not None
     await until(lambda: (view := registry.get("dev-victim")) is not None
                 and view.status == "revoked")
@@ -319,7 +319,7 @@ async def test_valid_signature_from_a_revoked_key_is_refused(
 
 
 async def test_revoked_device_cannot_connect(arena: Arena) -> None:
-    from orchestrator.devices.enrollment import revoke
+    from orchestrator.devices.commands import revoke
 
     await revoke(arena.orch.store, arena.orch.config, "dev-victim")
     await arena.broker.reload()

@@ -1,0 +1,153 @@
+"""The operator's device commands: what ``fedmq device add|approve|revoke|reinstate`` do.
+
+They work on the store and the broker's password file directly, next to a running service,
+which notices through the registry generation (see :mod:`orchestrator.devices.registry`).
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+
+from orchestrator.broker import BrokerError, PasswordFile, generate_password, read_pid_file
+from orchestrator.broker import reload_broker as _sighup
+from orchestrator.config import Config
+from orchestrator.devices.registry import bump_generation
+from orchestrator.errors import OrchestratorError
+from orchestrator.store import AuditEvent, Device, Role, Store
+from schemas.bundle import Bundle
+from schemas.signing import ENROLL_SECRET_BYTES
+
+__all__ = [
+    "DeviceCommandError",
+    "approve",
+    "provision",
+    "reinstate_device",
+    "reload_broker",
+    "revoke",
+    "write_private",
+]
+
+
+class DeviceCommandError(OrchestratorError):
+    """An operator command cannot be carried out; the message is one line."""
+
+
+
+def reload_broker(config: Config) -> bool:
+    """SIGHUP the broker if its pid file names a running process; False if none runs."""
+    pid_file = config.broker_pid_file
+    if pid_file is None or not pid_file.exists():
+        return False
+    try:
+        _sighup(read_pid_file(pid_file))
+    except BrokerError:
+        return False  # a stale pid file: the broker reads the password file when it starts
+    return True
+
+
+def _password_file(config: Config) -> PasswordFile | None:
+    path = config.password_file
+    if path is None:
+        return None
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    return PasswordFile(path)
+
+
+async def provision(
+    store: Store,
+    config: Config,
+    device_id: str,
+    *,
+    orchestrator_key: str,
+    role: Role = "device",
+    actor: str = "cli",
+) -> Bundle:
+    """Create a pending device with a fresh enrollment secret and broker credential; returns
+    its bundle. Refuses an existing id."""
+    if await store.get_device(device_id) is not None:
+        raise DeviceCommandError(f"device {device_id!r} already exists")
+    secret = secrets.token_bytes(ENROLL_SECRET_BYTES)
+    password = generate_password()
+    passwords = _password_file(config)
+    if passwords is None and config.broker.password is None:
+        raise DeviceCommandError("no broker password file configured (broker.password_file)")
+    await store.add_device(
+        device_id, secret=secret, role=role, status="pending",
+        audit=AuditEvent("added", actor, device=device_id, detail={"role": role}),
+    )
+    if passwords is not None:
+        passwords.set(device_id, password)
+        reload_broker(config)
+    await bump_generation(store)
+    broker = config.broker
+    return Bundle(
+        device_id=device_id, fed=config.federation.id,
+        broker_host=broker.advertised_host or broker.host,
+        broker_port=broker.advertised_port or broker.port,
+        mqtt_username=device_id, mqtt_password=password, orchestrator_key=orchestrator_key,
+        enroll_secret=secret.hex(), tls=broker.tls,
+        ca_file=str(broker.ca_file) if broker.ca_file else "", role=role,
+    )
+
+
+async def approve(store: Store, device_id: str, *, actor: str = "cli") -> Device:
+    """Activate a device whose key waits for approval."""
+    device = await _existing(store, device_id)
+    if device.status == "active":
+        raise DeviceCommandError(f"device {device_id!r} is already active")
+    if device.status != "awaiting_approval":
+        hint = " (it has not enrolled yet)" if device.status == "pending" else ""
+        raise DeviceCommandError(f"device {device_id!r} is {device.status}, "
+                                 f"not awaiting approval{hint}")
+    await store.set_status(device_id, "active",
+                           audit=AuditEvent("approved", actor, device=device_id))
+    await bump_generation(store)
+    return await _existing(store, device_id)
+
+
+async def revoke(store: Store, config: Config, device_id: str, *, actor: str = "cli",
+                 reason: str = "") -> Device:
+    """Disable the device's key and remove its broker credential (then reload the broker)."""
+    device = await _existing(store, device_id)
+    if device.status == "revoked":
+        raise DeviceCommandError(f"device {device_id!r} is already revoked")
+    await store.set_status(device_id, "revoked", audit=AuditEvent(
+        "revoked", actor, device=device_id, reason=reason or None))
+    passwords = _password_file(config)
+    if passwords is not None and passwords.exists():
+        passwords.remove(device_id)
+        reload_broker(config)
+    await bump_generation(store)
+    return await _existing(store, device_id)
+
+
+async def _existing(store: Store, device_id: str) -> Device:
+    device = await store.get_device(device_id)
+    if device is None:
+        raise DeviceCommandError(f"no device {device_id!r}")
+    return device
+
+
+def write_private(path: Path, text: str) -> None:
+    """Write ``text`` to a new or existing file with mode 0600 (set before any byte lands)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        os.fchmod(fh.fileno(), 0o600)
+        fh.write(text)
+
+
+async def reinstate_device(store: Store, device_id: str, *, actor: str = "cli",
+                           reason: str = "") -> None:
+    """Operator: make an isolated device active again (audited). A running service notices
+    within about a second, forgets the device's flags and tells it (``Control(reinstate)``).
+    Raises :class:`~orchestrator.enrollment.DeviceCommandError` unless it is isolated."""
+    device = await store.get_device(device_id)
+    if device is None:
+        raise DeviceCommandError(f"no device {device_id!r}")
+    if device.status != "isolated":
+        raise DeviceCommandError(f"device {device_id!r} is {device.status}, not isolated")
+    await store.set_status(device_id, "active", audit=AuditEvent(
+        "reinstated", actor, device=device_id, reason=reason or None))
+    await bump_generation(store)

@@ -1,0 +1,114 @@
+"""What active devices report outside their updates: heartbeats (``status``) and federated
+evaluation results (``eval``). Both are verified and bound like any message, checked against
+the device's replay window, and recorded with it."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import MutableMapping
+from typing import Any
+
+from orchestrator.convergence.fedeval import FederatedEvaluation
+from orchestrator.devices.registry import Registry
+from orchestrator.devices.replay_book import ReplayBook
+from orchestrator.devices.tasking import Tasker
+from orchestrator.link.sender import Outbound
+from orchestrator.store import Store
+from orchestrator.versions.head import VersionHead
+from schemas.envelope import Opened, check_header, decode_body, verify
+from schemas.errors import FedmqError, Reason
+from schemas.messages import EvalReport, Status
+from schemas.replay import Verdict
+from schemas.topics import DownKind
+
+__all__ = ["EvalHandler", "StatusHandler", "open_signed", "status_reason"]
+
+
+def status_reason(status: str) -> Reason:
+    """The protocol reason for a message from a device that is not active."""
+    return {"revoked": Reason.REVOKED, "isolated": Reason.ISOLATED}.get(
+        status, Reason.NOT_AUTHORIZED)
+
+
+def open_signed(payload: bytes, device_id: str, received_ms: int, *, fed: str,
+                registry: Registry, book: ReplayBook) -> tuple[Opened, bool]:
+    """Verify and bind an active device's message: ``(opened, fresh)``; a replay or a message
+    from a device that is not active raises."""
+    view = registry.get(device_id)
+    if view is None or view.verify_key is None:
+        raise FedmqError(Reason.UNKNOWN_SENDER, f"no key for {device_id!r}")
+    opened = verify(payload, view.verify_key)
+    check_header(opened.header, fed=fed, sender=device_id, now_ms=received_ms)
+    if view.status != "active":
+        raise FedmqError(status_reason(view.status), f"device is {view.status}")
+    verdict = book.classify(device_id, opened.header.seq)
+    if verdict is Verdict.REPLAY:
+        raise FedmqError(Reason.REPLAY, f"seq {opened.header.seq}")
+    return opened, verdict is Verdict.FRESH
+
+
+class StatusHandler:
+    """Records a heartbeat (last seen, last status, replay window: one row) and answers it
+    with what :class:`~orchestrator.devices.tasking.Tasker` decides."""
+
+    def __init__(self, *, fed: str, registry: Registry, book: ReplayBook, tasker: Tasker,
+                 outbound: Outbound, counters: MutableMapping[str, int]) -> None:
+        self._fed = fed
+        self._registry = registry
+        self._book = book
+        self._tasker = tasker
+        self._outbound = outbound
+        self._counters = counters
+
+    async def handle(self, device_id: str, payload: bytes, received_ms: int) -> None:
+        opened, fresh = open_signed(payload, device_id, received_ms, fed=self._fed,
+                                    registry=self._registry, book=self._book)
+        if not fresh:
+            self._counters["status.duplicate"] += 1
+            return
+        status = decode_body(opened, Status)
+        await self._book.mark_seen(device_id, opened.header.seq, seen_ms=received_ms,
+                                   last_status=json.dumps(_jsonable(status)).encode())
+        self._counters["status"] += 1
+        answer = await self._tasker.answer(device_id, status)
+        if answer is not None:
+            await self._outbound.send(device_id, DownKind.TASK, answer)
+
+
+class EvalHandler:
+    """Records a device's evaluation of a version in that version's metrics (with the
+    sample-weighted federation-wide figures once it answers a task of ours)."""
+
+    def __init__(self, *, fed: str, registry: Registry, book: ReplayBook, head: VersionHead,
+                 fedeval: FederatedEvaluation, store: Store,
+                 counters: MutableMapping[str, int]) -> None:
+        self._fed = fed
+        self._registry = registry
+        self._book = book
+        self._head = head
+        self._fedeval = fedeval
+        self._store = store
+        self._counters = counters
+
+    async def handle(self, device_id: str, payload: bytes, received_ms: int) -> None:
+        opened, fresh = open_signed(payload, device_id, received_ms, fed=self._fed,
+                                    registry=self._registry, book=self._book)
+        if not fresh:
+            return
+        report = decode_body(opened, EvalReport)
+        await self._book.mark_seen(device_id, opened.header.seq)
+        if 0 <= report.model_version <= self._head.version:
+            metrics: dict[str, Any] = {
+                f"federated/{device_id}": {"samples": report.num_samples, "loss": report.loss,
+                                           "metric": report.metric,
+                                           "metric_name": report.metric_name}}
+            folded = self._fedeval.on_report(device_id, report)
+            if folded is not None and folded[0] == report.model_version:
+                metrics.update(folded[1])
+            await self._store.set_version_metrics(report.model_version, metrics)
+        self._counters["eval_reports"] += 1
+
+
+def _jsonable(status: Status) -> dict[str, Any]:
+    return {f.name: getattr(status, f.name) for f in dataclasses.fields(status)}

@@ -1,0 +1,53 @@
+"""Every key of the store's ``server_state`` table, in one place.
+
+The table holds the service's small durable values, each written in the transaction of the
+change it belongs to (the optimizer's moments with the version they produced, a device's
+isolation flags with the screening that raised them). Renaming a member breaks existing
+databases: add new keys, never reuse a value.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from enum import StrEnum
+from typing import Protocol
+
+__all__ = ["ServerState", "StateKey"]
+
+
+class StateKey(StrEnum):
+    SEQ_LIMIT = "orchestrator_seq_limit"
+    """Every orchestrator seq below this may have been used (see ``link.seqs``)."""
+    PUBLISHED_CHUNKS = "published_chunks"
+    """JSON list of the retained model-chunk topics, cleared when superseded."""
+    OPTIMIZER = "optimizer"
+    """The server optimizer's moments, as of the latest version."""
+    STOPPING = "stopping"
+    """The stopping rules' progress (best metric, versions since the best, start time)."""
+    STOPPED = "stopped"
+    """JSON ``{reason, version, ts_ms}`` once a stopping rule fired."""
+    STOP_REASON = "stop_reason"
+    """A bare stop reason written by older tools; read by reports, never written."""
+    REGISTRY_GENERATION = "registry_generation"
+    """A random token bumped by every process that changes devices (see ``devices.registry``)."""
+    SCREEN = "robust.screen"
+    """The anomaly screen's history (norms and the reference direction)."""
+    ISOLATION = "robust.isolation"
+    """Each device's recent screening flags."""
+    ACCOUNTANT = "privacy.accountant"
+    """The federation's privacy accountant (its steps so far)."""
+    PRIVACY_POLICY = "privacy.policy"
+    """The differential-privacy settings the accountant's steps were made with."""
+    ROLLBACK_REQUEST = "rollback_request"
+    """A pending ``fedmq model rollback`` request."""
+    ROLLBACK_APPLIED = "rollback_applied"
+    """The id of the last rollback request applied, and the version it made."""
+
+
+class ServerState(Protocol):
+    """The part of the store that holds server-state values (:class:`~.store.Store` has it;
+    tests may use a dict)."""
+
+    async def get_server_state(self, key: str) -> bytes | None: ...
+
+    async def put_server_state(self, entries: Mapping[str, bytes]) -> None: ...

@@ -1,0 +1,229 @@
+"""Builds the service's parts from the config and what the :class:`~.service.Orchestrator`
+opened (store, key, decode pool, link), each handed its collaborators explicitly, and lists
+the loops the owner runs as named tasks. State is restored here, before any loop starts: the
+current version, replay windows, the buffer's fill, optimizer moments, stopping progress,
+privacy accountant, screening history and the seq counter's limit."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+from collections import Counter
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from typing import Any
+
+from nacl.signing import SigningKey
+
+from orchestrator.aggregation import OptimizerStateError, ServerOptimizer
+from orchestrator.clock import Clock
+from orchestrator.config import Config
+from orchestrator.convergence.evaluation import (
+    EvaluationLoop,
+    ServerEvaluator,
+    load_validation_set,
+)
+from orchestrator.convergence.fedeval import FederatedEvaluation
+from orchestrator.convergence.stopper import Stopper
+from orchestrator.convergence.stopping import StoppingRules, StoppingState
+from orchestrator.convergence.sync_rounds import SyncRounds
+from orchestrator.devices.control import ControlLanes, Handler
+from orchestrator.devices.enrollment import EnrollHandler
+from orchestrator.devices.registry import Registry
+from orchestrator.devices.replay_book import ReplayBook
+from orchestrator.devices.reports import EvalHandler, StatusHandler
+from orchestrator.devices.selection import OutstandingTasks, selection_from_config
+from orchestrator.devices.standing import RegistryWatch, Standing
+from orchestrator.devices.tasking import Tasker
+from orchestrator.housekeeping import Housekeeping
+from orchestrator.ingest.buffer_cache import Buffer
+from orchestrator.ingest.decode_pool import DecodePool
+from orchestrator.ingest.intake import Intake
+from orchestrator.link.mqtt import MqttLink
+from orchestrator.link.router import Router
+from orchestrator.link.sender import Outbound
+from orchestrator.link.seqs import SeqCounter
+from orchestrator.metrics.prometheus import Metrics
+from orchestrator.ops.desk import OperatorDesk
+from orchestrator.privacy.runtime import PrivacyRuntime
+from orchestrator.store import Store
+from orchestrator.store.state_keys import StateKey
+from orchestrator.versions.aggregator import Aggregator, Making
+from orchestrator.versions.cadence import AsyncCadence, Cadence, SyncCadence
+from orchestrator.versions.guard import RobustGuard
+from orchestrator.versions.head import VersionHead
+from orchestrator.versions.initial import load_start
+from orchestrator.versions.publication import Publication
+from orchestrator.versions.publisher import ModelPublisher
+from orchestrator.versions.rollback import RollbackWatch
+from orchestrator.versions.strategies import optimizer_from, strategy_from
+from schemas.topics import Topics, UpKind
+
+__all__ = ["Opened", "Parts", "assemble"]
+
+log = logging.getLogger(__name__)
+
+Loop = tuple[str, Callable[[], Coroutine[Any, Any, None]]]
+
+
+@dataclass(frozen=True)
+class Opened:
+    """What the owner opened, and the service-wide instruments the parts share."""
+
+    config: Config
+    store: Store
+    key: SigningKey
+    decoder: DecodePool
+    link: MqttLink
+    metrics: Metrics
+    counters: Counter[str]
+    clock: Clock
+    rng: random.Random
+
+
+@dataclass(frozen=True)
+class Parts:
+    head: VersionHead
+    buffer: Buffer
+    outstanding: OutstandingTasks
+    registry: Registry
+    loops: list[Loop]
+    """Name and coroutine function of every loop, to run as named tasks."""
+
+
+async def assemble(o: Opened) -> Parts:
+    cfg, store = o.config, o.store
+    start = await load_start(store, cfg.model, o.clock)
+    state = await store.server_state()
+    optimizer = _optimizer(cfg, state.get(StateKey.OPTIMIZER))
+    stopped = json.loads(state[StateKey.STOPPED])["reason"] if StateKey.STOPPED in state \
+        else None
+    head = VersionHead(start.model, stopped=stopped)
+    registry = Registry(store)
+    await registry.load()
+    book = ReplayBook(store)
+    await book.load()
+    buffer = Buffer(store)
+    await buffer.load()
+    privacy = PrivacyRuntime(cfg.privacy, store)
+    await privacy.load()
+    guard = RobustGuard(cfg.robustness)
+    guard.load_state(state, isolated={d.device_id for d in registry.all()
+                                      if d.status == "isolated"})
+    seqs = SeqCounter(store)
+    await seqs.start()
+    cadence = await _cadence(cfg, store, head, o.clock)
+    topics = Topics(cfg.federation.id)
+    outbound = Outbound(o.link, key=o.key, topics=topics, seqs=seqs, clock=o.clock,
+                        counters=o.counters)
+    outstanding = OutstandingTasks()
+    selection = selection_from_config(cfg, rng=o.rng, device_ok=registry.standing)
+    standing = Standing(registry=registry, outstanding=outstanding, selection=selection,
+                        guard=guard, outbound=outbound, counters=o.counters)
+    aggregate_due = asyncio.Event()
+    stopping = StoppingState.from_bytes(state[StateKey.STOPPING]) if StateKey.STOPPING in state \
+        else StoppingState(o.clock.wall_ms())
+    stopper = Stopper(StoppingRules(cfg.stopping, stopping), fed=topics.fed, store=store,
+                      head=head, registry=registry, outbound=outbound, clock=o.clock)
+    evaluation = await _evaluation(cfg, start.arch.graphs["eval"], head, store, stopper,
+                                   o.counters)
+    aggregator = Aggregator(
+        Making(strategy_from(cfg, optimizer), optimizer,
+               "fedavg" if cfg.aggregation.mode == "sync" else "fedbuff"),
+        store=store, head=head, buffer=buffer, cadence=cadence, guard=guard,
+        standing=standing, privacy=privacy, registry=registry, stopper=stopper,
+        evaluated=evaluation is not None, due=aggregate_due, metrics=o.metrics,
+        counters=o.counters, clock=o.clock)
+    intake = Intake(
+        store=store, registry=registry, book=book, decoder=o.decoder, head=head, buffer=buffer,
+        outstanding=outstanding, cadence=cadence, outbound=outbound,
+        aggregate_due=aggregate_due, counters=o.counters, metrics=o.metrics, clock=o.clock,
+        group_batches=cfg.ingest.group_batches, queue_batches=cfg.ingest.queue_batches)
+    fedeval = FederatedEvaluation(cfg.evaluation.federated_every,
+                                  cfg.evaluation.federated_devices)
+    tasker = Tasker(config=cfg, head=head, selection=selection, outstanding=outstanding,
+                    cadence=cadence, fedeval=fedeval, privacy=privacy, store=store,
+                    counters=o.counters, clock=o.clock, rng=o.rng)
+    lanes = ControlLanes(_handlers(o, registry, book, outbound, tasker, head, fedeval),
+                         counters=o.counters, queue_size=cfg.ingest.queue_batches)
+    desk = OperatorDesk(config=cfg, store=store, head=head, buffer=buffer,
+                        outstanding=outstanding, registry=registry, book=book,
+                        outbound=outbound, metrics=o.metrics, counters=o.counters,
+                        clock=o.clock)
+    publication = Publication(
+        ModelPublisher(outbound, store, max_message_bytes=cfg.broker.max_message_bytes),
+        head=head, graphs=start.arch.graphs, first_base=start.parent,
+        interval_s=cfg.aggregation.publish_interval_s, clock=o.clock, counters=o.counters)
+    router = Router(topics, updates=intake.submit, control=lanes.submit, ops=desk,
+                    counters=o.counters, clock=o.clock)
+    loops: list[Loop] = [
+        ("mqtt", lambda: o.link.run(router.route, publication.republish)),
+        ("ingest-decode", intake.decode),
+        ("ingest-commit", intake.commit),
+        ("control", lanes.run),
+        ("aggregate", aggregator.run),
+        ("publish", publication.run),
+        ("registry", RegistryWatch(registry, standing, o.clock).run),
+        ("rollback", RollbackWatch(store, aggregator.rollback_requested, o.clock).run),
+        ("housekeeping", Housekeeping(outstanding=outstanding, cadence=cadence, buffer=buffer,
+                                      stopper=stopper, aggregate_due=aggregate_due,
+                                      counters=o.counters, clock=o.clock).run),
+        ("ops", desk.run),
+    ]
+    if evaluation is not None:
+        loops.append(("evaluate", evaluation.run))
+    if privacy.enabled:
+        loops.append(("privacy", privacy.run))
+    return Parts(head, buffer, outstanding, registry, loops)
+
+
+def _handlers(o: Opened, registry: Registry, book: ReplayBook, outbound: Outbound,
+              tasker: Tasker, head: VersionHead, fedeval: FederatedEvaluation
+              ) -> dict[str, Handler]:
+    fed = o.config.federation
+    return {
+        UpKind.ENROLL.value: EnrollHandler(
+            fed=fed.id, manual_approval=fed.enrollment == "manual",
+            heartbeat_s=fed.heartbeat_s, store=o.store, registry=registry, book=book,
+            outbound=outbound, counters=o.counters),
+        UpKind.STATUS.value: StatusHandler(fed=fed.id, registry=registry, book=book,
+                                           tasker=tasker, outbound=outbound,
+                                           counters=o.counters),
+        UpKind.EVAL.value: EvalHandler(fed=fed.id, registry=registry, book=book, head=head,
+                                       fedeval=fedeval, store=o.store, counters=o.counters),
+    }
+
+
+def _optimizer(cfg: Config, saved: bytes | None) -> ServerOptimizer:
+    optimizer = optimizer_from(cfg)
+    if saved is not None:
+        try:
+            optimizer.load_state_dict(saved)
+        except OptimizerStateError as exc:
+            log.warning("server optimizer state not restored (%s); starting fresh", exc)
+    return optimizer
+
+
+async def _cadence(cfg: Config, store: Store, head: VersionHead, clock: Clock) -> Cadence:
+    agg, concurrency = cfg.aggregation, cfg.selection.concurrency
+    if agg.mode != "sync":
+        return AsyncCadence(agg.k, agg.max_per_version)
+    quorum = agg.quorum if agg.quorum is not None else concurrency
+    cadence = SyncCadence(SyncRounds(quorum=quorum, concurrency=concurrency,
+                                     deadline_s=agg.round_deadline_s))
+    buffered = await store.ledger(status="buffered")
+    cadence.start(head.version, clock.wall_ms(),
+                  [r.base_version for r in buffered if r.base_version is not None])
+    return cadence
+
+
+async def _evaluation(cfg: Config, eval_graph: bytes, head: VersionHead, store: Store,
+                      stopper: Stopper, counters: Counter[str]) -> EvaluationLoop | None:
+    if cfg.evaluation.dataset is None:
+        return None
+    data = await asyncio.to_thread(load_validation_set, cfg.evaluation)
+    evaluator = await asyncio.to_thread(ServerEvaluator, eval_graph, data)
+    return EvaluationLoop(evaluator, head=head, store=store, stopper=stopper,
+                          counters=counters)
