@@ -130,7 +130,7 @@ class ModelKeys:
 
     kind: Annotated[str | None, "a built-in model: softmax | logistic | mlp | autoencoder"] = None
     n_features: Annotated[int | None, "the built-in model's inputs"] = None
-    n_classes: Annotated[int, "its classes (0: none, or the kind's own)"] = 0
+    n_classes: Annotated[int, "its classes (0: an autoencoder, or logistic as 2)"] = 0
     hidden: Annotated[tuple[int, ...], POSITIVE_ITEMS, "its hidden layer widths"] = ()
     activation: Annotated[str, "its hidden activation: relu | tanh"] = "relu"
     seed: Annotated[int, ge(0), "seed of its initial weights"] = 0
