@@ -42,6 +42,7 @@ __all__ = [
     "gt",
     "keys_of",
     "read_section",
+    "shown",
     "within",
 ]
 
@@ -240,11 +241,17 @@ def _key(section: str, name: str, hint: Any, default: Any) -> Key:
                tuple(m for m in meta if isinstance(m, Bound)), choices, derived)
 
 
+def shown(name: str) -> str:
+    """A table or key name from the file as a message shows it: on one line, readable."""
+    return name if name.isprintable() else repr(name)
+
+
 def read_section(section: str, keys: Mapping[str, Key], table: Mapping[str, Any],
                  base: Path) -> dict[str, Any]:
     """Check one table of the file against its keys: each key's value, defaults filled in."""
     for name in table:
         if name not in keys:
-            raise ConfigError(f"{section}.{name}: unknown key (known: {', '.join(keys)})")
+            raise ConfigError(f"{section}.{shown(name)}: unknown key "
+                              f"(known: {', '.join(keys)})")
     return {name: key.read(table[name], base) if name in table else key.absent(base)
             for name, key in keys.items()}

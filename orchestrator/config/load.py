@@ -13,7 +13,7 @@ from typing import Any, Final
 
 from orchestrator.models import ModelSpec
 
-from ._fields import ConfigError, Key, keys_of, read_section
+from ._fields import ConfigError, Key, keys_of, read_section, shown
 from .sections import (
     SECTIONS,
     AggregationConfig,
@@ -64,7 +64,8 @@ def parse_config(
     base = (base_dir if base_dir is not None else Path.cwd()).resolve()
     for section, value in data.items():
         if section not in SCHEMA:
-            raise ConfigError(f"[{section}]: unknown section (known: {', '.join(SCHEMA)})")
+            raise ConfigError(f"[{shown(section)}]: unknown section "
+                              f"(known: {', '.join(SCHEMA)})")
         if not isinstance(value, dict):
             raise ConfigError(f"{section}: must be a table ([{section}])")
     if "federation" not in data:
