@@ -102,3 +102,13 @@ def test_relative_paths_are_relative_to_the_file(tmp_path: Path) -> None:
     assert config.federation.data_dir == tmp_path / "state"
     assert config.password_file == tmp_path / "conf" / "pw.txt"
     assert config.broker_pid_file is None
+
+
+def test_a_name_with_a_line_break_stays_on_one_line(tmp_path: Path) -> None:
+    # TOML allows any string as a quoted key or table name ("a\nb" = 1)
+    with pytest.raises(ConfigError) as caught:
+        parse_config(_with(aggregation={"k\nx": 1}), base_dir=tmp_path)
+    assert str(caught.value).startswith("aggregation.'k\\nx': unknown key (known: mode, k,")
+    with pytest.raises(ConfigError) as caught:
+        parse_config({**BASE, "a\u2028b": {}}, base_dir=tmp_path)
+    assert str(caught.value).startswith("['a\\u2028b']: unknown section (known: federation,")
