@@ -38,9 +38,9 @@ help: ## list the targets
 	@grep -E '^[a-z][a-z-]*:.*## ' $(MAKEFILE_LIST) \
 	  | awk -F':.*## ' '{ printf "  %-10s %s\n", $$1, $$2 }'
 
-test: $(STAMP) mosquitto ## ruff, mypy on schemas/, then the quick test suite
+test: $(STAMP) mosquitto ## ruff, mypy (strict) on the code base, then the quick test suite
 	$(BIN)/ruff check .
-	$(BIN)/mypy schemas/
+	$(BIN)/mypy schemas edge_agent orchestrator fedmq
 	$(BIN)/pytest -q -m "not slow and not chaos"
 
 chaos: $(STAMP) mosquitto ## the long fault-injection tests (pytest -m chaos)

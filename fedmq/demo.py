@@ -152,6 +152,7 @@ def prepare_demo(out: Path, *, devices: int = 20, k: int = 10, target: float = 0
     spec = FleetSpec(devices=devices, dataset="digits", split="dirichlet", alpha=0.5,
                      seed=seed, battery_fraction=0.5, time_scale=60.0)
     data = shard_data(spec)
+    assert data.test.y is not None  # digits is labelled
     np.savez(out / "validation.npz", X=data.test.X, y=data.test.y)
     config_path = out / "orchestrator.toml"
     config_path.write_text(CONFIG_TEMPLATE.format(

@@ -97,11 +97,18 @@ def shard_data(spec: FleetSpec) -> FleetData:
     data = load_named(spec.dataset)
     train, test = split_train_test(data, test_fraction=spec.test_fraction, seed=spec.seed)
     rng = np.random.default_rng(spec.seed)
-    if spec.split == "iid":
-        parts = partition_iid(train.y, spec.devices, rng)
+    labels = train.y
+    if labels is None:
+        if spec.split != "iid":
+            raise ValueError(f"dataset {spec.dataset!r} has no labels: the {spec.split} split "
+                             "needs them (use split iid)")
+        parts = partition_iid(train.X, spec.devices, rng)
+    elif spec.split == "iid":
+        parts = partition_iid(labels, spec.devices, rng)
     else:
-        parts = partition_dirichlet(train.y, spec.devices, spec.alpha, rng)
-    shards = [LocalData(X=train.X[idx], y=train.y[idx]) for idx in parts]
+        parts = partition_dirichlet(labels, spec.devices, spec.alpha, rng)
+    shards = [LocalData(X=train.X[idx], y=None if labels is None else labels[idx])
+              for idx in parts]
     return FleetData(shards=shards, test=test, n_classes=data.n_classes)
 
 

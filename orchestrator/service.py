@@ -22,9 +22,11 @@ import contextlib
 import logging
 import random
 from collections import Counter
+from collections.abc import Callable
 from types import TracebackType
 from typing import Literal
 
+import aiomqtt
 from nacl.signing import SigningKey
 
 from orchestrator.broker import ORCHESTRATOR_USER, MosquittoBroker
@@ -64,6 +66,8 @@ class Orchestrator:
             :meth:`request_shutdown`).
         clock: wall and monotonic time and sleep for every loop (tests pass a fake one).
         rng: randomness for task ids and backoff jitter (tests seed it).
+        tap: sees every received message first, before it is queued (benchmarks count
+            bytes with it); it must not block.
         store_synchronous: SQLite durability, overriding ``ingest.synchronous`` (``FULL``:
             fsync every commit; ``NORMAL``: survives a process crash only; see the store).
     """
@@ -76,8 +80,10 @@ class Orchestrator:
         clock: Clock | None = None,
         rng: random.Random | None = None,
         store_synchronous: Literal["FULL", "NORMAL"] | None = None,
+        tap: Callable[[aiomqtt.Message], None] | None = None,
     ) -> None:
         self.config = config
+        self._tap = tap
         self._shutdown = shutdown if shutdown is not None else asyncio.Event()
         self._clock: Clock = clock or SystemClock()
         self._rng = rng or random.Random()
@@ -229,7 +235,7 @@ class Orchestrator:
         link = MqttLink(await self._link_settings(), rng=self._rng, clock=self._clock)
         self._parts = await assemble(Opened(
             config=cfg, store=store, key=key, decoder=decoder, link=link, metrics=self.metrics,
-            counters=self.counters, clock=self._clock, rng=self._rng))
+            counters=self.counters, clock=self._clock, rng=self._rng, tap=self._tap))
         if cfg.metrics.port is not None:
             try:
                 self.metrics_endpoint = await self._stack.enter_async_context(

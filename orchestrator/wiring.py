@@ -15,6 +15,7 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
+import aiomqtt
 from nacl.signing import SigningKey
 
 from orchestrator.aggregation import OptimizerStateError, ServerOptimizer
@@ -81,6 +82,7 @@ class Opened:
     counters: Counter[str]
     clock: Clock
     rng: random.Random
+    tap: Callable[[aiomqtt.Message], None] | None = None
 
 
 @dataclass(frozen=True)
@@ -157,7 +159,7 @@ async def assemble(o: Opened) -> Parts:
         head=head, graphs=start.arch.graphs, first_base=start.parent,
         interval_s=cfg.aggregation.publish_interval_s, clock=o.clock, counters=o.counters)
     router = Router(topics, updates=intake.submit, control=lanes.submit, ops=desk,
-                    counters=o.counters, clock=o.clock)
+                    counters=o.counters, clock=o.clock, tap=o.tap)
     loops: list[Loop] = [
         ("mqtt", lambda: o.link.run(router.route, publication.republish)),
         ("ingest-decode", intake.decode),

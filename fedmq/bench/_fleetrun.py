@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -131,12 +132,11 @@ class RunResult:
         return next((t for t, _, acc in self.timeline if acc >= target), None)
 
 
-class _TallyingOrchestrator(Orchestrator):
-    """Counts the bytes of every ``updates`` batch as received (the batch framing included)."""
+def _tally(result: RunResult) -> Callable[[aiomqtt.Message], None]:
+    """A tap counting the bytes of every ``updates`` batch as received (batch framing
+    included)."""
 
-    tally: RunResult
-
-    async def _route(self, message: aiomqtt.Message) -> None:
+    def tap(message: aiomqtt.Message) -> None:
         payload = message.payload
         if str(message.topic).endswith("/updates") and isinstance(payload, bytes | bytearray):
             try:
@@ -144,11 +144,12 @@ class _TallyingOrchestrator(Orchestrator):
             except ValueError:
                 entries = None
             if isinstance(entries, list):
-                self.tally.update_payload_bytes += len(payload)
-                self.tally.update_entries += len(entries)
-                self.tally.update_entry_bytes += sum(
+                result.update_payload_bytes += len(payload)
+                result.update_entries += len(entries)
+                result.update_entry_bytes += sum(
                     len(e) for e in entries if isinstance(e, bytes))
-        await super()._route(message)
+
+    return tap
 
 
 def _render(settings: RunSettings, out: Path, n_features: int, n_classes: int) -> str:
@@ -186,8 +187,7 @@ async def run_federation(settings: RunSettings, out: Path) -> RunResult:
     spec, data, config = await asyncio.to_thread(_prepare, settings, out)
     bundles = await provision_fleet(config, spec.device_ids())
     result = RunResult()
-    orch = _TallyingOrchestrator(config)
-    orch.tally = result
+    orch = Orchestrator(config, tap=_tally(result))
     async with orch:
         agent_config = AgentConfig(heartbeat_s=settings.heartbeat_s, holdout=0.0,
                                    seed=settings.seed)

@@ -251,7 +251,8 @@ async def _drain(config: Config, k: int) -> float | None:
 
 
 def _per_version(args: argparse.Namespace) -> int:
-    return args.k if args.max_per_version is None else max(args.k, args.max_per_version)
+    k: int = args.k
+    return k if args.max_per_version is None else max(k, int(args.max_per_version))
 
 
 def _limits(config: Config) -> Limits:

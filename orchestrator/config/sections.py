@@ -211,7 +211,8 @@ class AggregationConfig:
 
 @dataclass(frozen=True)
 class SelectionConfig:
-    """Who trains next (see :mod:`orchestrator.selection` and :mod:`orchestrator.classes`)."""
+    """Who trains next (see :mod:`orchestrator.devices.selection` and
+    :mod:`orchestrator.devices.classes`)."""
 
     concurrency: Annotated[int, gt(0), DERIVED, "devices training at once (default: "
                            "ceil(aggregation.k * overcommit))"]
@@ -260,7 +261,7 @@ class IngestConfig:
 class EvaluationConfig:
     """Optional server-side validation after each version."""
 
-    dataset: Annotated[str | None, "a name from orchestrator.datasets or an .npz path "
+    dataset: Annotated[str | None, "a name from orchestrator.convergence.datasets or an .npz path "
                        "(unset: none)"] = None
     test_fraction: Annotated[float, within("(0, 1)"), "the dataset's held-out share"] = 0.2
     max_samples: Annotated[int, gt(0), "most samples evaluated"] = 10_000

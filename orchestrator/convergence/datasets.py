@@ -76,7 +76,8 @@ def split_train_test(
 
 
 def partition_iid(y: np.ndarray, n: int, rng: np.random.Generator) -> list[np.ndarray]:
-    """``n`` parts of (nearly) equal size, drawn uniformly at random."""
+    """``n`` parts of (nearly) equal size, drawn uniformly at random (``y``: the labels, or
+    any array with one row per sample)."""
     total = len(y)
     _check_clients(n, total, 1)
     return [np.sort(part) for part in np.array_split(rng.permutation(total), n)]

@@ -29,9 +29,12 @@ class OpsIntake(Protocol):
 class Router:
     def __init__(self, topics: Topics, *, updates: Callable[[RawBatch], Awaitable[None]],
                  control: Callable[[ControlItem], Awaitable[None]], ops: OpsIntake,
-                 counters: MutableMapping[str, int], clock: Clock) -> None:
+                 counters: MutableMapping[str, int], clock: Clock,
+                 tap: Callable[[aiomqtt.Message], None] | None = None) -> None:
         """``updates``, ``control``: the queues' ``submit``s (they may wait); ``ops``: the
-        desk, whose ``submit`` never blocks (its own bounded queue)."""
+        desk, whose ``submit`` never blocks (its own bounded queue); ``tap``: sees every
+        message first (must not block)."""
+        self._tap = tap
         self._topics = topics
         self._updates = updates
         self._control = control
@@ -40,6 +43,8 @@ class Router:
         self._clock = clock
 
     async def route(self, message: aiomqtt.Message) -> None:
+        if self._tap is not None:
+            self._tap(message)
         now = self._clock.wall_ms()
         try:
             parsed = parse_topic(str(message.topic))

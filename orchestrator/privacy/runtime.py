@@ -64,12 +64,11 @@ class PrivacyRuntime:
         self._config = config
         self._store = store
         self.policy: DpPolicy | None = None
-        if config.enabled:
+        if config.mode != "off":
             self.policy = DpPolicy(
-                mode=config.mode,  # type: ignore[arg-type]  # validated by the config schema
-                clip_norm=config.clip_norm, noise_multiplier=config.noise_multiplier,
-                target_delta=config.target_delta, epsilon_max=config.epsilon_max,
-                accountant=config.accountant,  # type: ignore[arg-type]
+                mode=config.mode, clip_norm=config.clip_norm,
+                noise_multiplier=config.noise_multiplier, target_delta=config.target_delta,
+                epsilon_max=config.epsilon_max, accountant=config.accountant,
             )
         self._accountant: FederationAccountant | None = None
         self._ledger: DeviceLedger | None = None

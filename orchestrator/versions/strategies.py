@@ -61,8 +61,7 @@ def strategy_from(config: Config, optimizer: ServerOptimizer, *,
     else:
         strategy = FedBuff(staleness_fn=staleness_from(config), max_staleness=agg.max_staleness)
     if agg.reducer != "mean":
-        strategy = RobustReduction(strategy, agg.reducer,  # type: ignore[arg-type]
-                                   trim_fraction=agg.trim_fraction)
+        strategy = RobustReduction(strategy, agg.reducer, trim_fraction=agg.trim_fraction)
     if agg.clip_norm is not None:
         strategy = Clipped(strategy, agg.clip_norm)
     if privacy.mode == "server":
