@@ -180,6 +180,12 @@ class SimDevice:
         assert isinstance(answer, Enrolled)
         return answer
 
+    async def barrier(self, within: float = 20) -> None:
+        """A round trip on this device's control lane: once it returns, the service has
+        handled (and answered, if it answers) every message the device sent before it.
+        An enroll with the same key is answered ``Enrolled`` again (idempotent)."""
+        await self.enroll(within=within)
+
     async def status(self, **fields: Any) -> int:
         seq, payload = self.sign(Status(**fields))
         await self.publish("status", payload)

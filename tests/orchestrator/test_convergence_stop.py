@@ -22,6 +22,7 @@ from orchestrator.broker import MosquittoBroker
 from orchestrator.config import Config
 from orchestrator.service import Orchestrator
 from schemas import AgentState
+from tests.support.waiting import until
 
 SPEC = FleetSpec(devices=5, dataset="digits", split="iid", seed=0, battery_fraction=0.0,
                  time_scale=1.0)
@@ -73,7 +74,12 @@ async def _stops_and_agents_go_idle(run: Run) -> str:
     for agent in run.fleet.agents:
         await agent.wait_until(lambda a: a.state[0] is AgentState.STOPPED, 10)
     tasks = [a.stats.tasks_received for a in run.fleet.agents]
-    await asyncio.sleep(1.0)  # several heartbeats: no new task for anyone
+    handed_out = run.orch.counters["tasks"] + run.orch.counters["tasks.evaluate"]
+    # several heartbeats from every agent, each handled: no new task for anyone (a task is
+    # counted before it is sent)
+    heard = run.orch.counters["status"]
+    await until(lambda: run.orch.counters["status"] >= heard + 2 * len(run.fleet.agents), 30)
+    assert run.orch.counters["tasks"] + run.orch.counters["tasks.evaluate"] == handed_out
     assert [a.stats.tasks_received for a in run.fleet.agents] == tasks
     store = run.orch.store
     recorded = json.loads(await store.get_server_state("stopped") or b"{}")

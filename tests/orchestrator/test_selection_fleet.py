@@ -26,6 +26,7 @@ from orchestrator.devices.commands import provision
 from orchestrator.service import Orchestrator
 from schemas import AgentState, Defer, Status, Task, message_type, verify
 from schemas.envelope import decode_body
+from tests.support.waiting import until
 
 PROFILES = {
     "low": SimulationProfile(battery_pct=5.0),  # never plugged in: not charging
@@ -95,12 +96,10 @@ async def test_weak_devices_are_spared_caps_hold_and_deferrals_are_followed(
             # then both are held back by the cap
             async with asyncio.timeout(45):
                 await orch.wait_for_version(2)
-                for _ in range(300):
-                    if orch.counters["deferred.participation_cap"] >= 2:
-                        break
-                    await asyncio.sleep(0.1)
-            assert orch.counters["deferred.participation_cap"] >= 2
-            await asyncio.sleep(2.0)  # more asks from everyone, all answered "later"
+            await until(lambda: orch.counters["deferred.participation_cap"] >= 2, 30)
+            # more asks from everyone, all answered "later": two more rounds of heartbeats
+            heard = orch.counters["status"]
+            await until(lambda: orch.counters["status"] >= heard + 2 * len(PROFILES), 30)
         finally:
             watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -133,9 +132,9 @@ async def test_weak_devices_are_spared_caps_hold_and_deferrals_are_followed(
         # the deferral arrived); an agent ignoring it would ask within a heartbeat (0.2 s).
         during = 0
         for t, defer in defers:
-            until = t + defer.retry_after_ms / 1000 - 0.2
+            retry_at = t + defer.retry_after_ms / 1000 - 0.2
             for s_t, status in statuses:
-                if t + 0.05 < s_t < until:
+                if t + 0.05 < s_t < retry_at:
                     during += 1
                     assert status.state is AgentState.DEFERRED, (t, defer, s_t, status)
         assert during >= 1

@@ -3,7 +3,6 @@ revocation — over a real Mosquitto, with the store as the witness."""
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable
 from typing import Any
 
@@ -14,6 +13,8 @@ from orchestrator.config import Config
 from orchestrator.devices.commands import approve, provision, revoke
 from orchestrator.service import Orchestrator
 from schemas import EnrollStatus
+from tests.support.clock import FakeClock
+from tests.support.waiting import until
 
 
 async def test_auto_enrollment_registers_the_key_and_answers_again(
@@ -75,26 +76,25 @@ async def test_unknown_device_is_told_so(
 async def test_manual_policy_holds_the_key_until_approved(
     make_config: Callable[..., Config], devices: Callable[..., Any],
 ) -> None:
+    clock = FakeClock()
     config = make_config(federation={"enrollment": "manual"})
-    async with Orchestrator(config, store_synchronous="NORMAL") as orch:
+    async with Orchestrator(config, store_synchronous="NORMAL", clock=clock) as orch:
         dev = await devices(orch, "dev-m", enroll=False)
         answer = await dev.enroll()
         assert answer.status is EnrollStatus.AWAITING_APPROVAL
-        # not active yet: its status gets no task
+        # not active yet: its status gets no task, but is counted as refused
         await dev.status(battery_pct=90.0)
-        await asyncio.sleep(0.5)
+        assert (await dev.enroll()).status is EnrollStatus.AWAITING_APPROVAL  # a barrier
         assert dev.down["task"].empty()
+        assert orch.counters["status.rejected.not_authorized"] == 1
         await approve(orch.store, "dev-m")
         assert (await dev.enroll()).status is EnrollStatus.ACTIVE
-        # the service picks the approval up through the registry generation (about 1 s)
-        async with asyncio.timeout(20):
-            while True:
-                await dev.status(battery_pct=90.0)
-                try:
-                    task = await dev.next("task", within=1.5)
-                    break
-                except TimeoutError:
-                    continue
+        # the service picks the approval up through the registry generation (polled each s)
+        await clock.advance(1.0)
+        await until(lambda: (view := orch.registry.get("dev-m")) is not None
+                    and view.status == "active")
+        await dev.status(battery_pct=90.0)
+        task = await dev.next("task")
         assert task.TYPE == "task"
 
 

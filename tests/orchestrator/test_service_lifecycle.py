@@ -55,7 +55,8 @@ async def test_shutdown_event_ends_the_service(make_config: Callable[..., Config
     async with Orchestrator(make_config(), shutdown=shutdown,
                             store_synchronous="NORMAL") as orch:
         waiter = asyncio.create_task(orch.wait_closed())
-        await asyncio.sleep(0.2)
+        async with asyncio.timeout(20):  # the service is at work: version 0 went out
+            await orch.wait_for_version(0, published=True)
         assert not waiter.done()
         shutdown.set()
         async with asyncio.timeout(20):
