@@ -339,23 +339,15 @@ class Agent:
 
     def _session(self, downlink: Downlink, reporter: Reporter,
                  on_connect: Callable[[], None]) -> Session:
-        b = self.bundle
+        b, c, topics = self.bundle, self.config, self.topics
+        address = BrokerAddress(b.broker_host, b.broker_port, b.mqtt_username, b.mqtt_password,
+                                c.client_id or f"fedmq-{self.device_id}", self._tls)
         return Session(
-            BrokerAddress(b.broker_host, b.broker_port, b.mqtt_username, b.mqtt_password,
-                          self.config.client_id or f"fedmq-{self.device_id}", self._tls),
             # "model/#" matches "model" itself too: one filter for snapshot, delta and chunks
             # (two overlapping filters would deliver every model message twice)
-            subscriptions=(self.topics.model_all, self.topics.down_all(self.device_id)),
-            on_message=downlink.deliver,
-            will_topic=self.topics.up(self.device_id, UpKind.STATUS),
-            will=reporter.will,
-            on_connect=on_connect,
-            on_disconnect=self._changed.fire,
-            link_up=self._probe.link_up,
-            backoff=self._backoff,
-            keepalive_s=self.config.keepalive_s,
-            session_expiry_s=self.config.session_expiry_s,
-            link_poll_s=self.config.link_poll_s,
-            clock=self._clock,
-            logger=self.log,
-        )
+            address, subscriptions=(topics.model_all, topics.down_all(self.device_id)),
+            on_message=downlink.deliver, will_topic=topics.up(self.device_id, UpKind.STATUS),
+            will=reporter.will, on_connect=on_connect, on_disconnect=self._changed.fire,
+            link_up=self._probe.link_up, backoff=self._backoff, keepalive_s=c.keepalive_s,
+            session_expiry_s=c.session_expiry_s, link_poll_s=c.link_poll_s, clock=self._clock,
+            logger=self.log)
