@@ -123,7 +123,7 @@ def test_a_deferral_ends_at_its_retry_time() -> None:
 def test_an_activity_is_a_value() -> None:
     a = Activity()
     with pytest.raises(dataclasses.FrozenInstanceError):
-        a.training = "t"  # type: ignore[misc]
+        a.training = "t"
     assert a.on_training_started("t") is not a and a.training == ""
 
 

@@ -148,6 +148,17 @@ def _interval(seconds: float) -> Callable[[Sleeper], bool]:
     return lambda s: s.duration == pytest.approx(seconds)
 
 
+def _status_stamped(orch: FakeOrchestrator, ts_ms: int,
+                    state: AgentState | None = None) -> Callable[[], bool]:
+    """The orchestrator holds a status signed at ``ts_ms`` (of ``state``, when given)."""
+    return lambda: any(h.ts_ms == ts_ms and state in (None, s.state)
+                       for _, h, s in orch.statuses)
+
+
+def _batches(orch: FakeOrchestrator, count: int) -> Callable[[], bool]:
+    return lambda: len(orch.batches) == count
+
+
 async def test_heartbeats_come_every_interval_of_clock_time(
     orchestrator: FakeOrchestrator, built_model: BuiltModel, shard: LocalData, tmp_path: Path,
     make_agent: Callable[..., Agent], agent_config: Any, ready: Callable[..., Any],
@@ -166,8 +177,7 @@ async def test_heartbeats_come_every_interval_of_clock_time(
             assert sleeper.remaining == pytest.approx(30.0)  # armed at the last status
             await fake_clock.advance(sleeper.remaining)
             now = fake_clock.wall_ms()
-            await orch.wait_until(lambda now=now: any(
-                h.ts_ms == now and s.state is AgentState.IDLE for _, h, s in orch.statuses))
+            await orch.wait_until(_status_stamped(orch, now, AgentState.IDLE))
             beats.append(now)
     assert [b - a for a, b in itertools.pairwise(beats)] == [30_000, 30_000]
 
@@ -218,8 +228,7 @@ async def test_unacked_updates_are_sent_again_after_doubling_timeouts(
         for timeout in (10.0, 20.0, 25.0):  # doubling, then capped
             sleeper = await fake_clock.sleeper(_interval(timeout))
             await fake_clock.advance(sleeper.remaining)
-            sends = len(sent_ms)
-            await orch.wait_until(lambda n=sends: len(orch.batches) == n + 1)
+            await orch.wait_until(_batches(orch, len(sent_ms) + 1))
             sent_ms.append(fake_clock.wall_ms())
         await agent.wait_until(lambda a: a.stats.batches_sent == 4, 10)
         rows = await agent.outbox.rows()

@@ -20,6 +20,11 @@ if TYPE_CHECKING:
     from conftest import FakeOrchestrator
 
 
+def _status_stamped(orch: FakeOrchestrator, ts_ms: int) -> Callable[[], bool]:
+    """The orchestrator holds a status the agent signed at ``ts_ms``."""
+    return lambda: any(h.ts_ms == ts_ms for _, h, _ in orch.statuses)
+
+
 async def test_a_deferred_agent_does_not_ask_again_before_the_retry_time(
     orchestrator: FakeOrchestrator, built_model: BuiltModel, shard: LocalData, tmp_path: Path,
     make_agent: Callable[..., Agent], agent_config: Any, ready: Callable[..., Any],
@@ -47,9 +52,8 @@ async def test_a_deferred_agent_does_not_ask_again_before_the_retry_time(
         while not any(st is AgentState.IDLE for _, st in since_deferred()):
             # advance only once the heartbeat waits: one status per step, stamped at its time
             sleeper = await fake_clock.sleeper(lambda s: s.duration <= 0.101)
-            count = len(orch.statuses)
             await fake_clock.advance(sleeper.remaining)
-            await orch.wait_until(lambda n=count: len(orch.statuses) > n)
+            await orch.wait_until(_status_stamped(orch, fake_clock.wall_ms()))
     after = since_deferred()
     deferred = [ts for ts, st in after if st is AgentState.DEFERRED]
     idle = [ts for ts, st in after if st is AgentState.IDLE]
@@ -95,9 +99,8 @@ async def test_stop_resume_isolate_reconfigure(
         for _ in range(5):  # faster heartbeats: every 0.05 s of clock time
             sleeper = await fake_clock.sleeper(lambda s: s.duration == pytest.approx(0.05))
             await fake_clock.advance(sleeper.remaining)
-            now = fake_clock.wall_ms()
-            await orch.wait_until(lambda now=now: any(h.ts_ms == now for _, h, _ in orch.statuses))
-            beats.append(now)
+            beats.append(fake_clock.wall_ms())
+            await orch.wait_until(_status_stamped(orch, beats[-1]))
         assert [b - a for a, b in itertools.pairwise(beats)] == [50] * 4
 
         await orch.publish_model(built_model, stopped=True)  # a stopped model: go idle
