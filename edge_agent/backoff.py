@@ -6,6 +6,8 @@ import asyncio
 import random
 from collections.abc import Awaitable, Callable
 
+from .errors import ConfigError
+
 Sleep = Callable[[float], Awaitable[None]]
 
 
@@ -25,7 +27,7 @@ class Backoff:
         sleep: Sleep = asyncio.sleep,
     ) -> None:
         if base_s <= 0 or cap_s < base_s:
-            raise ValueError("need 0 < base_s <= cap_s")
+            raise ConfigError("need 0 < base_s <= cap_s")
         self.base_s = base_s
         self.cap_s = cap_s
         self._rng = rng or random.Random()

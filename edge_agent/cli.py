@@ -19,8 +19,8 @@ from schemas import Bundle, FedmqError
 
 from .agent import Agent
 from .config import AgentConfig
-from .data import DataError, LocalData, load_local_data
-from .errors import AgentError
+from .data import LocalData, load_local_data
+from .errors import AgentError, ConfigError
 from .probes import DeviceProbe, SimulatedProbe, SysfsProbe
 
 EXIT_OK, EXIT_ENDED, EXIT_USAGE = 0, 1, 2
@@ -63,13 +63,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         bundle, data, config, state_path, tls = _prepare(args)
-    except (AgentError, DataError, FedmqError, ValueError, OSError) as exc:
+    except (AgentError, FedmqError, ValueError, OSError) as exc:
         print(f"fedmq agent: {exc}", file=sys.stderr)
         return EXIT_USAGE
     probe: DeviceProbe = SimulatedProbe() if args.probe == "simulated" else SysfsProbe()
     try:
         finished = asyncio.run(_run(bundle, data, state_path, config, probe, tls))
-    except (AgentError, DataError) as exc:
+    except AgentError as exc:
         print(f"fedmq agent: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
@@ -86,14 +86,14 @@ def _prepare(
     try:
         text = args.bundle.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
-        raise AgentError(f"cannot read bundle {args.bundle}: "
+        raise ConfigError(f"cannot read bundle {args.bundle}: "
                          f"{getattr(exc, 'strerror', None) or exc}") from None
     try:
         bundle = Bundle.from_json(text)
     except FedmqError as exc:
-        raise AgentError(f"bad bundle {args.bundle}: {exc}") from None
+        raise ConfigError(f"bad bundle {args.bundle}: {exc}") from None
     if bundle.role != "device":
-        raise AgentError(f"bad bundle {args.bundle}: it is an {bundle.role} bundle")
+        raise ConfigError(f"bad bundle {args.bundle}: it is an {bundle.role} bundle")
     label: str | int | None = args.label_column
     if isinstance(label, str) and label.lstrip("-").isdigit():
         label = int(label)
@@ -107,7 +107,7 @@ def _prepare(
         try:
             tls = ssl.create_default_context(cafile=bundle.ca_file or None)
         except (OSError, ssl.SSLError) as exc:
-            raise AgentError(f"cannot load CA file {bundle.ca_file!r}: {exc}") from None
+            raise ConfigError(f"cannot load CA file {bundle.ca_file!r}: {exc}") from None
     return bundle, data, config, state_path, tls
 
 

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .errors import ConfigError
+
+AGENT_VERSION = "fedmq-agent/0.1"
 MiB = 1024 * 1024
 
 
@@ -46,7 +49,7 @@ class AgentConfig:
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.holdout < 1.0:
-            raise ValueError(f"holdout must be in [0, 1), got {self.holdout!r}")
+            raise ConfigError(f"holdout must be in [0, 1), got {self.holdout!r}")
         positive = {
             "enroll_retry_s": self.enroll_retry_s, "ack_timeout_s": self.ack_timeout_s,
             "max_ack_timeout_s": self.max_ack_timeout_s, "batch_entries": self.batch_entries,
@@ -59,10 +62,10 @@ class AgentConfig:
         }
         for name, value in positive.items():
             if not value > 0:
-                raise ValueError(f"{name} must be positive, got {value!r}")
+                raise ConfigError(f"{name} must be positive, got {value!r}")
         if self.heartbeat_s is not None and not self.heartbeat_s > 0:
-            raise ValueError(f"heartbeat_s must be positive, got {self.heartbeat_s!r}")
+            raise ConfigError(f"heartbeat_s must be positive, got {self.heartbeat_s!r}")
         if self.backoff_cap_s < self.backoff_base_s:
-            raise ValueError("backoff_cap_s must be >= backoff_base_s")
+            raise ConfigError("backoff_cap_s must be >= backoff_base_s")
         if self.batch_bytes > 8 * MiB:
-            raise ValueError("batch_bytes must stay under the 8 MiB packet limit")
+            raise ConfigError("batch_bytes must stay under the 8 MiB packet limit")

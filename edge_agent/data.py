@@ -14,12 +14,12 @@ from pathlib import Path
 
 import numpy as np
 
+from .errors import ConfigError, DataError
+
+__all__ = ["LABEL", "DataError", "LocalData", "load_local_data", "split_holdout"]
+
 LABEL = "label"
 _MAX_LABEL = 2**31
-
-
-class DataError(ValueError):
-    """The local data file is missing, unreadable or malformed."""
 
 
 @dataclass(frozen=True)
@@ -74,7 +74,7 @@ def split_holdout(
 ) -> tuple[LocalData, LocalData]:
     """A random ``(train, holdout)`` split; both parts get at least one sample."""
     if not 0.0 < fraction < 1.0:
-        raise ValueError(f"holdout fraction must be between 0 and 1, got {fraction!r}")
+        raise ConfigError(f"holdout fraction must be between 0 and 1, got {fraction!r}")
     n = len(data)
     if n < 2:
         raise DataError(f"cannot hold out part of {n} sample(s); at least 2 are needed")

@@ -9,6 +9,8 @@ import numpy as np
 
 from schemas import Params
 
+from .errors import ConfigError
+
 
 def model_delta(local: Mapping[str, np.ndarray], base: Mapping[str, np.ndarray]) -> Params:
     """``local − base`` per tensor, float32, in ``base``'s order."""
@@ -30,7 +32,7 @@ def clip_global_norm(delta: Mapping[str, np.ndarray], clip_norm: float) -> tuple
     Returns the clipped delta and the norm before clipping.
     """
     if clip_norm <= 0:
-        raise ValueError("clip_norm must be positive")
+        raise ConfigError("clip_norm must be positive")
     norm = global_norm(delta)
     scale = min(1.0, clip_norm / norm) if norm > 0 else 1.0
     return {n: (v * np.float32(scale)).astype(np.float32) for n, v in delta.items()}, norm
@@ -41,7 +43,7 @@ def add_gaussian_noise(
 ) -> Params:
     """Add i.i.d. N(0, std²) to every element (the local Gaussian mechanism)."""
     if std < 0:
-        raise ValueError("std must be >= 0")
+        raise ConfigError("std must be >= 0")
     return {
         n: (v + rng.normal(0.0, std, size=v.shape)).astype(np.float32) for n, v in delta.items()
     }

@@ -3,6 +3,7 @@
 Entries are chosen by ``Outbox.due`` (never sent, sent on an earlier connection, or unacked
 past the resend timeout), packed into one QoS 1 publish of at most ``batch_entries`` entries
 and ``batch_bytes`` bytes, and marked sent. Nothing is deleted here: only an ack does that.
+The resend timeouts run on the injected clock.
 """
 
 from __future__ import annotations
@@ -14,11 +15,13 @@ from collections.abc import Callable
 
 from schemas import UpdateBatch, pack_batch
 
+from .clock import Clock, SystemClock, wait_for, wall_ms
 from .errors import NotConnectedError
 from .outbox import Outbox
-from .session import Session
+from .session import PUBLISH_RETRY_S, Session
+from .shared import AgentStats, Pulse
 
-_RETRY_S = 0.2  # after a publish failed while the session still looked connected
+__all__ = ["Flusher"]
 
 
 class Flusher:
@@ -30,22 +33,27 @@ class Flusher:
         *,
         batch_entries: int,
         batch_bytes: int,
-        now_ms: Callable[[], int],
         ready: Callable[[], bool],
-        on_sent: Callable[[list[int]], None] | None = None,
+        clock: Clock | None = None,
+        stats: AgentStats | None = None,
+        changed: Pulse | None = None,
+        wake: asyncio.Event | None = None,
         logger: logging.Logger | None = None,
     ) -> None:
-        """``ready()`` says whether sending is allowed at all (the device is enrolled)."""
+        """``ready()`` says whether sending is allowed at all (the device is enrolled);
+        ``stats`` counts the batches and entries sent, ``changed`` fires after each; setting
+        ``wake`` makes the flusher look again at once."""
         self._outbox = outbox
         self._session = session
         self._topic = topic
         self._batch_entries = batch_entries
         self._batch_bytes = batch_bytes
-        self._now_ms = now_ms
         self._ready = ready
-        self._on_sent = on_sent
+        self._clock = clock or SystemClock()
+        self._stats = stats or AgentStats()
+        self._changed = changed or Pulse()
         self._log = logger or logging.getLogger(__name__)
-        self._wake = asyncio.Event()
+        self._wake = wake or asyncio.Event()
         self.batches = 0
         self.entries = 0
 
@@ -64,8 +72,10 @@ class Flusher:
                     continue
             wait = None if next_due is None else max(0.0, (next_due - self._now_ms()) / 1000)
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(wait):
-                    await self._wake.wait()
+                await wait_for(self._clock, self._wake.wait(), wait)
+
+    def _now_ms(self) -> int:
+        return wall_ms(self._clock)
 
     async def _send_due(self) -> tuple[bool, int | None]:
         """Send one batch if anything is due; returns (sent, when the next entry is due)."""
@@ -80,12 +90,13 @@ class Flusher:
             await self._session.publish(
                 self._topic, pack_batch(UpdateBatch([e.envelope for e in entries])), qos=1)
         except NotConnectedError:
-            await asyncio.sleep(_RETRY_S)
+            await self._clock.sleep(PUBLISH_RETRY_S)
             return True, None
         await self._outbox.mark_sent(seqs, now)
         self.batches += 1
         self.entries += len(entries)
+        self._stats.batches_sent += 1
+        self._stats.entries_sent += len(entries)
         self._log.debug("sent batch of %d (seqs %d..%d)", len(seqs), seqs[0], seqs[-1])
-        if self._on_sent is not None:
-            self._on_sent(seqs)
+        self._changed.fire()
         return True, None

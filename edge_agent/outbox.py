@@ -4,16 +4,25 @@ An entry is committed before anything is sent and deleted only when a signed ack
 seq, so delivery is at-least-once across link cuts and restarts. ``due`` decides which
 entries to (re)send: never sent, sent on an earlier connection (the ack may have been lost
 with it), or unacked for longer than the resend timeout, which doubles per attempt.
+
+The outbox table lives in the agent's state file; ``LocalState`` owns the connection and its
+lock, this module owns the table's statements and its running totals.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from schemas import Params
 
-from .state import LocalState, OutboxEntry, OutboxRow
+from .records import OutboxEntry, OutboxRow
+from .state import LocalState, write_residual
+
+__all__ = ["Outbox", "OutboxEntry", "OutboxRow", "ResendPolicy"]
+
+_ENTRY = "seq, envelope, created_ms, attempts, last_sent_ms"
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,29 +37,56 @@ class ResendPolicy:
 
 
 class Outbox:
-    """Outbox operations over the agent's state (which owns the connection)."""
+    """The outbox table of an open ``LocalState``; build it with ``await Outbox.open(state)``."""
 
-    def __init__(self, state: LocalState, policy: ResendPolicy | None = None) -> None:
+    def __init__(self, state: LocalState, policy: ResendPolicy | None, *, count: int,
+                 nbytes: int) -> None:
         self._state = state
         self.policy = policy or ResendPolicy()
+        self._len = count
+        self._bytes = nbytes
+
+    @classmethod
+    async def open(cls, state: LocalState, policy: ResendPolicy | None = None) -> Outbox:
+        async with state.reading() as db, db.execute(
+            "SELECT COUNT(*), COALESCE(SUM(LENGTH(envelope)), 0) FROM outbox"
+        ) as cur:
+            row = await cur.fetchone()
+        assert row is not None
+        return cls(state, policy, count=int(row[0]), nbytes=int(row[1]))
 
     def __len__(self) -> int:
-        return self._state.outbox_len
+        return self._len
 
     @property
     def nbytes(self) -> int:
-        return self._state.outbox_bytes
+        return self._bytes
 
     async def put(
         self, seq: int, envelope: bytes, *, created_ms: int, residual: Params | None = None
     ) -> None:
         """Durably add an entry (committed when this returns), with the residual that the
         encoding of this update left behind, in the same transaction."""
-        await self._state.outbox_put(seq, envelope, created_ms=created_ms, residual=residual)
+        async with self._state.transaction() as tx:
+            await tx.execute(
+                "INSERT INTO outbox (seq, envelope, created_ms) VALUES (?, ?, ?)",
+                (seq, envelope, created_ms),
+            )
+            if residual is not None:
+                await write_residual(tx, residual)
+        self._len += 1
+        self._bytes += len(envelope)
 
     async def pending(self, limit: int | None = None) -> list[OutboxEntry]:
-        """All entries, oldest first."""
-        return await self._state.outbox_entries(limit)
+        """All entries, oldest first (by seq)."""
+        sql = f"SELECT {_ENTRY} FROM outbox ORDER BY seq"
+        args: tuple[int, ...] = ()
+        if limit is not None:
+            sql += " LIMIT ?"
+            args = (limit,)
+        async with self._state.reading() as db, db.execute(sql, args) as cur:
+            rows = await cur.fetchall()
+        return [_entry(r) for r in rows]
 
     async def due(
         self, now_ms: int, *, connected_since_ms: int, limit: int, max_bytes: int
@@ -60,7 +96,7 @@ class Outbox:
         chosen: list[int] = []
         size = 0
         next_due: int | None = None
-        for row in await self._state.outbox_rows():
+        for row in await self.rows():
             at = self._due_at(row, connected_since_ms)
             if at > now_ms:
                 next_due = at if next_due is None else min(next_due, at)
@@ -70,7 +106,7 @@ class Outbox:
                 break
             chosen.append(row.seq)
             size += row.size
-        return await self._state.outbox_get(chosen), next_due
+        return await self._get(chosen), next_due
 
     def _due_at(self, entry: OutboxRow, connected_since_ms: int) -> int:
         if entry.last_sent_ms is None or entry.last_sent_ms < connected_since_ms:
@@ -78,8 +114,53 @@ class Outbox:
         return entry.last_sent_ms + self.policy.timeout_ms(entry.attempts)
 
     async def mark_sent(self, seqs: Iterable[int], now_ms: int) -> None:
-        await self._state.outbox_mark_sent(seqs, now_ms)
+        rows = [(now_ms, s) for s in seqs]
+        async with self._state.transaction() as tx:
+            await tx.executemany(
+                "UPDATE outbox SET attempts = attempts + 1, last_sent_ms = ? WHERE seq = ?", rows
+            )
 
     async def ack(self, seqs: Iterable[int]) -> int:
         """Remove the acknowledged entries; returns how many were still there."""
-        return await self._state.outbox_delete(seqs)
+        wanted = sorted(set(seqs))
+        if not wanted:
+            return 0
+        removed = freed = 0
+        async with self._state.transaction() as tx:
+            for seq in wanted:
+                async with tx.execute(
+                    "DELETE FROM outbox WHERE seq = ? RETURNING LENGTH(envelope)", (seq,)
+                ) as cur:
+                    row = await cur.fetchone()
+                if row is not None:
+                    removed += 1
+                    freed += int(row[0])
+        self._len -= removed
+        self._bytes -= freed
+        return removed
+
+    async def rows(self) -> list[OutboxRow]:
+        """Every entry's bookkeeping (attempts, when last sent), oldest first."""
+        async with self._state.reading() as db, db.execute(
+            "SELECT seq, LENGTH(envelope), created_ms, attempts, last_sent_ms FROM outbox "
+            "ORDER BY seq"
+        ) as cur:
+            rows = await cur.fetchall()
+        return [OutboxRow(int(r[0]), int(r[1]), int(r[2]), int(r[3]),
+                          None if r[4] is None else int(r[4])) for r in rows]
+
+    async def _get(self, seqs: Iterable[int]) -> list[OutboxEntry]:
+        """The named entries that still exist, in seq order."""
+        out: list[OutboxEntry] = []
+        async with self._state.reading() as db:
+            for seq in sorted(set(seqs)):
+                async with db.execute(f"SELECT {_ENTRY} FROM outbox WHERE seq = ?", (seq,)) as cur:
+                    r = await cur.fetchone()
+                if r is not None:
+                    out.append(_entry(r))
+        return out
+
+
+def _entry(r: Any) -> OutboxEntry:
+    return OutboxEntry(int(r[0]), bytes(r[1]), int(r[2]), int(r[3]),
+                       None if r[4] is None else int(r[4]))

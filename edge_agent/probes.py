@@ -21,6 +21,8 @@ from typing import Protocol
 
 from schemas import Thermal
 
+from .errors import ConfigError
+
 _SIM_STEP_S = 10.0
 _MAX_SIM_STEPS = 10_000
 
@@ -218,7 +220,7 @@ def intervals(spans: Sequence[tuple[float, float]]) -> Schedule:
 def periodic(period_s: float, on_s: float, phase_s: float = 0.0) -> Schedule:
     """On for the first ``on_s`` seconds of every ``period_s``, shifted by ``phase_s``."""
     if period_s <= 0 or not 0 <= on_s <= period_s:
-        raise ValueError("need period_s > 0 and 0 <= on_s <= period_s")
+        raise ConfigError("need period_s > 0 and 0 <= on_s <= period_s")
     return lambda t: (t + phase_s) % period_s < on_s
 
 
@@ -259,7 +261,7 @@ class SimulatedProbe:
         thresholds: ThermalThresholds | None = None,
     ) -> None:
         if time_scale <= 0:
-            raise ValueError("time_scale must be positive")
+            raise ConfigError("time_scale must be positive")
         self.profile = profile or SimulationProfile()
         self._plugged = plugged or always(False)
         self._link = link or always(True)
@@ -282,15 +284,6 @@ class SimulatedProbe:
         with self._lock:
             self._advance()
             self._battery = None if pct is None else max(0.0, min(100.0, pct))
-
-    def set_temperature(self, celsius: float) -> None:
-        with self._lock:
-            self._advance()
-            self._temperature = celsius
-
-    @property
-    def sim_time_s(self) -> float:
-        return (self._clock() - self._start) * self._scale
 
     def read(self) -> DeviceState:
         with self._lock:

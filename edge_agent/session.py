@@ -14,9 +14,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
-import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import aiomqtt
 from aiomqtt.exceptions import MqttConnectError
@@ -24,7 +24,13 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from .backoff import Backoff
-from .errors import NotConnectedError, storage_full
+from .clock import Clock, SystemClock, wall_ms
+from .errors import ConfigError, NotConnectedError, storage_full
+
+__all__ = ["PUBLISH_RETRY_S", "BrokerAddress", "Session"]
+
+PUBLISH_RETRY_S = 0.2
+"""Pause before publishing again after a publish failed while the session looked connected."""
 
 MessageHandler = Callable[[str, bytes], Awaitable[None]]
 WillFactory = Callable[[], Awaitable[bytes]]
@@ -61,10 +67,13 @@ class Session:
         operation_timeout_s: float = 10.0,
         link_poll_s: float = 1.0,
         max_queued_messages: int = 1000,
+        clock: Clock | None = None,
         logger: logging.Logger | None = None,
     ) -> None:
+        """``clock`` gives the connection times and paces the link polls (and, when no
+        ``backoff`` is given, the reconnect delays)."""
         if (will is None) != (will_topic is None):
-            raise ValueError("give both will and will_topic, or neither")
+            raise ConfigError("give both will and will_topic, or neither")
         self._address = address
         self._subscriptions = tuple(subscriptions)
         self._on_message = on_message
@@ -74,7 +83,8 @@ class Session:
         self._on_connect = on_connect
         self._on_disconnect = on_disconnect
         self._link_up = link_up
-        self.backoff = backoff or Backoff()
+        self._clock = clock or SystemClock()
+        self.backoff = backoff or Backoff(sleep=self._clock.sleep)
         self._keepalive_s = keepalive_s
         self._session_expiry_s = session_expiry_s
         self._timeout_s = operation_timeout_s
@@ -134,8 +144,8 @@ class Session:
     async def _wait_for_link(self) -> None:
         assert self._link_up is not None
         # the link is an outside condition (a probe), not an event anyone could set
-        while not await self._link_up():  # noqa: ASYNC110
-            await asyncio.sleep(self._link_poll_s)
+        while not await self._link_up():
+            await self._clock.sleep(self._link_poll_s)
 
     async def _connect_and_receive(self) -> None:
         client = await self._new_client()
@@ -153,7 +163,7 @@ class Session:
                     raise asyncio.CancelledError
                 self._client = client
                 self._will_payload = None  # this one may be published: sign a new one next time
-                self._connected_since_ms = int(time.time() * 1000)
+                self._connected_since_ms = wall_ms(self._clock)
                 self._lost = asyncio.Event()
                 self.connections += 1
                 self.backoff.reset()
@@ -185,24 +195,31 @@ class Session:
         while its read is being cancelled, so one read stays pending across polls.
         """
         messages = client.messages
-        poll = self._link_poll_s if self._link_up is not None else None
+        link_up = self._link_up
         pending: asyncio.Future[aiomqtt.Message] | None = None
+        timer: asyncio.Future[None] | None = None
         try:
             while True:
                 if pending is None:
                     pending = asyncio.ensure_future(messages.__anext__())
-                done, _ = await asyncio.wait({pending}, timeout=poll)
-                if not done:
-                    if self._link_up is not None and not await self._link_up():
+                if link_up is not None and timer is None:
+                    # polls on the clock, however busy the message stream is
+                    timer = asyncio.ensure_future(self._clock.sleep(self._link_poll_s))
+                waiting: set[asyncio.Future[Any]] = {pending} if timer is None else {pending, timer}
+                await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+                if timer is not None and timer.done():
+                    timer = None
+                    if link_up is not None and not await link_up():
                         unfinished, pending = pending, None
                         return unfinished
-                    continue
-                message = pending.result()  # MqttError when the connection dropped
-                pending = None
-                await self._handle(message)
+                if pending.done():
+                    message = pending.result()  # MqttError when the connection dropped
+                    pending = None
+                    await self._handle(message)
         finally:
-            if pending is not None and not pending.done():
-                pending.cancel()
+            for future in (pending, timer):
+                if future is not None and not future.done():
+                    future.cancel()
 
     async def _handle(self, message: aiomqtt.Message) -> None:
         payload = message.payload

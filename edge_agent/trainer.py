@@ -11,7 +11,6 @@ is gathered straight into a bound input buffer.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,22 +18,21 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-META_PARAMS = "fedmq.params"
-META_KIND = "fedmq.kind"
-META_SPEC = "fedmq.spec"
-_DATA_INPUTS = frozenset({"X", "y", "lr", "mu"})
-_FLOAT = "tensor(float)"
-_INT64 = "tensor(int64)"
+from .contract import (
+    META_KIND,
+    Parameters,
+    Shape,
+    check_other,
+    check_train_step,
+    classes_from_metadata,
+    param_names,
+    shape_matches,
+    show_shape,
+    signature,
+)
+from .errors import ConfigError, DataError, ModelContractError, ModelRunError
 
-Shape = tuple[int | None, ...]
-
-
-class ModelContractError(ValueError):
-    """The graphs, or the parameters given for them, do not honour the model contract."""
-
-
-class ModelRunError(RuntimeError):
-    """ONNX Runtime failed while running a graph that passed the contract checks."""
+__all__ = ["ModelContractError", "ModelRunError", "OrtModel", "TrainResult"]
 
 
 @dataclass(frozen=True)
@@ -47,13 +45,6 @@ class TrainResult:
     steps: int
     samples: int
     stopped_early: bool
-
-
-@dataclass(frozen=True)
-class _Signature:
-    inputs: dict[str, tuple[str, Shape]]
-    outputs: dict[str, tuple[str, Shape]]
-    metadata: dict[str, str]
 
 
 class OrtModel:
@@ -71,7 +62,7 @@ class OrtModel:
         allow_spinning: bool = False,
     ) -> None:
         if intra_op_threads < 1:
-            raise ValueError(f"intra_op_threads must be >= 1, got {intra_op_threads}")
+            raise ConfigError(f"intra_op_threads must be >= 1, got {intra_op_threads}")
         for required in ("train_step", "eval"):
             if required not in graphs:
                 raise ModelContractError(f"the {required!r} graph is missing")
@@ -81,27 +72,28 @@ class OrtModel:
         infer = graphs.get("infer")
         self._infer = _load(infer, "infer", options) if infer is not None else None
 
-        train_sig = _signature(self._train)
-        self.param_names: tuple[str, ...] = _param_names(train_sig)
+        train_sig = signature(self._train)
+        self.param_names: tuple[str, ...] = param_names(train_sig)
         self.supervised: bool = "y" in train_sig.inputs
         self.kind: str | None = train_sig.metadata.get(META_KIND)
         self.param_shapes: dict[str, Shape] = {
             name: train_sig.inputs[name][1] for name in self.param_names
         }
-        _check_train_step(train_sig, self.param_names, self.supervised)
+        check_train_step(train_sig, self.param_names, self.supervised)
         self.n_features: int | None = train_sig.inputs["X"][1][1]
-        _check_other(_signature(self._eval), "eval", self, outputs=("loss", "metric"))
+        params = Parameters(self.param_names, self.param_shapes, self.supervised)
+        check_other(signature(self._eval), "eval", params, outputs=("loss", "metric"))
         self.n_classes: int | None = None
         self._infer_outputs: list[str] = []
         if self._infer is not None:
-            infer_sig = _signature(self._infer)
-            _check_other(infer_sig, "infer", self, outputs=())
+            infer_sig = signature(self._infer)
+            check_other(infer_sig, "infer", params, outputs=())
             self._infer_outputs = list(infer_sig.outputs)
             probs = infer_sig.outputs.get("probs")
             if probs is not None and len(probs[1]) == 2:
                 self.n_classes = probs[1][1]
         if self.n_classes is None and self.supervised:
-            self.n_classes = _classes_from_metadata(train_sig.metadata)
+            self.n_classes = classes_from_metadata(train_sig.metadata)
 
     @property
     def has_infer(self) -> bool:
@@ -130,11 +122,11 @@ class OrtModel:
         ends there and the parameters reached so far are returned.
         """
         if not _is_int(epochs) or epochs < 1:
-            raise ValueError(f"epochs must be a positive integer, got {epochs!r}")
+            raise ConfigError(f"epochs must be a positive integer, got {epochs!r}")
         _check_batch_size(batch_size)
         for name, value in (("lr", lr), ("mu", mu)):
             if not np.isfinite(value) or value < 0:
-                raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+                raise ConfigError(f"{name} must be a finite number >= 0, got {value!r}")
         start = self._check_params(params, "params", copy=True)
         anchor = (
             self._check_params(global_params, "global_params", copy=False)
@@ -231,10 +223,10 @@ class OrtModel:
         for name in self.param_names:
             # copy=None: convert (float64, lists) when needed, share the buffer when not
             array = np.array(params[name], dtype=np.float32, copy=True if copy else None, order="C")
-            if not _shape_matches(array.shape, self.param_shapes[name]):
+            if not shape_matches(array.shape, self.param_shapes[name]):
                 raise ModelContractError(
                     f"{what}: parameter {name!r} has shape {array.shape}, the graphs expect "
-                    f"{_show_shape(self.param_shapes[name])}"
+                    f"{show_shape(self.param_shapes[name])}"
                 )
             checked[name] = array
         return checked
@@ -244,26 +236,26 @@ class OrtModel:
     ) -> tuple[np.ndarray, np.ndarray | None]:
         X = np.ascontiguousarray(X, dtype=np.float32)
         if X.ndim != 2 or len(X) == 0:
-            raise ValueError(f"X must be a non-empty 2-D array, got shape {X.shape}")
+            raise DataError(f"X must be a non-empty 2-D array, got shape {X.shape}")
         if self.n_features is not None and X.shape[1] != self.n_features:
-            raise ValueError(f"X has {X.shape[1]} features, the model expects {self.n_features}")
+            raise DataError(f"X has {X.shape[1]} features, the model expects {self.n_features}")
         if not labels:
             return X, None
         if not self.supervised:
             if y is not None:
-                raise ValueError("this model is unsupervised; pass y=None")
+                raise DataError("this model is unsupervised; pass y=None")
             return X, None
         if y is None:
-            raise ValueError("this model is supervised; labels y are required")
+            raise DataError("this model is supervised; labels y are required")
         y = np.ascontiguousarray(y)
         if y.shape != (len(X),) or not np.issubdtype(y.dtype, np.integer):
-            raise ValueError(
+            raise DataError(
                 f"y must be a 1-D integer array of length {len(X)}, got {y.dtype} {y.shape}"
             )
         y = y.astype(np.int64, copy=False)
         if y.min() < 0 or (self.n_classes is not None and y.max() >= self.n_classes):
             bound = f"below {self.n_classes}" if self.n_classes is not None else "non-negative"
-            raise ValueError(f"labels must be class indices {bound}; got {y.min()}..{y.max()}")
+            raise DataError(f"labels must be class indices {bound}; got {y.min()}..{y.max()}")
         return X, y
 
 
@@ -362,108 +354,6 @@ def _load(graph: bytes, name: str, options: ort.SessionOptions) -> ort.Inference
         raise ModelContractError(f"onnxruntime cannot load the {name!r} graph: {exc}") from exc
 
 
-def _signature(session: ort.InferenceSession) -> _Signature:
-    def shape(arg: Any) -> Shape:
-        return tuple(d if isinstance(d, int) else None for d in (arg.shape or ()))
-
-    return _Signature(
-        inputs={a.name: (a.type, shape(a)) for a in session.get_inputs()},
-        outputs={a.name: (a.type, shape(a)) for a in session.get_outputs()},
-        metadata=dict(session.get_modelmeta().custom_metadata_map),
-    )
-
-
-def _param_names(sig: _Signature) -> tuple[str, ...]:
-    derived = tuple(
-        n for n in sig.inputs if n not in _DATA_INPUTS and not n.endswith("_global")
-    )
-    listed = sig.metadata.get(META_PARAMS)
-    if listed:
-        names = tuple(n for n in listed.split(",") if n)
-        if set(names) != set(derived):
-            raise ModelContractError(
-                f"train_step: metadata lists parameters {', '.join(names)} but the graph's "
-                f"parameter inputs are {', '.join(derived)}"
-            )
-        derived = names
-    if not derived:
-        raise ModelContractError("train_step: the graph has no parameter inputs")
-    return derived
-
-
-def _classes_from_metadata(metadata: dict[str, str]) -> int | None:
-    try:
-        value = json.loads(metadata[META_SPEC])["n_classes"]
-    except (KeyError, TypeError, ValueError):
-        return None
-    return value if isinstance(value, int) and value >= 2 else None
-
-
-def _check_train_step(sig: _Signature, names: tuple[str, ...], supervised: bool) -> None:
-    expected = {"X": _FLOAT, "lr": _FLOAT, "mu": _FLOAT}
-    if supervised:
-        expected["y"] = _INT64
-    for name in names:
-        expected[name] = expected[f"{name}_global"] = _FLOAT
-    _check_inputs(sig, "train_step", expected)
-    for name in names:
-        if sig.inputs[f"{name}_global"][1] != sig.inputs[name][1]:
-            raise ModelContractError(
-                f"train_step: input '{name}_global' has shape "
-                f"{_show_shape(sig.inputs[f'{name}_global'][1])}, "
-                f"but {name!r} has {_show_shape(sig.inputs[name][1])}"
-            )
-    x_shape = sig.inputs["X"][1]
-    if len(x_shape) != 2:
-        raise ModelContractError(f"train_step: X must be 2-D, the graph says {x_shape}")
-    for name in ("lr", "mu"):
-        if sig.inputs[name][1] != ():
-            raise ModelContractError(f"train_step: {name!r} must be a scalar (shape [])")
-    _check_outputs(sig, "train_step", [f"{n}_new" for n in names] + ["loss"])
-
-
-def _check_other(sig: _Signature, graph: str, model: OrtModel, outputs: tuple[str, ...]) -> None:
-    expected = {"X": _FLOAT, **dict.fromkeys(model.param_names, _FLOAT)}
-    if model.supervised and graph == "eval":
-        expected["y"] = _INT64
-    _check_inputs(sig, graph, expected)
-    for name in model.param_names:
-        shape = sig.inputs[name][1]
-        if not _shapes_compatible(shape, model.param_shapes[name]):
-            raise ModelContractError(
-                f"{graph}: parameter {name!r} has shape {_show_shape(shape)}, train_step "
-                f"says {_show_shape(model.param_shapes[name])}"
-            )
-    _check_outputs(sig, graph, list(outputs))
-    if not sig.outputs:
-        raise ModelContractError(f"{graph}: the graph has no outputs")
-
-
-def _check_inputs(sig: _Signature, graph: str, expected: dict[str, str]) -> None:
-    missing = [n for n in expected if n not in sig.inputs]
-    if missing:
-        raise ModelContractError(f"{graph}: missing input(s) {', '.join(missing)}")
-    extra = [n for n in sig.inputs if n not in expected]
-    if extra:
-        raise ModelContractError(f"{graph}: unexpected input(s) {', '.join(extra)}")
-    for name, elem in expected.items():
-        if sig.inputs[name][0] != elem:
-            raise ModelContractError(
-                f"{graph}: input {name!r} is {sig.inputs[name][0]}, expected {elem}"
-            )
-
-
-def _check_outputs(sig: _Signature, graph: str, expected: list[str]) -> None:
-    missing = [n for n in expected if n not in sig.outputs]
-    if missing:
-        raise ModelContractError(f"{graph}: missing output(s) {', '.join(missing)}")
-    for name in expected:
-        if sig.outputs[name][0] != _FLOAT:
-            raise ModelContractError(
-                f"{graph}: output {name!r} is {sig.outputs[name][0]}, expected {_FLOAT}"
-            )
-
-
 def _run(
     session: ort.InferenceSession, graph: str, outputs: list[str], feeds: dict[str, Any]
 ) -> list[np.ndarray]:
@@ -478,25 +368,9 @@ def _ortvalue(array: np.ndarray) -> ort.OrtValue:
     return ort.OrtValue.ortvalue_from_numpy(array)
 
 
-def _shape_matches(actual: tuple[int, ...], declared: Shape) -> bool:
-    return len(actual) == len(declared) and all(
-        d is None or d == a for a, d in zip(actual, declared, strict=True)
-    )
-
-
-def _shapes_compatible(a: Shape, b: Shape) -> bool:
-    return len(a) == len(b) and all(
-        x is None or y is None or x == y for x, y in zip(a, b, strict=True)
-    )
-
-
-def _show_shape(shape: Shape) -> str:
-    return "(" + ", ".join("?" if d is None else str(d) for d in shape) + ")"
-
-
 def _check_batch_size(batch_size: int) -> None:
     if not _is_int(batch_size) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
 
 
 def _is_int(value: object) -> bool:

@@ -25,6 +25,7 @@ from typing import Any
 import aiomqtt
 import numpy as np
 import pytest
+from agent_clock import FakeClock
 from nacl.signing import SigningKey, VerifyKey
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
@@ -115,6 +116,9 @@ class FakeOrchestrator:
     statuses: list[tuple[str, Header, Status]] = field(default_factory=list)
     evals: list[EvalReport] = field(default_factory=list)
     enrolls: int = 0
+    enroll_headers: list[Header] = field(default_factory=list)
+    ignore_enrolls: int = 0
+    """How many enrolls to drop unanswered before answering (an orchestrator not yet up)."""
     model: dict[str, np.ndarray] | None = None
     model_version: int = 0
 
@@ -274,7 +278,11 @@ class FakeOrchestrator:
             await self._on_updates(device, known.key, payload)
 
     async def _on_enroll(self, device: str, payload: bytes) -> None:
-        _, enroll = open_enroll(payload)
+        header, enroll = open_enroll(payload)
+        self.enroll_headers.append(header)
+        if self.ignore_enrolls > 0:
+            self.ignore_enrolls -= 1
+            return
         known = self.devices.get(device)
         assert known is not None, f"unexpected device {device}"
         assert check_enroll_mac(known.secret, enroll.mac, fed=self.fed, device_id=device,
@@ -353,6 +361,12 @@ FAST = AgentConfig(heartbeat_s=30.0, enroll_retry_s=0.5, ack_timeout_s=1.0,
 @pytest.fixture
 def agent_config() -> AgentConfig:
     return FAST
+
+
+@pytest.fixture
+def fake_clock() -> FakeClock:
+    """A clock that moves only when the test advances it (see ``agent_clock``)."""
+    return FakeClock()
 
 
 def new_agent(bundle: Bundle, data: LocalData, state: str | os.PathLike[str],

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-import time
+import itertools
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -16,21 +16,30 @@ from orchestrator.models import BuiltModel
 from schemas import AgentState, Codec, CodecSpec, ControlAction, EnrollStatus, TaskAction
 
 if TYPE_CHECKING:
+    from agent_clock import FakeClock
     from conftest import FakeOrchestrator
+
+
+def _status_stamped(orch: FakeOrchestrator, ts_ms: int) -> Callable[[], bool]:
+    """The orchestrator holds a status the agent signed at ``ts_ms``."""
+    return lambda: any(h.ts_ms == ts_ms for _, h, _ in orch.statuses)
 
 
 async def test_a_deferred_agent_does_not_ask_again_before_the_retry_time(
     orchestrator: FakeOrchestrator, built_model: BuiltModel, shard: LocalData, tmp_path: Path,
     make_agent: Callable[..., Agent], agent_config: Any, ready: Callable[..., Any],
+    fake_clock: FakeClock,
 ) -> None:
     orch = orchestrator
     bundle = await orch.add_device("dev-d")
     await orch.publish_model(built_model)
-    config = dataclasses.replace(agent_config, heartbeat_s=0.1)  # heartbeats keep flowing
-    async with make_agent(bundle, shard, tmp_path / "agent.db", config) as agent:
+    # heartbeats keep flowing every 0.1 s of clock time (the link poll stays out of the way)
+    config = dataclasses.replace(agent_config, heartbeat_s=0.1, link_poll_s=3600.0)
+    async with make_agent(bundle, shard, tmp_path / "agent.db", config,
+                          clock=fake_clock) as agent:
         await ready(agent, orch)
         first = len(orch.statuses)
-        sent_ms = int(time.time() * 1000)
+        sent_ms = fake_clock.wall_ms()
         await orch.defer("dev-d", retry_after_ms=800)
 
         def since_deferred() -> list[tuple[int, AgentState]]:
@@ -38,20 +47,27 @@ async def test_a_deferred_agent_does_not_ask_again_before_the_retry_time(
             starts = [i for i, (_, st) in enumerate(states) if st is AgentState.DEFERRED]
             return states[starts[0]:] if starts else []
 
-        await orch.wait_until(
-            lambda: any(st is AgentState.IDLE for _, st in since_deferred()), 5)
-        assert agent.defer_until_ms >= sent_ms + 800
+        await orch.wait_until(lambda: bool(since_deferred()))
+        assert agent.defer_until_ms == sent_ms + 800
+        while not any(st is AgentState.IDLE for _, st in since_deferred()):
+            # advance only once the heartbeat waits: one status per step, stamped at its time
+            sleeper = await fake_clock.sleeper(lambda s: s.duration <= 0.101)
+            await fake_clock.advance(sleeper.remaining)
+            await orch.wait_until(_status_stamped(orch, fake_clock.wall_ms()))
     after = since_deferred()
     deferred = [ts for ts, st in after if st is AgentState.DEFERRED]
     idle = [ts for ts, st in after if st is AgentState.IDLE]
     assert len(deferred) >= 3  # heartbeats went on, but none of them asked for work
     assert min(idle) >= agent.defer_until_ms
     assert max(deferred) < agent.defer_until_ms
+    # the first ask came when the deferral ended, not a heartbeat later
+    assert min(idle) - agent.defer_until_ms <= 1
 
 
 async def test_stop_resume_isolate_reconfigure(
     orchestrator: FakeOrchestrator, built_model: BuiltModel, shard: LocalData, tmp_path: Path,
-    make_agent: Callable[..., Agent], ready: Callable[..., Any],
+    make_agent: Callable[..., Agent], agent_config: Any, ready: Callable[..., Any],
+    fake_clock: FakeClock,
 ) -> None:
     orch = orchestrator
     bundle = await orch.add_device("dev-c")
@@ -61,7 +77,9 @@ async def test_stop_resume_isolate_reconfigure(
         s = orch.statuses_of("dev-c")[-1]
         return s.state, s.reason
 
-    async with make_agent(bundle, shard, tmp_path / "agent.db") as agent:
+    config = dataclasses.replace(agent_config, link_poll_s=3600.0)
+    async with make_agent(bundle, shard, tmp_path / "agent.db", config,
+                          clock=fake_clock) as agent:
         await ready(agent, orch)
         await orch.control("dev-c", ControlAction.STOP, reason="converged")
         await orch.wait_until(lambda: last_state() == (AgentState.STOPPED, "federation_stopped"))
@@ -76,9 +94,14 @@ async def test_stop_resume_isolate_reconfigure(
         await orch.control("dev-c", ControlAction.REINSTATE)
         await orch.wait_until(lambda: last_state() == (AgentState.IDLE, ""))
 
-        before = len(orch.statuses)
         await orch.control("dev-c", ControlAction.RECONFIGURE, params={"heartbeat_s": 0.05})
-        await orch.wait_until(lambda: len(orch.statuses) >= before + 5, 5)  # faster heartbeats
+        beats = []
+        for _ in range(5):  # faster heartbeats: every 0.05 s of clock time
+            sleeper = await fake_clock.sleeper(lambda s: s.duration == pytest.approx(0.05))
+            await fake_clock.advance(sleeper.remaining)
+            beats.append(fake_clock.wall_ms())
+            await orch.wait_until(_status_stamped(orch, beats[-1]))
+        assert [b - a for a, b in itertools.pairwise(beats)] == [50] * 4
 
         await orch.publish_model(built_model, stopped=True)  # a stopped model: go idle
         await orch.wait_until(lambda: last_state() == (AgentState.STOPPED, "federation_stopped"))

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
+from agent_clock import FakeClock
 
 from edge_agent.agent import Agent
 from edge_agent.data import LocalData
@@ -158,13 +159,16 @@ def test_training_conditions() -> None:
 async def test_agent_does_not_train_below_the_battery_floor_and_says_so(
     orchestrator: FakeOrchestrator, built_model: BuiltModel, shard: LocalData, tmp_path: Path,
     make_agent: Callable[..., Agent], agent_config: Any, ready: Callable[..., Any],
+    fake_clock: FakeClock,
 ) -> None:
     orch = orchestrator
     bundle = await orch.add_device("dev-low")
     await orch.publish_model(built_model)
-    probe = SimulatedProbe(SimulationProfile(battery_pct=12.0, drain_idle_pct_per_h=0.0))
-    config = dataclasses.replace(agent_config, heartbeat_s=0.2)
-    async with make_agent(bundle, shard, tmp_path / "agent.db", config, probe=probe) as agent:
+    probe = SimulatedProbe(SimulationProfile(battery_pct=12.0, drain_idle_pct_per_h=0.0),
+                           clock=fake_clock.monotonic)
+    config = dataclasses.replace(agent_config, heartbeat_s=0.2, link_poll_s=3600.0)
+    async with make_agent(bundle, shard, tmp_path / "agent.db", config, probe=probe,
+                          clock=fake_clock) as agent:
         await ready(agent, orch)
         await orch.send_task("dev-low", min_battery_pct=20.0)
         await orch.wait_until(lambda: any(
@@ -174,6 +178,8 @@ async def test_agent_does_not_train_below_the_battery_floor_and_says_so(
         assert agent.stats.updates_built == 0 and agent.stats.paused["battery_low"] == 1
 
         probe.set_battery(60.0)  # recharged: the next heartbeat ends the pause
+        sleeper = await fake_clock.sleeper(lambda s: s.duration == pytest.approx(0.2))
+        await fake_clock.advance(sleeper.remaining)
         await orch.wait_until(lambda: orch.statuses_of("dev-low")[-1].state is AgentState.IDLE)
         task = await orch.send_task("dev-low", min_battery_pct=20.0)
         await orch.wait_until(lambda: len(orch.updates) == 1)
@@ -187,15 +193,17 @@ async def test_training_stops_early_when_the_battery_runs_down(
     orch = orchestrator
     bundle = await orch.add_device("dev-drain")
     await orch.publish_model(built_model)
-    # a tenth of a simulated hour per second, 360 %/h while training: 36 %/s, so below 20 %
-    # about 0.11 s after training starts -- long enough that a step runs first even on a
-    # loaded machine (at 3,600 %/s the charge crossed before the training thread's first
-    # step, and the task ended with nothing to send), short next to the 80,000-step task
+    # Every monotonic read moves the clock 1 ms on: the stop check reads it once per step, so
+    # time passes with the steps taken, not with the machine's speed. 360 %/h of simulated
+    # time at 360x is 36 % per clock second: from 24 % the floor of 20 % is crossed after
+    # about 110 ms, i.e. about a hundred steps into the 80,000-step task, on any machine.
+    clock = FakeClock(tick_s=0.001)
     probe = SimulatedProbe(SimulationProfile(battery_pct=24.0, drain_idle_pct_per_h=0.0,
                                              drain_training_pct_per_h=360.0),
-                           time_scale=360.0)
-    config = dataclasses.replace(agent_config, probe_interval_s=0.001)
-    async with make_agent(bundle, shard, tmp_path / "agent.db", config, probe=probe) as agent:
+                           clock=clock.monotonic, time_scale=360.0)
+    config = dataclasses.replace(agent_config, probe_interval_s=0.01, link_poll_s=3600.0)
+    async with make_agent(bundle, shard, tmp_path / "agent.db", config, probe=probe,
+                          clock=clock) as agent:
         await ready(agent, orch)
         await orch.send_task("dev-drain", min_battery_pct=20.0, epochs=10_000)
         await orch.wait_until(lambda: any(
@@ -203,7 +211,7 @@ async def test_training_stops_early_when_the_battery_runs_down(
             for s in orch.statuses_of("dev-drain")))
         await orch.wait_until(lambda: len(orch.updates) == 1)  # the partial work is sent
     update = orch.updates[0].update
-    assert 0 < update.local_steps < 10_000 * 8
+    assert 50 < update.local_steps < 200  # about 110: one clock ms per step
     assert agent.stats.paused["battery_low"] == 1
 
 

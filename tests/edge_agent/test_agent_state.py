@@ -101,7 +101,7 @@ async def test_outbox_put_commits_the_residual_in_the_same_transaction(tmp_path:
     path = tmp_path / "agent.db"
     residual = {"W": np.full((2, 2), 0.5, np.float32)}
     async with _open(path) as state:
-        outbox = Outbox(state)
+        outbox = await Outbox.open(state)
         await outbox.put(1, b"a" * 10, created_ms=100, residual=residual)
         await outbox.put(2, b"b" * 20, created_ms=200)
         assert len(outbox) == 2 and outbox.nbytes == 30
@@ -109,7 +109,7 @@ async def test_outbox_put_commits_the_residual_in_the_same_transaction(tmp_path:
             await outbox.put(2, b"again", created_ms=300, residual={"W": np.zeros((2, 2))})
         assert len(outbox) == 2
     async with _open(path) as state:
-        outbox = Outbox(state)
+        outbox = await Outbox.open(state)
         assert len(outbox) == 2 and outbox.nbytes == 30
         assert [e.seq for e in await outbox.pending()] == [1, 2]
         kept = await state.residual()
@@ -120,7 +120,7 @@ async def test_outbox_put_commits_the_residual_in_the_same_transaction(tmp_path:
 
 async def test_due_entries_follow_the_resend_policy(tmp_path: Path) -> None:
     async with _open(tmp_path / "agent.db") as state:
-        outbox = Outbox(state, ResendPolicy(ack_timeout_ms=1000, max_timeout_ms=3000))
+        outbox = await Outbox.open(state, ResendPolicy(ack_timeout_ms=1000, max_timeout_ms=3000))
         for seq in range(1, 6):
             await outbox.put(seq, bytes(100), created_ms=0)
         due, _ = await outbox.due(10_000, connected_since_ms=5_000, limit=3, max_bytes=10**6)
@@ -146,7 +146,7 @@ async def test_due_entries_follow_the_resend_policy(tmp_path: Path) -> None:
 
 async def test_one_oversized_entry_is_still_sent_alone(tmp_path: Path) -> None:
     async with _open(tmp_path / "agent.db") as state:
-        outbox = Outbox(state)
+        outbox = await Outbox.open(state)
         await outbox.put(1, bytes(500), created_ms=0)
         await outbox.put(2, bytes(10), created_ms=0)
         due, next_due = await outbox.due(0, connected_since_ms=0, limit=10, max_bytes=100)

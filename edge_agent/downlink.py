@@ -1,0 +1,219 @@
+"""Everything the device receives: verification, the replay window, and dispatch.
+
+``Downlink.deliver(topic, payload)`` takes one message as it arrived on ``topic``. Model
+messages go to the ``ModelKeeper``. Messages for this device must verify against the pinned
+orchestrator key, name this federation, the orchestrator as sender and this device as
+recipient, be of a type the orchestrator sends to devices, and be fresh in the replay window
+(a duplicate is ignored, one below the window refused) — in that order, before the body is
+decoded. Then ``Task`` goes to the worker's queue, ``Defer``, ``Control`` and ``Enrolled``
+change the activity, and ``Ack`` removes entries from the outbox.
+
+Nothing forged or malformed raises out of ``deliver``: it is refused, logged and counted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from nacl.signing import VerifyKey
+
+from schemas import (
+    Ack,
+    AckOutcome,
+    Control,
+    ControlAction,
+    DecodeError,
+    Defer,
+    Enrolled,
+    EnrollStatus,
+    FedmqError,
+    Message,
+    Reason,
+    ReplayWindow,
+    Task,
+    Verdict,
+    check_header,
+    decode_body,
+    message_type,
+    parse_topic,
+    unseal_key,
+    verify,
+)
+
+from .clock import Clock, wall_ms
+from .config import AGENT_VERSION
+from .errors import ModelContractError
+from .keeper import ModelKeeper
+from .models import ORCHESTRATOR
+from .outbox import Outbox
+from .records import Enrollment
+from .shared import AgentStats, Pulse, Settings, Shutdown
+from .state import LocalState
+from .tracker import ActivityTracker
+
+__all__ = ["Downlink"]
+
+_DOWN_TYPES: tuple[type[Message], ...] = (Task, Defer, Ack, Control, Enrolled)
+
+
+class Downlink:
+    def __init__(self, *, device_id: str, fed: str, orchestrator_key: VerifyKey,
+                 state: LocalState, window: ReplayWindow, models: ModelKeeper,
+                 tracker: ActivityTracker, tasks: asyncio.Queue[Task], outbox: Outbox,
+                 settings: Settings, shutdown: Shutdown, stats: AgentStats, changed: Pulse,
+                 status_due: asyncio.Event, outbox_due: asyncio.Event, clock: Clock,
+                 exit_on_revoke: bool, logger: logging.Logger) -> None:
+        self._device_id = device_id
+        self._fed = fed
+        self._key = orchestrator_key
+        self._state = state
+        self._window = window
+        self._models = models
+        self._tracker = tracker
+        self._tasks = tasks
+        self._outbox = outbox
+        self._settings = settings
+        self._shutdown = shutdown
+        self._stats = stats
+        self._changed = changed
+        self._status_due = status_due
+        self._outbox_due = outbox_due
+        self._clock = clock
+        self._exit_on_revoke = exit_on_revoke
+        self._log = logger
+
+    async def deliver(self, topic: str, payload: bytes) -> None:
+        """Handle one message as if it had arrived on ``topic``. Never raises for bad input:
+        anything forged or malformed is refused, logged and counted in ``stats.refused``."""
+        try:
+            parsed = parse_topic(topic)
+            if parsed.fed != self._fed:
+                raise FedmqError(Reason.WRONG_FEDERATION, f"topic of federation {parsed.fed!r}")
+            if parsed.area == "model":
+                if payload:  # an empty retained payload clears a superseded chunk
+                    await self._on_model(parsed.kind or "", payload, topic)
+            elif parsed.area == "down" and parsed.device == self._device_id:
+                message = await self._open(payload)
+                if message is not None:
+                    await self._dispatch(message)
+            else:
+                raise DecodeError(Reason.BAD_TOPIC, "not a topic for this device")
+        except FedmqError as exc:
+            self._refuse(topic, exc.reason.value, str(exc))
+        except (ModelContractError, ValueError) as exc:
+            self._refuse(topic, Reason.INVALID_FIELD.value, str(exc))
+
+    def _refuse(self, topic: str, reason: str, detail: str) -> None:
+        self._stats.refused[reason] += 1
+        self._log.warning("refused message on %s: %s", topic, detail)
+        self._changed.fire()
+
+    async def _on_model(self, kind: str, payload: bytes, topic: str) -> None:
+        model = await self._models.receive(kind, payload, topic)
+        if model is None:
+            return
+        self._stats.models_adopted += 1
+        self._status_due.set()  # the reported model version moved
+        self._tracker.set(self._tracker.current.on_model(model.stopped))
+
+    async def _open(self, payload: bytes) -> Message | None:
+        """The verified, fresh message (marked in the window), or None for a duplicate."""
+        opened = verify(payload, self._key)
+        header = opened.header
+        check_header(header, fed=self._fed, sender=ORCHESTRATOR, now_ms=wall_ms(self._clock),
+                     recipient=self._device_id)
+        cls = message_type(opened)
+        if cls not in _DOWN_TYPES:
+            raise DecodeError(Reason.WRONG_TYPE, f"{header.type!r} is not sent to devices")
+        verdict = self._window.classify(header.seq)
+        if verdict is Verdict.DUPLICATE:
+            self._stats.duplicates += 1
+            self._log.debug("duplicate %s seq %d ignored", header.type, header.seq)
+            return None
+        if verdict is not Verdict.FRESH:
+            raise FedmqError(Reason.REPLAY, f"{header.type} seq {header.seq} is below the window")
+        # nothing downstream is sealed today; opening with our key costs nothing if it is
+        message = decode_body(opened, cls, unseal=unseal_key(self._state.signing_key))
+        self._window.mark(header.seq)
+        await self._state.save_replay_window(self._window)
+        return message
+
+    async def _dispatch(self, message: Message) -> None:
+        if isinstance(message, Task):
+            self._on_task(message)
+        elif isinstance(message, Defer):
+            await self._on_defer(message)
+        elif isinstance(message, Ack):
+            await self._on_ack(message)
+        elif isinstance(message, Control):
+            await self._on_control(message)
+        elif isinstance(message, Enrolled):
+            await self._on_enrolled(message)
+
+    def _on_task(self, task: Task) -> None:
+        self._stats.tasks_received += 1
+        try:
+            self._tasks.put_nowait(task)
+        except asyncio.QueueFull:
+            self._stats.tasks_dropped += 1
+            self._log.warning("task %s dropped: %d tasks already queued", task.task_id,
+                              self._tasks.qsize())
+        self._changed.fire()
+
+    async def _on_defer(self, defer: Defer) -> None:
+        now = wall_ms(self._clock)
+        await self._tracker.commit(self._tracker.current.on_defer(now, defer.retry_after_ms))
+        self._log.info("deferred for %d ms%s", defer.retry_after_ms,
+                       f" ({defer.reason})" if defer.reason else "")
+
+    async def _on_ack(self, ack: Ack) -> None:
+        removed = await self._outbox.ack(e.seq for e in ack.entries)
+        for entry in ack.entries:
+            self._stats.acked[entry.outcome.value] += 1
+            if entry.outcome is AckOutcome.REJECTED:
+                self._log.warning("update seq %d rejected: %s", entry.seq, entry.reason or "?")
+        self._log.debug("ack for %d seq(s), %d removed, %d left", len(ack.entries), removed,
+                        len(self._outbox))
+        self._changed.fire()
+
+    async def _on_control(self, control: Control) -> None:
+        action = control.action
+        self._log.info("control %s%s", action.value,
+                       f": {control.reason}" if control.reason else "")
+        if action is ControlAction.RECONFIGURE:
+            await self._reconfigure(control.params)
+            return
+        after = self._tracker.current.on_order(action, control.reason)
+        if after is None:
+            self._log.warning("control %s is not supported by %s; ignored", action.value,
+                              AGENT_VERSION)
+            return
+        await self._tracker.commit(after)
+        if action is ControlAction.REVOKE and self._exit_on_revoke:
+            self._shutdown.finish("revoked")
+
+    async def _reconfigure(self, params: dict[str, Any]) -> None:
+        for name, value in params.items():
+            if name == "heartbeat_s" and isinstance(value, int | float) and value > 0:
+                self._settings.heartbeat_s = float(value)
+            else:
+                self._log.warning("reconfigure: ignoring %s=%r", name, value)
+        await self._state.put("settings", self._settings.to_record())
+        self._status_due.set()
+
+    async def _on_enrolled(self, enrolled: Enrolled) -> None:
+        if enrolled.device_id != self._device_id:
+            raise FedmqError(Reason.SENDER_MISMATCH, f"enrolled for {enrolled.device_id!r}")
+        enrollment = Enrollment(enrolled.status, enrolled.heartbeat_s, enrolled.reason)
+        await self._tracker.commit(self._tracker.current.on_enrolled(enrollment))
+        if enrolled.status is EnrollStatus.REJECTED:
+            self._log.error("enrollment rejected by the orchestrator: %s",
+                            enrolled.reason or "no reason given")
+            self._shutdown.finish("enrollment_rejected")
+        else:
+            self._log.info("enrollment %s (heartbeat %ss)", enrolled.status.value,
+                           enrolled.heartbeat_s)
+        self._status_due.set()
+        self._outbox_due.set()

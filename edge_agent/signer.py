@@ -1,0 +1,64 @@
+"""The agent's outgoing path: number, sign, seal, and (for updates) commit to the outbox.
+
+Every message the device sends carries the next seq of its one durable counter, reserved
+before use (so a crash can skip a seq, never reuse one), and is signed with the device key;
+an update is sealed to the orchestrator's key when its task asks, and written to the outbox
+with the residual its encoding left behind before anything is sent.
+"""
+
+from __future__ import annotations
+
+from nacl.signing import VerifyKey
+
+from schemas import Message, Params, Update, pack, seal_key
+
+from .clock import Clock, wall_ms
+from .errors import OversizedUpdateError
+from .outbox import Outbox
+from .shared import Offload
+from .state import LocalState
+
+__all__ = ["Signer"]
+
+
+class Signer:
+    def __init__(self, state: LocalState, outbox: Outbox, *, device_id: str, fed: str,
+                 orchestrator_key: VerifyKey, clock: Clock, offload: Offload,
+                 max_update_bytes: int) -> None:
+        self._state = state
+        self._outbox = outbox
+        self._device_id = device_id
+        self._fed = fed
+        self._seal_to = seal_key(orchestrator_key)
+        self._clock = clock
+        self._offload = offload
+        self._max_update_bytes = max_update_bytes
+
+    @property
+    def verify_key(self) -> VerifyKey:
+        """The device's public key (what ``Enroll`` registers)."""
+        return self._state.signing_key.verify_key
+
+    def pack(self, message: Message, seq: int, *, seal: bool = False) -> bytes:
+        """Sign ``message`` under ``seq`` (thread-safe: CPU only)."""
+        return pack(message, key=self._state.signing_key, fed=self._fed, sender=self._device_id,
+                    seq=seq, ts_ms=wall_ms(self._clock), seal_to=self._seal_to if seal else None)
+
+    async def sign(self, message: Message) -> bytes:
+        """A small message (status, enroll, eval report) under the next seq."""
+        return self.pack(message, await self._state.reserve_seq())
+
+    async def enqueue_update(self, update: Update, *, seal: bool,
+                             residual: Params) -> tuple[int, int]:
+        """Sign (and seal) ``update`` under the next seq and commit it to the outbox with
+        ``residual``; returns the seq and the envelope's size. ``OversizedUpdateError`` when
+        the envelope would not fit in one batch (nothing is committed then)."""
+        seq = await self._state.reserve_seq()
+        envelope = await self._offload.run(self.pack, update, seq, seal=seal)
+        if len(envelope) > self._max_update_bytes:
+            raise OversizedUpdateError(
+                f"update of {len(envelope)} bytes exceeds the {self._max_update_bytes}-byte "
+                "batch limit; use a compressing codec", device=self._device_id, seq=seq,
+                reason="too_large")
+        await self._outbox.put(seq, envelope, created_ms=wall_ms(self._clock), residual=residual)
+        return seq, len(envelope)
