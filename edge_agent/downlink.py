@@ -41,12 +41,12 @@ from schemas import (
     unseal_key,
     verify,
 )
+from schemas.topics import ORCHESTRATOR_SENDER
 
 from .clock import Clock, wall_ms
 from .config import AGENT_VERSION
 from .errors import ModelContractError
 from .keeper import ModelKeeper
-from .models import ORCHESTRATOR
 from .outbox import Outbox
 from .records import Enrollment
 from .shared import AgentStats, Pulse, Settings, Shutdown
@@ -122,7 +122,7 @@ class Downlink:
         """The verified, fresh message (marked in the window), or None for a duplicate."""
         opened = verify(payload, self._key)
         header = opened.header
-        check_header(header, fed=self._fed, sender=ORCHESTRATOR, now_ms=wall_ms(self._clock),
+        check_header(header, fed=self._fed, sender=ORCHESTRATOR_SENDER, now_ms=wall_ms(self._clock),
                      recipient=self._device_id)
         cls = message_type(opened)
         if cls not in _DOWN_TYPES:

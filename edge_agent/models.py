@@ -39,10 +39,10 @@ from schemas import (
     split,
     verify,
 )
+from schemas.topics import ORCHESTRATOR_SENDER
 
 from .state import StoredModel
 
-ORCHESTRATOR = "orchestrator"
 REQUIRED_GRAPHS = ("train_step", "eval")
 MAX_CHUNKS = 65_536
 
@@ -94,7 +94,7 @@ class ModelReceiver:
         """``kind`` is the topic kind: ``snapshot``, ``delta`` or ``chunk`` (whose topic names
         ``chunk_sha``). Raises ``FedmqError`` (with a reason) for anything forged or broken."""
         opened = verify(payload, self._key, self._limits)
-        check_header(opened.header, fed=self._fed, sender=ORCHESTRATOR,
+        check_header(opened.header, fed=self._fed, sender=ORCHESTRATOR_SENDER,
                      now_ms=int(self._clock() * 1000), limits=self._limits, recipient="")
         kind_type = opened.header.type
         if kind == "chunk":
@@ -212,7 +212,7 @@ class ModelReceiver:
             return Opened(Header(h.v, pending.manifest.inner_type, h.fed, h.sender, h.seq,
                                  h.ts_ms), data)
         opened = verify(data, self._key, self._big_limits)
-        check_header(opened.header, fed=self._fed, sender=ORCHESTRATOR,
+        check_header(opened.header, fed=self._fed, sender=ORCHESTRATOR_SENDER,
                      now_ms=int(self._clock() * 1000), limits=self._limits, recipient="")
         return opened
 

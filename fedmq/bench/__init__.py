@@ -5,6 +5,8 @@ as a table and, on the last line of stdout, as one JSON object. They live here, 
 package that may import both sides, because they run real agents against a real orchestrator.
 """
 
+from fedmq.errors import ToolError
 
-class BenchError(RuntimeError):
+
+class BenchError(ToolError, RuntimeError):
     """A benchmark could not run to completion."""

@@ -46,6 +46,7 @@ from schemas import (
     seal_key,
 )
 from schemas.envelope import check_header, decode_body, message_type, verify
+from schemas.topics import ORCHESTRATOR_SENDER
 
 _ENROLL_TIMEOUT_S = 30.0
 
@@ -102,7 +103,7 @@ async def _receive(client: aiomqtt.Client, devices: dict[str, _Device], fed: str
         device_id = str(message.topic).split("/")[3]
         dev = devices[device_id]
         opened = verify(bytes(message.payload), orch_key)
-        check_header(opened.header, fed=fed, sender="orchestrator",
+        check_header(opened.header, fed=fed, sender=ORCHESTRATOR_SENDER,
                      now_ms=int(time.time() * 1000), recipient=device_id)
         decoded = decode_body(opened, message_type(opened))
         if isinstance(decoded, Enrolled) and dev.enrolled is not None:

@@ -13,12 +13,14 @@ import asyncio
 import struct
 from collections.abc import Callable
 
+from fedmq.errors import ToolError
+
 __all__ = ["LiteClient", "MqttLiteError"]
 
 _CONNECT, _CONNACK, _PUBLISH, _SUBSCRIBE, _DISCONNECT = 1, 2, 3, 8, 14
 
 
-class MqttLiteError(ConnectionError):
+class MqttLiteError(ToolError, ConnectionError):
     """The broker refused or dropped the connection."""
 
 

@@ -23,6 +23,8 @@ from typing import Any
 import numpy as np
 import zstandard
 
+from orchestrator.errors import OrchestratorError
+
 from .strategy import Params
 
 __all__ = ["DEFAULT_MAX_BYTES", "ParamsCodecError", "decode_params", "encode_params"]
@@ -43,7 +45,7 @@ _DTYPES = {
 }
 
 
-class ParamsCodecError(ValueError):
+class ParamsCodecError(OrchestratorError, ValueError):
     """A blob is not a valid params encoding, or params cannot be encoded."""
 
 

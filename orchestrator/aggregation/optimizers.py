@@ -25,6 +25,8 @@ from typing import Any, ClassVar
 import msgpack
 import numpy as np
 
+from orchestrator.errors import OrchestratorError
+
 from .codec import ParamsCodecError, decode_params, encode_params
 from .strategy import Params, ServerOptimizer
 
@@ -38,7 +40,7 @@ __all__ = [
 ]
 
 
-class OptimizerStateError(ValueError):
+class OptimizerStateError(OrchestratorError, ValueError):
     """A saved optimizer state is unreadable or belongs to another optimizer or model."""
 
 

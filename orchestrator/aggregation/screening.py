@@ -41,6 +41,7 @@ from typing import Any, Protocol
 import msgpack
 import numpy as np
 
+from orchestrator.errors import OrchestratorError
 from schemas.errors import Reason
 
 from .codec import ParamsCodecError, decode_params, encode_params
@@ -66,7 +67,7 @@ _MAD_TO_SIGMA = 0.6745  # MAD of a normal distribution, in standard deviations
 _TINY = 1e-300  # keeps log() finite for an all-zero update
 
 
-class ScreeningStateError(ValueError):
+class ScreeningStateError(OrchestratorError, ValueError):
     """A saved screening or isolation state is unreadable."""
 
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from orchestrator.errors import OrchestratorError
 
-class BrokerError(Exception):
+
+class BrokerError(OrchestratorError):
     """The broker could not be configured, started, signalled or stopped."""
 
 

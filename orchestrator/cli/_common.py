@@ -9,13 +9,14 @@ from collections.abc import Callable
 from typing import NoReturn
 
 from orchestrator.config import ConfigError
+from orchestrator.errors import OrchestratorError
 
 __all__ = ["Parser", "UsageError", "one_line_errors"]
 
 Main = Callable[[list[str]], int]
 
 
-class UsageError(Exception):
+class UsageError(OrchestratorError):
     """A wrong argument: the group's ``main`` prints it as one line and exits 2."""
 
 
@@ -28,8 +29,10 @@ class Parser(argparse.ArgumentParser):
 
 def one_line_errors(prog: str) -> Callable[[Main], Main]:
     """Decorate a command group's ``main``: a :class:`UsageError` (a :class:`Parser`'s
-    included) and a config file the schema refuses are one line on stderr and exit 2;
-    ``--help`` returns argparse's exit status."""
+    included) and a config file the schema refuses are one line on stderr and exit 2; any
+    other :class:`~orchestrator.errors.OrchestratorError` or ``OSError`` (a store, broker or
+    key problem, a file that cannot be written) is one line and exit 1; ``--help`` returns
+    argparse's exit status."""
 
     def decorate(main: Main) -> Main:
         @functools.wraps(main)
@@ -42,6 +45,9 @@ def one_line_errors(prog: str) -> Callable[[Main], Main]:
             except ConfigError as exc:
                 print(f"{prog}: config error: {exc}", file=sys.stderr)
                 return 2
+            except (OrchestratorError, OSError) as exc:
+                print(f"{prog}: error: {' '.join(str(exc).split())}", file=sys.stderr)
+                return 1
             except SystemExit as exc:  # --help (argparse is the only one to raise it here)
                 return exc.code if isinstance(exc.code, int) else 0
 

@@ -103,13 +103,9 @@ def _reload(args: argparse.Namespace) -> int:
 @one_line_errors(PROG)
 def main(argv: list[str]) -> int:
     args = _build_parser().parse_args(argv)
-    try:
-        if args.command == "passwd":
-            return _passwd(args)
-        return _reload(args)
-    except (BrokerError, OSError) as exc:
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
-        return 1
+    if args.command == "passwd":
+        return _passwd(args)
+    return _reload(args)
 
 
 if __name__ == "__main__":

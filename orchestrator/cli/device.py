@@ -24,7 +24,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from orchestrator.broker import BrokerError
 from orchestrator.cli._common import Parser as _Parser
 from orchestrator.cli._common import UsageError as _UsageError
 from orchestrator.cli._common import one_line_errors
@@ -37,8 +36,8 @@ from orchestrator.devices.commands import (
     revoke,
     write_private,
 )
-from orchestrator.link.keys import KeyFileError, load_or_create_key, public_key_hex
-from orchestrator.store import Device, Store, StoreError
+from orchestrator.link.keys import load_or_create_key, public_key_hex
+from orchestrator.store import Device, Store
 from schemas.signing import key_id
 from schemas.topics import valid_id
 
@@ -162,11 +161,7 @@ def main(argv: list[str]) -> int:
         raise _UsageError(f"invalid device id {args.device_id!r}: use 1-64 letters, "
                           "digits, '_', '.', '-'")
     config = load_config(args.config)
-    try:
-        return asyncio.run(_COMMANDS[args.command](config, args))
-    except (DeviceCommandError, StoreError, BrokerError, KeyFileError, OSError) as exc:
-        print(f"{PROG}: error: {' '.join(str(exc).split())}", file=sys.stderr)
-        return 1
+    return asyncio.run(_COMMANDS[args.command](config, args))
 
 
 if __name__ == "__main__":

@@ -31,9 +31,8 @@ from typing import Any
 from orchestrator.cli._common import Parser as _Parser
 from orchestrator.cli._common import one_line_errors
 from orchestrator.config import Config, load_config
-from orchestrator.models.export import ExportError as GraphExportError
 from orchestrator.store import Store, StoreError, VersionInfo
-from orchestrator.versions.export import ExportError, export_version
+from orchestrator.versions.export import export_version
 from orchestrator.versions.rollback import RollbackError, request_rollback, rollback_result
 
 PROG = "fedmq model"
@@ -213,11 +212,7 @@ async def _run(config: Config, args: argparse.Namespace) -> int:
 def main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
     config = load_config(args.config)
-    try:
-        return asyncio.run(_run(config, args))
-    except (StoreError, RollbackError, ExportError, GraphExportError, OSError) as exc:
-        print(f"{PROG}: error: {' '.join(str(exc).split())}", file=sys.stderr)
-        return 1
+    return asyncio.run(_run(config, args))
 
 
 if __name__ == "__main__":

@@ -28,7 +28,6 @@ from orchestrator.config import load_config
 from orchestrator.privacy import (
     DpPolicy,
     FederationAccountant,
-    PrivacyError,
     PrivacySummary,
     summarize,
 )
@@ -110,11 +109,7 @@ async def _report(args: argparse.Namespace) -> int:
 @one_line_errors(PROG)
 def main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
-    try:
-        return asyncio.run(_report(args))
-    except (StoreError, PrivacyError, OSError) as exc:
-        print(f"{PROG}: error: {' '.join(str(exc).split())}", file=sys.stderr)
-        return 1
+    return asyncio.run(_report(args))
 
 
 if __name__ == "__main__":

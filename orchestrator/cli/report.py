@@ -20,8 +20,7 @@ from pathlib import Path
 from orchestrator.cli._common import Parser as _Parser
 from orchestrator.cli._common import one_line_errors
 from orchestrator.config import load_config
-from orchestrator.report import ReportError, write_report
-from orchestrator.store import StoreError
+from orchestrator.report import write_report
 
 PROG = "fedmq report"
 
@@ -49,12 +48,8 @@ def main(argv: list[str]) -> int:
         higher_is_better = config.stopping.higher_is_better
     else:
         db = Path(args.db)
-    try:
-        result = asyncio.run(write_report(db, args.output, federation=federation,
-                                          higher_is_better=higher_is_better))
-    except (ReportError, StoreError, OSError) as exc:
-        print(f"{PROG}: error: {' '.join(str(exc).split())}", file=sys.stderr)
-        return 1
+    result = asyncio.run(write_report(db, args.output, federation=federation,
+                                      higher_is_better=higher_is_better))
     for path in result.files:
         print(path)
     return 0

@@ -14,10 +14,12 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from orchestrator.errors import OrchestratorError
+
 NAMED = ("digits", "wine", "breast_cancer")
 
 
-class DatasetError(ValueError):
+class DatasetError(OrchestratorError, ValueError):
     """A data set cannot be loaded or partitioned as asked."""
 
 

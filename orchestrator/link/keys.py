@@ -12,12 +12,14 @@ from pathlib import Path
 
 from nacl.signing import SigningKey
 
+from orchestrator.errors import OrchestratorError
+
 __all__ = ["KeyFileError", "load_key", "load_or_create_key", "public_key_hex"]
 
 _SEED_BYTES = 32
 
 
-class KeyFileError(Exception):
+class KeyFileError(OrchestratorError):
     """The key file is unreadable, malformed or readable by others."""
 
 

@@ -3,7 +3,7 @@
 The client id is fixed per federation and the session is resumed (``clean_start=False`` with a
 long session expiry), so QoS 1 messages devices publish while the orchestrator is down wait in
 the broker and are delivered when it comes back. Every received message goes to one handler,
-in order; publishing while disconnected raises :class:`NotConnected` at once (callers decide:
+in order; publishing while disconnected raises :class:`NotConnectedError` at once (callers decide:
 acks and tasks are simply re-earned, the model is republished on every connect).
 """
 
@@ -29,7 +29,7 @@ from orchestrator.errors import OrchestratorError
 __all__ = [
     "MqttLink",
     "MqttSettings",
-    "NotConnected",
+    "NotConnectedError",
     "cancellation_kept",
     "publish_keeping_cancellation",
 ]
@@ -37,7 +37,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 
-class NotConnected(OrchestratorError):
+class NotConnectedError(OrchestratorError):
     """The link is down; the message was not published."""
 
 
@@ -133,13 +133,13 @@ class MqttLink:
         """``properties``: MQTT 5 PUBLISH properties (e.g. correlation data of a reply)."""
         client = self._client
         if client is None:
-            raise NotConnected(f"not connected; dropped a message for {topic}")
+            raise NotConnectedError(f"not connected; dropped a message for {topic}")
         try:
             await publish_keeping_cancellation(
                 client, topic, payload, qos=qos, retain=retain, properties=properties,
                 timeout=self._settings.publish_timeout_s)
         except aiomqtt.MqttError as exc:
-            raise NotConnected(f"publish to {topic} failed: {exc}") from exc
+            raise NotConnectedError(f"publish to {topic} failed: {exc}") from exc
 
     async def run(self, on_message: OnMessage,
                   on_connect: Callable[[], None] | None = None) -> None:

@@ -10,7 +10,7 @@ from nacl.signing import SigningKey
 from paho.mqtt.properties import Properties
 
 from orchestrator.clock import Clock
-from orchestrator.link.mqtt import NotConnected
+from orchestrator.link.mqtt import NotConnectedError
 from schemas.envelope import pack
 from schemas.messages import Message
 from schemas.topics import ORCHESTRATOR_SENDER, DownKind, Topics
@@ -19,7 +19,7 @@ __all__ = ["Outbound", "Publisher", "SeqSource"]
 
 
 class Publisher(Protocol):
-    """Moves bytes to the broker (the MQTT link); raises ``NotConnected`` when it cannot."""
+    """Moves bytes to the broker (the MQTT link); raises ``NotConnectedError`` when it cannot."""
 
     async def publish(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False,
                       properties: Properties | None = None) -> None: ...
@@ -38,7 +38,7 @@ class Outbound:
 
     ``send`` is for messages to one device, which are simply re-earned when lost (an ack is
     sent again for a resent batch, a task on the next heartbeat): while the link is down they
-    are dropped and counted (``dropped.<kind>``). ``publish`` raises ``NotConnected`` for
+    are dropped and counted (``dropped.<kind>``). ``publish`` raises ``NotConnectedError`` for
     callers that must retry (the model, the fleet summary).
     """
 
@@ -71,5 +71,5 @@ class Outbound:
         payload = await self.sign(message, to=device)
         try:
             await self._link.publish(self.topics.down(device, kind), payload, qos=1)
-        except NotConnected:
+        except NotConnectedError:
             self._counters[f"dropped.{kind.value}"] += 1

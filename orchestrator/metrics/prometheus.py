@@ -27,6 +27,7 @@ from urllib.parse import urlsplit
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 from prometheus_client.exposition import choose_encoder, generate_latest
 
+from orchestrator.errors import OrchestratorError
 from schemas.errors import Reason
 from schemas.messages import AgentState
 
@@ -54,7 +55,7 @@ _READ_TIMEOUT_S = 10.0
 _CLOSE_TIMEOUT_S = 5.0
 
 
-class MetricsServerError(Exception):
+class MetricsServerError(OrchestratorError):
     """The metrics endpoint could not start (address in use, bad host...)."""
 
 

@@ -17,6 +17,7 @@ import msgpack
 import numpy as np
 
 from orchestrator.config import ModelConfig
+from orchestrator.errors import OrchestratorError
 from orchestrator.models import GRAPH_NAMES, ModelSpec, build_model
 from schemas.tensors import Params
 
@@ -26,7 +27,7 @@ __all__ = ["Architecture", "ArchitectureError", "initial_model", "pack_architect
 _FORMAT = 1
 
 
-class ArchitectureError(Exception):
+class ArchitectureError(OrchestratorError):
     """The model graphs or initial parameters are unusable."""
 
 

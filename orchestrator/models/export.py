@@ -8,12 +8,13 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from orchestrator.errors import OrchestratorError
 from orchestrator.models.builder import META_GRAPH, META_PARAMS
 
 _DATA_INPUTS = frozenset({"X", "y", "lr", "mu"})
 
 
-class ExportError(ValueError):
+class ExportError(OrchestratorError, ValueError):
     """The graph or the parameters cannot be combined into an inference model."""
 
 

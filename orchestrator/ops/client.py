@@ -36,6 +36,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from orchestrator.devices.commands import write_private
+from orchestrator.errors import OrchestratorError
 from orchestrator.link.mqtt import publish_keeping_cancellation
 from schemas.bundle import Bundle
 from schemas.envelope import check_header, decode_body, pack, verify
@@ -49,7 +50,7 @@ from schemas.messages import (
     OperatorResponse,
 )
 from schemas.signing import enroll_mac
-from schemas.topics import DownKind, Topics, UpKind
+from schemas.topics import ORCHESTRATOR_SENDER, DownKind, Topics, UpKind
 
 __all__ = [
     "BrokerUnreachable",
@@ -61,11 +62,10 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-_ORCHESTRATOR = "orchestrator"
 _IDENTITY_FORMAT = 1
 
 
-class OpsClientError(Exception):
+class OpsClientError(OrchestratorError):
     """An operator tool cannot do what was asked; the message is one line."""
 
 
@@ -341,11 +341,11 @@ class OperatorClient:
         opened = verify(payload, self._orch_key)
         now_ms = int(self._clock() * 1000)
         if topic == self._topics.fleet:
-            check_header(opened.header, fed=self.bundle.fed, sender=_ORCHESTRATOR,
+            check_header(opened.header, fed=self.bundle.fed, sender=ORCHESTRATOR_SENDER,
                          now_ms=now_ms)
             self._summaries.put_nowait(decode_body(opened, FleetSummary))
             return
-        check_header(opened.header, fed=self.bundle.fed, sender=_ORCHESTRATOR,
+        check_header(opened.header, fed=self.bundle.fed, sender=ORCHESTRATOR_SENDER,
                      now_ms=now_ms, recipient=self.operator)
         if topic == self.reply_topic:
             response = decode_body(opened, OperatorResponse)

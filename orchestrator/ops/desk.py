@@ -42,7 +42,7 @@ from orchestrator.devices.reports import status_reason
 from orchestrator.devices.selection import OutstandingTasks
 from orchestrator.errors import OrchestratorError
 from orchestrator.ingest.buffer_cache import Buffer
-from orchestrator.link.mqtt import NotConnected
+from orchestrator.link.mqtt import NotConnectedError
 from orchestrator.link.sender import Outbound
 from orchestrator.metrics.prometheus import Metrics
 from orchestrator.ops.fleet_summary import fleet_rows, fleet_totals
@@ -351,7 +351,7 @@ class OperatorDesk:
         try:
             await self._outbound.publish(request.response_topic, payload, qos=1,
                                          properties=props)
-        except NotConnected:
+        except NotConnectedError:
             self._counters["dropped.ops_reply"] += 1
 
     # -- views -----------------------------------------------------------------------------------
@@ -464,7 +464,7 @@ class OperatorDesk:
         try:
             await self._outbound.publish(self._outbound.topics.fleet, payload, qos=1,
                                          retain=True)
-        except NotConnected:
+        except NotConnectedError:
             self._counters["dropped.fleet"] += 1
             return
         self._counters["ops.fleet_published"] += 1

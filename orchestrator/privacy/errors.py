@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from orchestrator.errors import OrchestratorError
+
 __all__ = ["PrivacyError", "PrivacyStateError"]
 
 
-class PrivacyError(ValueError):
+class PrivacyError(OrchestratorError, ValueError):
     """A differential-privacy setting or request is invalid (the message names the field)."""
 
 

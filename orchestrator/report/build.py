@@ -8,6 +8,7 @@ import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 
+from orchestrator.errors import OrchestratorError
 from orchestrator.store import Clock, Store, wall_clock_ms
 
 from .data import ReportData, collect
@@ -17,7 +18,7 @@ from .summary import SUMMARY_FILE, summary_markdown
 __all__ = ["ReportError", "ReportResult", "write_report"]
 
 
-class ReportError(Exception):
+class ReportError(OrchestratorError):
     """The report cannot be made (no store file, output folder not writable); one line."""
 
 

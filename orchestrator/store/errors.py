@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from orchestrator.errors import OrchestratorError
+
 __all__ = [
     "DeviceExistsError",
     "DuplicateUpdateError",
@@ -17,7 +19,7 @@ __all__ = [
 ]
 
 
-class StoreError(Exception):
+class StoreError(OrchestratorError):
     """Base of every store failure (I/O, SQLite, constraint, corrupt content)."""
 
 

@@ -1,5 +1,6 @@
 """Export a model version as a plain ONNX inference model (params baked in, input ``X``)
-that ``onnxruntime`` loads with nothing from fedmq installed."""
+that ``onnxruntime`` loads with nothing from fedmq installed. A version that cannot be
+exported raises :class:`orchestrator.models.ExportError`."""
 
 from __future__ import annotations
 
@@ -7,13 +8,11 @@ import asyncio
 import os
 from pathlib import Path
 
-from orchestrator.models import export_inference
+from orchestrator.models import ExportError, export_inference
 from orchestrator.models.architecture import unpack_architecture
 from orchestrator.store import Store
 
-
-class ExportError(Exception):
-    """The version cannot be exported (no inference graph)."""
+__all__ = ["ExportError", "export_version"]
 
 
 async def export_version(store: Store, version: int, path: str | os.PathLike[str]) -> Path:

@@ -13,7 +13,7 @@ import logging
 from collections.abc import Mapping, MutableMapping
 
 from orchestrator.clock import Clock
-from orchestrator.link.mqtt import NotConnected
+from orchestrator.link.mqtt import NotConnectedError
 from orchestrator.versions.head import VersionHead
 from orchestrator.versions.publisher import ModelPublisher, ModelRelease
 from schemas.tensors import Params
@@ -69,7 +69,7 @@ class Publication:
                                stopped=stopped, base=base)
         try:
             await self._publisher.publish(release)
-        except NotConnected as exc:
+        except NotConnectedError as exc:
             log.info("model v%d not published yet: %s", model.version, exc)
             self._republish = self._republish or republish
             return False  # the next connect triggers it again

@@ -227,7 +227,7 @@ class ModelPublisher:
             {StateKey.PUBLISHED_CHUNKS: json.dumps(sorted(topics)).encode()})
 
     async def publish(self, release: ModelRelease) -> Release:
-        """Raises ``NotConnected`` when the link is down (call again once it is up)."""
+        """Raises ``NotConnectedError`` when the link is down (call again once it is up)."""
         out = self._outbound
         async with self._lock:
             seqs = await out.reserve(seqs_needed(release, self._max))
