@@ -35,7 +35,11 @@ from orchestrator.devices.enrollment import EnrollHandler
 from orchestrator.devices.registry import Registry
 from orchestrator.devices.replay_book import ReplayBook
 from orchestrator.devices.reports import EvalHandler, StatusHandler
-from orchestrator.devices.selection import OutstandingTasks, selection_from_config
+from orchestrator.devices.selection import (
+    BasicSelection,
+    OutstandingTasks,
+    selection_from_config,
+)
 from orchestrator.devices.standing import RegistryWatch, Standing
 from orchestrator.devices.tasking import Tasker
 from orchestrator.housekeeping import Housekeeping
@@ -55,7 +59,7 @@ from orchestrator.versions.aggregator import Aggregator, Making
 from orchestrator.versions.cadence import AsyncCadence, Cadence, SyncCadence
 from orchestrator.versions.guard import RobustGuard
 from orchestrator.versions.head import VersionHead
-from orchestrator.versions.initial import load_start
+from orchestrator.versions.initial import Start, load_start
 from orchestrator.versions.publication import Publication
 from orchestrator.versions.publisher import ModelPublisher
 from orchestrator.versions.rollback import RollbackWatch
@@ -95,68 +99,79 @@ class Parts:
     """Name and coroutine function of every loop, to run as named tasks."""
 
 
-async def assemble(o: Opened) -> Parts:
+@dataclass(frozen=True)
+class _Restored:
+    """What a start reads from the store before any loop runs."""
+
+    start: Start
+    head: VersionHead
+    registry: Registry
+    book: ReplayBook
+    buffer: Buffer
+    privacy: PrivacyRuntime
+    guard: RobustGuard
+    seqs: SeqCounter
+    cadence: Cadence
+    optimizer: ServerOptimizer
+    stopping: StoppingState
+
+
+async def _restore(o: Opened) -> _Restored:
     cfg, store = o.config, o.store
     start = await load_start(store, cfg.model, o.clock)
     state = await store.server_state()
-    optimizer = _optimizer(cfg, state.get(StateKey.OPTIMIZER))
     stopped = json.loads(state[StateKey.STOPPED])["reason"] if StateKey.STOPPED in state \
         else None
     head = VersionHead(start.model, stopped=stopped)
-    registry = Registry(store)
-    await registry.load()
-    book = ReplayBook(store)
-    await book.load()
-    buffer = Buffer(store)
-    await buffer.load()
-    privacy = PrivacyRuntime(cfg.privacy, store)
-    await privacy.load()
+    registry, book, buffer = Registry(store), ReplayBook(store), Buffer(store)
+    privacy, seqs = PrivacyRuntime(cfg.privacy, store), SeqCounter(store)
+    for part in (registry, book, buffer, privacy):
+        await part.load()
+    await seqs.start()
     guard = RobustGuard(cfg.robustness)
     guard.load_state(state, isolated={d.device_id for d in registry.all()
                                       if d.status == "isolated"})
-    seqs = SeqCounter(store)
-    await seqs.start()
-    cadence = await _cadence(cfg, store, head, o.clock)
-    topics = Topics(cfg.federation.id)
-    outbound = Outbound(o.link, key=o.key, topics=topics, seqs=seqs, clock=o.clock,
-                        counters=o.counters)
-    outstanding = OutstandingTasks()
-    selection = selection_from_config(cfg, rng=o.rng, device_ok=registry.standing)
-    standing = Standing(registry=registry, outstanding=outstanding, selection=selection,
-                        guard=guard, outbound=outbound, counters=o.counters)
-    aggregate_due = asyncio.Event()
     stopping = StoppingState.from_bytes(state[StateKey.STOPPING]) if StateKey.STOPPING in state \
         else StoppingState(o.clock.wall_ms())
-    stopper = Stopper(StoppingRules(cfg.stopping, stopping), fed=topics.fed, store=store,
-                      head=head, registry=registry, outbound=outbound, clock=o.clock)
-    evaluation = await _evaluation(cfg, start.arch.graphs["eval"], head, store, stopper,
+    return _Restored(start, head, registry, book, buffer, privacy, guard, seqs,
+                     await _cadence(cfg, store, head, o.clock),
+                     _optimizer(cfg, state.get(StateKey.OPTIMIZER)), stopping)
+
+
+async def assemble(o: Opened) -> Parts:
+    cfg, store, r = o.config, o.store, await _restore(o)
+    topics = Topics(cfg.federation.id)
+    outbound = Outbound(o.link, key=o.key, topics=topics, seqs=r.seqs, clock=o.clock,
+                        counters=o.counters)
+    outstanding = OutstandingTasks()
+    selection = selection_from_config(cfg, rng=o.rng, device_ok=r.registry.standing)
+    standing = Standing(registry=r.registry, outstanding=outstanding, selection=selection,
+                        guard=r.guard, outbound=outbound, counters=o.counters)
+    stopper = Stopper(StoppingRules(cfg.stopping, r.stopping), fed=topics.fed, store=store,
+                      head=r.head, registry=r.registry, outbound=outbound, clock=o.clock)
+    evaluation = await _evaluation(cfg, r.start.arch.graphs["eval"], r.head, store, stopper,
                                    o.counters)
+    aggregate_due = asyncio.Event()
     aggregator = Aggregator(
-        Making(strategy_from(cfg, optimizer), optimizer,
+        Making(strategy_from(cfg, r.optimizer), r.optimizer,
                "fedavg" if cfg.aggregation.mode == "sync" else "fedbuff"),
-        store=store, head=head, buffer=buffer, cadence=cadence, guard=guard,
-        standing=standing, privacy=privacy, registry=registry, stopper=stopper,
+        store=store, head=r.head, buffer=r.buffer, cadence=r.cadence, guard=r.guard,
+        standing=standing, privacy=r.privacy, registry=r.registry, stopper=stopper,
         evaluated=evaluation is not None, due=aggregate_due, metrics=o.metrics,
         counters=o.counters, clock=o.clock)
     intake = Intake(
-        store=store, registry=registry, book=book, decoder=o.decoder, head=head, buffer=buffer,
-        outstanding=outstanding, cadence=cadence, outbound=outbound,
+        store=store, registry=r.registry, book=r.book, decoder=o.decoder, head=r.head,
+        buffer=r.buffer, outstanding=outstanding, cadence=r.cadence, outbound=outbound,
         aggregate_due=aggregate_due, counters=o.counters, metrics=o.metrics, clock=o.clock,
         group_batches=cfg.ingest.group_batches, queue_batches=cfg.ingest.queue_batches)
-    fedeval = FederatedEvaluation(cfg.evaluation.federated_every,
-                                  cfg.evaluation.federated_devices)
-    tasker = Tasker(config=cfg, head=head, selection=selection, outstanding=outstanding,
-                    cadence=cadence, fedeval=fedeval, privacy=privacy, store=store,
-                    counters=o.counters, clock=o.clock, rng=o.rng)
-    lanes = ControlLanes(_handlers(o, registry, book, outbound, tasker, head, fedeval),
-                         counters=o.counters, queue_size=cfg.ingest.queue_batches)
-    desk = OperatorDesk(config=cfg, store=store, head=head, buffer=buffer,
-                        outstanding=outstanding, registry=registry, book=book,
+    lanes = _lanes(o, r, outbound, selection, outstanding)
+    desk = OperatorDesk(config=cfg, store=store, head=r.head, buffer=r.buffer,
+                        outstanding=outstanding, registry=r.registry, book=r.book,
                         outbound=outbound, metrics=o.metrics, counters=o.counters,
                         clock=o.clock)
     publication = Publication(
         ModelPublisher(outbound, store, max_message_bytes=cfg.broker.max_message_bytes),
-        head=head, graphs=start.arch.graphs, first_base=start.parent,
+        head=r.head, graphs=r.start.arch.graphs, first_base=r.start.parent,
         interval_s=cfg.aggregation.publish_interval_s, clock=o.clock, counters=o.counters)
     router = Router(topics, updates=intake.submit, control=lanes.submit, ops=desk,
                     counters=o.counters, clock=o.clock, tap=o.tap)
@@ -167,35 +182,43 @@ async def assemble(o: Opened) -> Parts:
         ("control", lanes.run),
         ("aggregate", aggregator.run),
         ("publish", publication.run),
-        ("registry", RegistryWatch(registry, standing, o.clock).run),
+        ("registry", RegistryWatch(r.registry, standing, o.clock).run),
         ("rollback", RollbackWatch(store, aggregator.rollback_requested, o.clock).run),
-        ("housekeeping", Housekeeping(outstanding=outstanding, cadence=cadence, buffer=buffer,
-                                      stopper=stopper, aggregate_due=aggregate_due,
-                                      counters=o.counters, clock=o.clock).run),
+        ("housekeeping", Housekeeping(outstanding=outstanding, cadence=r.cadence,
+                                      buffer=r.buffer, stopper=stopper,
+                                      aggregate_due=aggregate_due, counters=o.counters,
+                                      clock=o.clock).run),
         ("ops", desk.run),
     ]
     if evaluation is not None:
         loops.append(("evaluate", evaluation.run))
-    if privacy.enabled:
-        loops.append(("privacy", privacy.run))
-    return Parts(head, buffer, outstanding, registry, loops)
+    if r.privacy.enabled:
+        loops.append(("privacy", r.privacy.run))
+    return Parts(r.head, r.buffer, outstanding, r.registry, loops)
 
 
-def _handlers(o: Opened, registry: Registry, book: ReplayBook, outbound: Outbound,
-              tasker: Tasker, head: VersionHead, fedeval: FederatedEvaluation
-              ) -> dict[str, Handler]:
-    fed = o.config.federation
-    return {
+def _lanes(o: Opened, r: _Restored, outbound: Outbound, selection: BasicSelection,
+           outstanding: OutstandingTasks) -> ControlLanes:
+    """The control lanes with their enroll, status (tasking) and eval handlers."""
+    cfg, fed = o.config, o.config.federation
+    fedeval = FederatedEvaluation(cfg.evaluation.federated_every,
+                                  cfg.evaluation.federated_devices)
+    tasker = Tasker(config=cfg, head=r.head, selection=selection, outstanding=outstanding,
+                    cadence=r.cadence, fedeval=fedeval, privacy=r.privacy, store=o.store,
+                    counters=o.counters, clock=o.clock, rng=o.rng)
+    handlers: dict[str, Handler] = {
         UpKind.ENROLL.value: EnrollHandler(
             fed=fed.id, manual_approval=fed.enrollment == "manual",
-            heartbeat_s=fed.heartbeat_s, store=o.store, registry=registry, book=book,
+            heartbeat_s=fed.heartbeat_s, store=o.store, registry=r.registry, book=r.book,
             outbound=outbound, counters=o.counters),
-        UpKind.STATUS.value: StatusHandler(fed=fed.id, registry=registry, book=book,
+        UpKind.STATUS.value: StatusHandler(fed=fed.id, registry=r.registry, book=r.book,
                                            tasker=tasker, outbound=outbound,
                                            counters=o.counters),
-        UpKind.EVAL.value: EvalHandler(fed=fed.id, registry=registry, book=book, head=head,
-                                       fedeval=fedeval, store=o.store, counters=o.counters),
+        UpKind.EVAL.value: EvalHandler(fed=fed.id, registry=r.registry, book=r.book,
+                                       head=r.head, fedeval=fedeval, store=o.store,
+                                       counters=o.counters),
     }
+    return ControlLanes(handlers, counters=o.counters, queue_size=cfg.ingest.queue_batches)
 
 
 def _optimizer(cfg: Config, saved: bytes | None) -> ServerOptimizer:
