@@ -47,15 +47,15 @@ class DuplicateUpdateError(StoreIntegrityError):
     """An accepted update with this (sender, seq) is already in the ledger."""
 
     def __init__(self, sender: str | None, seq: int | None) -> None:
+        super().__init__(f"update sender={sender!r} seq={seq} was already accepted",
+                         device=sender, seq=seq)
         self.sender = sender
-        self.seq = seq
-        super().__init__(f"update sender={sender!r} seq={seq} was already accepted")
 
 
 class DeviceExistsError(StoreIntegrityError):
     def __init__(self, device_id: str) -> None:
+        super().__init__(f"device {device_id!r} already exists", device=device_id)
         self.device_id = device_id
-        super().__init__(f"device {device_id!r} already exists")
 
 
 class NotFoundError(StoreError):
