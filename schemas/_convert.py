@@ -11,6 +11,7 @@ import dataclasses
 import enum
 import types
 import typing
+from collections.abc import Callable
 from functools import cache
 from typing import Any, Union
 
@@ -59,94 +60,150 @@ def from_wire(cls: type, value: Any, limits: Limits, path: str = "$") -> Any:
 
 
 def _convert(value: Any, tp: Any, limits: Limits, path: str) -> Any:
-    origin = typing.get_origin(tp)
+    return _converter(tp)(value, tp, limits, path)
+
+
+_Converter = Callable[[Any, Any, Limits, str], Any]
+
+
+@cache
+def _converter(tp: Any) -> _Converter:
+    """The converter for a type hint, chosen once per hint: decoding is a hot path, and the
+    choice costs more than most checks."""
     if tp is Any:
-        return _check_any(value, limits, path, depth=0)
+        return _convert_any
+    origin = typing.get_origin(tp)
     if origin in (Union, types.UnionType):
-        args = typing.get_args(tp)
-        if value is None:
-            if _NONE in args:
-                return None
-            raise ValidationError("null not allowed", path=path)
-        non_none = [a for a in args if a is not _NONE]
-        if len(non_none) == 1:
-            return _convert(value, non_none[0], limits, path)
-        for arg in non_none:  # first matching alternative
-            try:
-                return _convert(value, arg, limits, path)
-            except ValidationError:
-                continue
-        raise ValidationError(f"expected one of {non_none}", path=path)
+        return _convert_union
     if origin is list or origin is tuple:
-        if not isinstance(value, list | tuple):
-            raise ValidationError("expected an array", path=path)
-        if len(value) > limits.max_list:
-            raise ValidationError("array too long", path=path)
-        (item_tp, *_rest) = typing.get_args(tp) or (Any,)
-        items = [_convert(v, item_tp, limits, f"{path}[{i}]") for i, v in enumerate(value)]
-        return tuple(items) if origin is tuple else items
+        return _convert_array
     if origin is dict:
-        if not isinstance(value, dict):
-            raise ValidationError("expected a map", path=path)
-        if len(value) > limits.max_list:
-            raise ValidationError("map too large", path=path)
-        key_tp, val_tp = typing.get_args(tp)
-        out = {}
-        for k, v in value.items():
-            key = _convert(k, key_tp, limits, f"{path}.<key>")
-            out[key] = _convert(v, val_tp, limits, f"{path}.{k}")
-        return out
+        return _convert_map
     if isinstance(tp, type):
         if dataclasses.is_dataclass(tp):
-            plan = _flat_plan(tp)
-            if plan is not None and type(value) is dict:
-                fast = _convert_flat(value, tp, plan, limits)
-                if fast is not None:
-                    return fast
-            if not isinstance(value, dict):
-                raise ValidationError(f"expected a map for {tp.__name__}", path=path)
-            kwargs = {}
-            for name, ftp, has_default in _fields(tp):
-                if name in value:
-                    kwargs[name] = _convert(value[name], ftp, limits, f"{path}.{name}")
-                elif not has_default:
-                    raise ValidationError(f"missing field {name!r}", path=path)
-            try:
-                return tp(**kwargs)
-            except ValidationError:
-                raise
-            except (ValueError, TypeError) as exc:
-                raise ValidationError(str(exc), path=path) from None
+            return _convert_dataclass
         if issubclass(tp, enum.Enum):
-            try:
-                return tp(value)
-            except ValueError:
-                raise ValidationError(f"unknown {tp.__name__} {value!r}", path=path) from None
-        if tp is bool:
-            if not isinstance(value, bool):
-                raise ValidationError("expected a boolean", path=path)
-            return value
-        if tp is int:
-            if not isinstance(value, int) or isinstance(value, bool):
-                raise ValidationError("expected an integer", path=path)
-            if not _INT64_MIN <= value <= _INT64_MAX:  # msgpack also carries uint64
-                raise ValidationError("integer out of the signed 64-bit range", path=path)
-            return value
-        if tp is float:
-            if isinstance(value, bool) or not isinstance(value, int | float):
-                raise ValidationError("expected a number", path=path)
-            return float(value)
-        if tp is str:
-            if not isinstance(value, str):
-                raise ValidationError("expected a string", path=path)
-            if len(value) > limits.max_string:
-                raise ValidationError("string too long", path=path)
-            return value
-        if tp is bytes:
-            if not isinstance(value, bytes):
-                raise ValidationError("expected bytes", path=path)
-            return value
+            return _convert_enum
+        if tp in _SCALAR_CONVERTERS:
+            return _SCALAR_CONVERTERS[tp]
+    return _unsupported
+
+
+def _convert_any(value: Any, tp: Any, limits: Limits, path: str) -> Any:
+    return _check_any(value, limits, path, depth=0)
+
+
+def _convert_union(value: Any, tp: Any, limits: Limits, path: str) -> Any:
+    args = typing.get_args(tp)
+    if value is None:
+        if _NONE in args:
+            return None
+        raise ValidationError("null not allowed", path=path)
+    non_none = [a for a in args if a is not _NONE]
+    if len(non_none) == 1:
+        return _convert(value, non_none[0], limits, path)
+    for arg in non_none:  # first matching alternative
+        try:
+            return _convert(value, arg, limits, path)
+        except ValidationError:
+            continue
+    raise ValidationError(f"expected one of {non_none}", path=path)
+
+
+def _convert_array(value: Any, tp: Any, limits: Limits, path: str) -> Any:
+    if not isinstance(value, list | tuple):
+        raise ValidationError("expected an array", path=path)
+    if len(value) > limits.max_list:
+        raise ValidationError("array too long", path=path)
+    (item_tp, *_rest) = typing.get_args(tp) or (Any,)
+    items = [_convert(v, item_tp, limits, f"{path}[{i}]") for i, v in enumerate(value)]
+    return tuple(items) if typing.get_origin(tp) is tuple else items
+
+
+def _convert_map(value: Any, tp: Any, limits: Limits, path: str) -> Any:
+    if not isinstance(value, dict):
+        raise ValidationError("expected a map", path=path)
+    if len(value) > limits.max_list:
+        raise ValidationError("map too large", path=path)
+    key_tp, val_tp = typing.get_args(tp)
+    out = {}
+    for k, v in value.items():
+        key = _convert(k, key_tp, limits, f"{path}.<key>")
+        out[key] = _convert(v, val_tp, limits, f"{path}.{k}")
+    return out
+
+
+def _convert_dataclass(value: Any, tp: Any, limits: Limits, path: str) -> Any:
+    plan = _flat_plan(tp)
+    if plan is not None and type(value) is dict:
+        fast = _convert_flat(value, tp, plan, limits)
+        if fast is not None:
+            return fast
+    if not isinstance(value, dict):
+        raise ValidationError(f"expected a map for {tp.__name__}", path=path)
+    kwargs = {}
+    for name, ftp, has_default in _fields(tp):
+        if name in value:
+            kwargs[name] = _convert(value[name], ftp, limits, f"{path}.{name}")
+        elif not has_default:
+            raise ValidationError(f"missing field {name!r}", path=path)
+    try:
+        return tp(**kwargs)
+    except ValidationError:
+        raise
+    except (ValueError, TypeError) as exc:
+        raise ValidationError(str(exc), path=path) from None
+
+
+def _convert_enum(value: Any, tp: Any, limits: Limits, path: str) -> Any:
+    try:
+        return tp(value)
+    except ValueError:
+        raise ValidationError(f"unknown {tp.__name__} {value!r}", path=path) from None
+
+
+def _convert_bool(value: Any, tp: Any, limits: Limits, path: str) -> Any:
+    if not isinstance(value, bool):
+        raise ValidationError("expected a boolean", path=path)
+    return value
+
+
+def _convert_int(value: Any, tp: Any, limits: Limits, path: str) -> Any:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise ValidationError("expected an integer", path=path)
+    if not _INT64_MIN <= value <= _INT64_MAX:  # msgpack also carries uint64
+        raise ValidationError("integer out of the signed 64-bit range", path=path)
+    return value
+
+
+def _convert_float(value: Any, tp: Any, limits: Limits, path: str) -> Any:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValidationError("expected a number", path=path)
+    return float(value)
+
+
+def _convert_str(value: Any, tp: Any, limits: Limits, path: str) -> Any:
+    if not isinstance(value, str):
+        raise ValidationError("expected a string", path=path)
+    if len(value) > limits.max_string:
+        raise ValidationError("string too long", path=path)
+    return value
+
+
+def _convert_bytes(value: Any, tp: Any, limits: Limits, path: str) -> Any:
+    if not isinstance(value, bytes):
+        raise ValidationError("expected bytes", path=path)
+    return value
+
+
+def _unsupported(value: Any, tp: Any, limits: Limits, path: str) -> Any:
     raise ValidationError(f"unsupported schema type {tp!r}", path=path)  # pragma: no cover
+
+
+_SCALAR_CONVERTERS: dict[type, _Converter] = {
+    bool: _convert_bool, int: _convert_int, float: _convert_float, str: _convert_str,
+    bytes: _convert_bytes,
+}
 
 
 # -- fast path for flat dataclasses -------------------------------------------------------------

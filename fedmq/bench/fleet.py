@@ -35,6 +35,8 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -149,6 +151,33 @@ def _prepare(args: argparse.Namespace, out: Path) -> tuple[FleetSpec, FleetData,
     return spec, data, load_config(config_path)
 
 
+@dataclass(frozen=True)
+class _Window:
+    """What was measured over the hold window."""
+
+    cpu_pct: float
+    """The orchestrator process's CPU, in percent of one core."""
+    query_ms: float
+
+
+@dataclass(frozen=True)
+class _Updates:
+    """Where the training agents' updates ended up, counted by (device, seq)."""
+
+    built: int
+    in_ledger: int
+    pending: int
+    """Still in an outbox and not in the ledger."""
+
+    @property
+    def lost(self) -> int:
+        return max(0, self.built - self.in_ledger - self.pending)
+
+
+_Snapshot = dict[str, tuple[int, set[int]]]
+"""Per training agent: updates built, and the seqs still in its outbox."""
+
+
 async def _run(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     spec, data, config = await asyncio.to_thread(_prepare, args, out)
     config_path = out / "orchestrator.toml"
@@ -161,49 +190,80 @@ async def _run(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     try:
         ramp_s = args.devices / (args.connect_rate * args.workers) + args.ramp_margin_s
         window_start = time.time() + ramp_s
-        worker_spec = {
-            "host": "127.0.0.1", "port": config.broker.port, "fed": config.federation.id,
-            "orchestrator_key": bundles[0].orchestrator_key, "heartbeat_s": args.heartbeat_s,
-            "connect_rate": args.connect_rate, "window_start": window_start,
-            "window_s": args.hold_s, "enroll_timeout_s": ramp_s + 30.0,
-        }
-        workers = []
-        for w in range(args.workers):
-            path = out / f"worker-{w}.json"
-            text = json.dumps({**worker_spec, "devices": lite[w::args.workers]})
-            await asyncio.to_thread(path.write_text, text)
-            workers.append(await asyncio.create_subprocess_exec(
-                sys.executable, "-m", _WORKER, str(path), stdout=asyncio.subprocess.PIPE))
+        workers = await _start_workers(args, out, config, lite, bundles[0].orchestrator_key,
+                                       window_start=window_start, ramp_s=ramp_s)
         agent_config = AgentConfig(heartbeat_s=args.heartbeat_s, holdout=0.0)
         async with Fleet(bundles, data.shards, out / "agents", spec,
                          agent_config=agent_config) as fleet:
-            await asyncio.sleep(max(0.0, window_start - time.time()))
-            cpu0, t0 = _cpu_s(orch.pid), time.monotonic()
-            await asyncio.sleep(args.hold_s / 2)
-            query_ms = await _status_query_ms(config)
-            await asyncio.sleep(max(0.0, args.hold_s - (time.monotonic() - t0)))
-            cpu1, t1 = _cpu_s(orch.pid), time.monotonic()
+            window = await _hold(args.hold_s, orch.pid, config, window_start)
             reports = [await _worker_report(w, ramp_s + args.hold_s + 60) for w in workers]
-            await _drain(fleet, timeout_s=30.0)
-            # the orchestrator stops before the count: nothing reaches the ledger after it, and
-            # an update is then in the ledger, in its outbox, or both (ingested, ack not yet
-            # back), so counting by (device, seq) is exact while the agents keep training
-            await _stop(orch)
-            snapshot = {a.device_id: (a.stats.updates_built,
-                                      {e.seq for e in await a.outbox.pending()})
-                        for a in fleet.agents}
+            snapshot = await _stop_and_snapshot(fleet, orch)
             training_statuses = sum(a.stats.statuses_sent for a in fleet.agents)
     finally:
         await _stop(orch)
-    ledger = await _ledger_seqs(config, list(snapshot))
-    built = sum(n for n, _ in snapshot.values())
-    in_ledger = sum(len(ledger[d]) for d in snapshot)
-    pending = sum(len(seqs - ledger[d]) for d, (_, seqs) in snapshot.items())
-    lost = max(0, built - in_ledger - pending)
+    updates = _count_updates(snapshot, await _ledger_seqs(config, list(snapshot)))
+    return _report(args, reports, window, updates, training_statuses=training_statuses,
+                   provision_s=provision_s)
+
+
+async def _start_workers(
+    args: argparse.Namespace, out: Path, config: Config, lite: list[list[str]],
+    orchestrator_key: str, *, window_start: float, ramp_s: float,
+) -> list[asyncio.subprocess.Process]:
+    """The load-generator processes, each given its share of the lightweight devices."""
+    worker_spec = {
+        "host": "127.0.0.1", "port": config.broker.port, "fed": config.federation.id,
+        "orchestrator_key": orchestrator_key, "heartbeat_s": args.heartbeat_s,
+        "connect_rate": args.connect_rate, "window_start": window_start,
+        "window_s": args.hold_s, "enroll_timeout_s": ramp_s + 30.0,
+    }
+    workers = []
+    for w in range(args.workers):
+        path = out / f"worker-{w}.json"
+        text = json.dumps({**worker_spec, "devices": lite[w::args.workers]})
+        await asyncio.to_thread(path.write_text, text)
+        workers.append(await asyncio.create_subprocess_exec(
+            sys.executable, "-m", _WORKER, str(path), stdout=asyncio.subprocess.PIPE))
+    return workers
+
+
+async def _hold(hold_s: float, pid: int, config: Config, window_start: float) -> _Window:
+    """Wait for the window to open, then read the orchestrator's CPU over it, with a status
+    query timed half way."""
+    await asyncio.sleep(max(0.0, window_start - time.time()))
+    cpu0, t0 = _cpu_s(pid), time.monotonic()
+    await asyncio.sleep(hold_s / 2)
+    query_ms = await _status_query_ms(config)
+    await asyncio.sleep(max(0.0, hold_s - (time.monotonic() - t0)))
+    cpu1, t1 = _cpu_s(pid), time.monotonic()
+    return _Window(cpu_pct=100.0 * (cpu1 - cpu0) / (t1 - t0), query_ms=query_ms)
+
+
+async def _stop_and_snapshot(fleet: Fleet, orch: asyncio.subprocess.Process) -> _Snapshot:
+    await _drain(fleet, timeout_s=30.0)
+    # the orchestrator stops before the count: nothing reaches the ledger after it, and
+    # an update is then in the ledger, in its outbox, or both (ingested, ack not yet
+    # back), so counting by (device, seq) is exact while the agents keep training
+    await _stop(orch)
+    return {a.device_id: (a.stats.updates_built, {e.seq for e in await a.outbox.pending()})
+            for a in fleet.agents}
+
+
+def _count_updates(snapshot: _Snapshot, ledger: Mapping[str, set[int]]) -> _Updates:
+    return _Updates(
+        built=sum(n for n, _ in snapshot.values()),
+        in_ledger=sum(len(ledger[d]) for d in snapshot),
+        pending=sum(len(seqs - ledger[d]) for d, (_, seqs) in snapshot.items()),
+    )
+
+
+def _report(
+    args: argparse.Namespace, reports: list[dict[str, Any]], window: _Window, updates: _Updates,
+    *, training_statuses: int, provision_s: float,
+) -> dict[str, Any]:
     connected = sum(r["connected_at_end"] for r in reports)
     heartbeats = sum(r["heartbeats_in_window"] for r in reports)
     answered = sum(r["answers_in_window"] for r in reports)
-    cpu_pct = 100.0 * (cpu1 - cpu0) / (t1 - t0)
     errors: dict[str, int] = {}
     for r in reports:
         for kind, n in r["errors"].items():
@@ -218,15 +278,15 @@ async def _run(args: argparse.Namespace, out: Path) -> dict[str, Any]:
         # answered with a deferral: answers are the heartbeats the orchestrator handled
         "heartbeats_per_s": round(answered / args.hold_s, 1),
         "heartbeats_sent_per_s": round(heartbeats / args.hold_s, 1),
-        "orchestrator_cpu_pct": round(cpu_pct, 1),
-        "status_query_ms": round(query_ms, 2),
+        "orchestrator_cpu_pct": round(window.cpu_pct, 1),
+        "status_query_ms": round(window.query_ms, 2),
         "status_query": "store read of the device table (fedmq fleet status not built yet)",
         "training_agents": args.training,
         "training_agent_statuses": training_statuses,
-        "updates_built": built,
-        "updates_in_ledger": in_ledger,
-        "updates_pending": pending,
-        "updates_lost": lost,
+        "updates_built": updates.built,
+        "updates_in_ledger": updates.in_ledger,
+        "updates_pending": updates.pending,
+        "updates_lost": updates.lost,
         "hold_s": args.hold_s,
         "synchronous": args.synchronous,
         "provision_s": round(provision_s, 1),
@@ -234,8 +294,8 @@ async def _run(args: argparse.Namespace, out: Path) -> dict[str, Any]:
         "targets": {"devices": DEVICES_TARGET, "orchestrator_cpu_pct": CPU_TARGET_PCT,
                     "updates_lost": 0, "heartbeats_handled": KEEP_UP},
         "targets_met": {"devices": connected >= DEVICES_TARGET == args.devices,
-                        "orchestrator_cpu_pct": cpu_pct < CPU_TARGET_PCT,
-                        "updates_lost": lost == 0,
+                        "orchestrator_cpu_pct": window.cpu_pct < CPU_TARGET_PCT,
+                        "updates_lost": updates.lost == 0,
                         "heartbeats_handled": answered >= KEEP_UP * heartbeats},
     }
 

@@ -26,12 +26,13 @@ import os
 import signal
 import sys
 import tempfile
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import msgpack
-from nacl.signing import VerifyKey
+from nacl.signing import SigningKey, VerifyKey
 
 from fedmq.bench import BenchError
 from fedmq.bench._ingest_kernel import kernel_updates_per_s
@@ -40,6 +41,7 @@ from orchestrator.config import Config, load_config
 from orchestrator.devices.commands import provision
 from orchestrator.link.keys import load_or_create_key, public_key_hex
 from orchestrator.store import Store
+from schemas.bundle import Bundle
 from schemas.envelope import unseal_key
 from schemas.limits import DEFAULT_LIMITS, Limits
 
@@ -134,6 +136,22 @@ decode_workers = {args.decode_workers}
 """
 
 
+@dataclass(frozen=True)
+class _Outcome:
+    """What the load generators report, checked against the store's ledger."""
+
+    acked: int
+    """Updates acknowledged as accepted."""
+    other: int
+    """Updates acknowledged with any other outcome."""
+    lost: int
+    """Acknowledged as accepted but not in the ledger (must be 0)."""
+    seconds: float
+    """From the first generator's start to the last one's end."""
+    versions: int
+    generators: int
+
+
 async def _bench(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     async with MosquittoBroker(work / "broker") as broker:
         config_path = work / "ingest.toml"
@@ -141,71 +159,114 @@ async def _bench(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         config = load_config(config_path)
         config.federation.data_dir.mkdir(parents=True, exist_ok=True)
         key = load_or_create_key(config.federation.key_path)
-        ids = [f"bench-{i:03d}" for i in range(args.devices)]
-        async with Store.open(config.federation.store_path) as store:
-            if await store.latest_version() is not None:
-                raise BenchError(f"{config.federation.data_dir} already holds a federation; "
-                                 "give --keep an empty folder")
-            bundles = [await provision(store, config, d, orchestrator_key=public_key_hex(key))
-                       for d in ids]
+        bundles = await _provision(config, key, args.devices)
         await broker.reload()
         log = work / "orchestrator.log"
         async with _service(config_path, log) as service:
             await _expect_ready(service, log)
             async with Store.open(config.federation.store_path) as store:
                 params = (await store.get_version(0)).params
-                shapes = {name: list(p.shape) for name, p in params.items()}
-            n_params = sum(int(p.size) for p in params.values())
-            generators = []
-            shares = [bundles[i::args.generators] for i in range(args.generators)]
-            async with contextlib.AsyncExitStack() as stack:
-                for i, share in enumerate(s for s in shares if s):
-                    spec = {
-                        "host": broker.host, "port": broker.port, "fed": FED,
-                        "orchestrator_key": public_key_hex(key), "shapes": shapes,
-                        "batches_per_device": args.batches,
-                        "batch_entries": args.batch_entries, "window": args.window,
-                        "sample_per_device": 8, "seed": args.seed * 100 + i,
-                        "sample_path": str(work / f"sample-{i}.msgpack"),
-                        "devices": [{"device_id": b.device_id, "password": b.mqtt_password,
-                                     "secret": b.enroll_secret} for b in share],
-                    }
-                    spec_path = work / f"load-{i}.json"
-                    spec_path.write_text(json.dumps(spec))
-                    generators.append(await stack.enter_async_context(
-                        _generator(spec_path, work / f"load-{i}.log")))
-                for gen in generators:
-                    await _read_json(gen, "ready", work)
-                for gen in generators:
-                    assert gen.stdin is not None
-                    gen.stdin.write(b"go\n")
-                    await gen.stdin.drain()
-                results = [await _read_json(gen, "done", work) for gen in generators]
+            shapes = {name: list(p.shape) for name, p in params.items()}
+            specs = _generator_specs(args, work, broker, key, bundles, shapes)
+            results = await _load(specs, work)
             drain_s = await _drain(config, args.k)
-            service.send_signal(signal.SIGTERM)
-            async with asyncio.timeout(_STEP_S):
-                code = await service.wait()
-            if code != 0:
-                raise BenchError(f"the service exited with {code}: {_tail(log)}")
-        acked = {(device, seq) for r in results for device, seqs in r["accepted"].items()
-                 for seq in seqs}
-        other = sum(len(o) for r in results for o in r["other"].values())
-        async with Store.open(config.federation.store_path) as store:
-            rows = await store.ledger(status=("buffered", "applied"))
-            latest = await store.latest_version()
-        stored = {(r.sender, r.seq) for r in rows}
-        lost = len(acked - stored)
-        started = min(r["started"] for r in results)
-        ended = max(r["ended"] for r in results)
+            await _stop(service, log)
+        outcome = await _check_ledger(config, results)
+    kernel, timed = await asyncio.to_thread(
+        kernel_updates_per_s, _samples(specs), unseal_key(key), _limits(config),
+        min_seconds=args.kernel_seconds)
+    return _report(args, outcome, n_params=sum(int(p.size) for p in params.values()),
+                   drain_s=drain_s, kernel=kernel, kernel_timed=timed)
+
+
+async def _provision(config: Config, key: SigningKey, devices: int) -> list[Bundle]:
+    """Register the bench's devices in a new store; their bundles."""
+    orchestrator_key = public_key_hex(key)
+    async with Store.open(config.federation.store_path) as store:
+        if await store.latest_version() is not None:
+            raise BenchError(f"{config.federation.data_dir} already holds a federation; "
+                             "give --keep an empty folder")
+        return [await provision(store, config, f"bench-{i:03d}",
+                                orchestrator_key=orchestrator_key) for i in range(devices)]
+
+
+def _generator_specs(
+    args: argparse.Namespace, work: Path, broker: MosquittoBroker, key: SigningKey,
+    bundles: Sequence[Bundle], shapes: Mapping[str, list[int]],
+) -> list[dict[str, Any]]:
+    """One load generator's instructions per (non-empty) share of the devices."""
+    shares = [bundles[i::args.generators] for i in range(args.generators)]
+    return [{
+        "host": broker.host, "port": broker.port, "fed": FED,
+        "orchestrator_key": public_key_hex(key), "shapes": shapes,
+        "batches_per_device": args.batches,
+        "batch_entries": args.batch_entries, "window": args.window,
+        "sample_per_device": 8, "seed": args.seed * 100 + i,
+        "sample_path": str(work / f"sample-{i}.msgpack"),
+        "devices": [{"device_id": b.device_id, "password": b.mqtt_password,
+                     "secret": b.enroll_secret} for b in share],
+    } for i, share in enumerate(s for s in shares if s)]
+
+
+async def _load(specs: Sequence[Mapping[str, Any]], work: Path) -> list[dict[str, Any]]:
+    """Start a generator per spec, wait until all have built their updates, let them go at
+    once and return what each one reports."""
+    async with contextlib.AsyncExitStack() as stack:
+        generators = []
+        for i, spec in enumerate(specs):
+            spec_path = work / f"load-{i}.json"
+            spec_path.write_text(json.dumps(spec))
+            generators.append(await stack.enter_async_context(
+                _generator(spec_path, work / f"load-{i}.log")))
+        for gen in generators:
+            await _read_json(gen, "ready", work)
+        for gen in generators:
+            assert gen.stdin is not None
+            gen.stdin.write(b"go\n")
+            await gen.stdin.drain()
+        return [await _read_json(gen, "done", work) for gen in generators]
+
+
+async def _stop(service: asyncio.subprocess.Process, log: Path) -> None:
+    service.send_signal(signal.SIGTERM)
+    async with asyncio.timeout(_STEP_S):
+        code = await service.wait()
+    if code != 0:
+        raise BenchError(f"the service exited with {code}: {_tail(log)}")
+
+
+async def _check_ledger(config: Config, results: Sequence[Mapping[str, Any]]) -> _Outcome:
+    acked = {(device, seq) for r in results for device, seqs in r["accepted"].items()
+             for seq in seqs}
+    async with Store.open(config.federation.store_path) as store:
+        rows = await store.ledger(status=("buffered", "applied"))
+        latest = await store.latest_version()
+    stored = {(r.sender, r.seq) for r in rows}
+    return _Outcome(
+        acked=len(acked),
+        other=sum(len(o) for r in results for o in r["other"].values()),
+        lost=len(acked - stored),
+        seconds=max(r["ended"] for r in results) - min(r["started"] for r in results),
+        versions=latest.version if latest is not None else 0,
+        generators=len(results),
+    )
+
+
+def _samples(specs: Sequence[Mapping[str, Any]]) -> dict[str, tuple[VerifyKey, list[bytes]]]:
+    """The updates each generator set aside for the kernel floor, by device."""
     samples: dict[str, tuple[VerifyKey, list[bytes]]] = {}
-    for i in range(len(generators)):
-        raw = msgpack.unpackb((work / f"sample-{i}.msgpack").read_bytes())
+    for spec in specs:
+        raw = msgpack.unpackb(Path(spec["sample_path"]).read_bytes())
         for device, item in raw.items():
             samples[device] = (VerifyKey(item["key"]), list(item["entries"]))
-    kernel, timed = await asyncio.to_thread(
-        kernel_updates_per_s, samples, unseal_key(key), _limits(config),
-        min_seconds=args.kernel_seconds)
-    rate = len(acked) / max(ended - started, 1e-9)
+    return samples
+
+
+def _report(
+    args: argparse.Namespace, outcome: _Outcome, *, n_params: int, drain_s: float | None,
+    kernel: float, kernel_timed: int,
+) -> dict[str, Any]:
+    rate = outcome.acked / max(outcome.seconds, 1e-9)
     ratio = rate / kernel
     return {
         "bench": "ingest",
@@ -214,25 +275,25 @@ async def _bench(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         "codec": "int8 (signed, sealed)",
         "batch_entries": args.batch_entries,
         "window": args.window,
-        "generators": len(generators),
+        "generators": outcome.generators,
         "k": args.k,
         "max_per_version": _per_version(args),
         "durability": args.durability,
         "decode_workers": args.decode_workers,
-        "versions": latest.version if latest is not None else 0,
-        "updates_accepted": len(acked),
-        "updates_not_accepted": other,
-        "seconds": round(ended - started, 3),
+        "versions": outcome.versions,
+        "updates_accepted": outcome.acked,
+        "updates_not_accepted": outcome.other,
+        "seconds": round(outcome.seconds, 3),
         "aggregation_drain_s": drain_s,
         "updates_per_s": round(rate, 1),
         "kernel_floor_updates_per_s": round(kernel, 1),
-        "kernel_updates_timed": timed,
+        "kernel_updates_timed": kernel_timed,
         "ratio": round(ratio, 3),
-        "lost": lost,
+        "lost": outcome.lost,
         "cpus": os.cpu_count(),
         "targets": {"updates_per_s": UPDATES_TARGET, "ratio": RATIO_TARGET, "lost": 0},
         "targets_met": {"updates_per_s": rate >= UPDATES_TARGET, "ratio": ratio >= RATIO_TARGET,
-                        "lost": lost == 0},
+                        "lost": outcome.lost == 0},
     }
 
 

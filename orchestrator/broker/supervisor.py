@@ -33,6 +33,33 @@ _POLL_S = 0.02
 _DIAGNOSTIC_LINES = 40
 
 
+def _initial_accounts(
+    users: Mapping[str, str] | None, orchestrator_password: str | None
+) -> dict[str, str]:
+    """The password file's first accounts: ``users`` plus the orchestrator's (the given
+    password, else a random one), every name and password checked."""
+    credentials = dict(users or {})
+    if orchestrator_password is not None:
+        if credentials.get(ORCHESTRATOR_USER, orchestrator_password) != orchestrator_password:
+            raise BrokerError("two different orchestrator passwords given")
+        credentials[ORCHESTRATOR_USER] = orchestrator_password
+    credentials.setdefault(ORCHESTRATOR_USER, generate_password())
+    for name, password in credentials.items():
+        validate_username(name)
+        if not password:
+            raise BrokerError(f"empty password for user {name!r}")
+    return credentials
+
+
+def _with_information(log_types: Sequence[str]) -> tuple[str, ...]:
+    """``log_types`` plus ``information``: the lines that starting and reloading wait for
+    are logged at that level."""
+    types = tuple(log_types)
+    if "all" not in types and "information" not in types:
+        types += ("information",)
+    return types
+
+
 class MosquittoBroker:
     """A development Mosquitto on 127.0.0.1, configured from ``broker_config/dev.conf.in``.
 
@@ -83,17 +110,7 @@ class MosquittoBroker:
         """
         if not 0 <= port < 65536:
             raise BrokerError(f"port {port} out of range")
-        credentials = dict(users or {})
-        if orchestrator_password is not None:
-            if credentials.get(ORCHESTRATOR_USER, orchestrator_password) != orchestrator_password:
-                raise BrokerError("two different orchestrator passwords given")
-            credentials[ORCHESTRATOR_USER] = orchestrator_password
-        credentials.setdefault(ORCHESTRATOR_USER, generate_password())
-        for name, password in credentials.items():
-            validate_username(name)
-            if not password:
-                raise BrokerError(f"empty password for user {name!r}")
-        self._credentials = credentials
+        self._credentials = _initial_accounts(users, orchestrator_password)
         self._requested_workdir = Path(workdir) if workdir is not None else None
         self._workdir: Path | None = None
         self._owns_workdir = False
@@ -104,10 +121,7 @@ class MosquittoBroker:
         self._listener_extra = listener_extra
         self._max_packet_size = max_packet_size
         self._autosave_interval = autosave_interval
-        types = tuple(log_types)
-        if "all" not in types and "information" not in types:
-            types += ("information",)
-        self._log_types = types
+        self._log_types = _with_information(log_types)
         self._startup_timeout = startup_timeout
         self._stop_timeout = stop_timeout
         self._binary = binary

@@ -32,7 +32,7 @@ from orchestrator.cli._operator import (
     run_command,
     utc,
 )
-from orchestrator.ops.desk import MAX_AUDIT_LIMIT
+from orchestrator.ops.commands import MAX_AUDIT_LIMIT
 
 PROG = "fedmq audit"
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")

@@ -72,6 +72,92 @@ class MetricsEndpoint:
         return f"http://{host}:{self.port}/metrics"
 
 
+@dataclass(frozen=True)
+class _Instruments:
+    """The Prometheus metrics, one declaration each (name, help, labels, buckets)."""
+
+    received: Counter
+    accepted: Counter
+    rejected: Counter
+    duplicates: Counter
+    ingest_latency: Histogram
+    batch_size: Histogram
+    aggregation: Histogram
+    buffer: Gauge
+    buffer_capacity: Gauge
+    version: Gauge
+    staleness: Histogram
+    online: Gauge
+    by_state: Gauge
+    outbox: Gauge
+    epsilon: Gauge
+    stopped: Gauge
+    stop: Info
+    federation: Info
+
+    @classmethod
+    def declare(cls, reg: CollectorRegistry) -> _Instruments:
+        return cls(
+            received=Counter(
+                "fedmq_updates_received", "Updates received (every outcome)", registry=reg),
+            accepted=Counter(
+                "fedmq_updates_accepted", "Updates accepted into the buffer", registry=reg),
+            rejected=Counter(
+                "fedmq_updates_rejected", "Updates rejected, by reason", ["reason"],
+                registry=reg),
+            duplicates=Counter(
+                "fedmq_updates_duplicate",
+                "Re-sent updates acknowledged again (never applied twice)", registry=reg),
+            ingest_latency=Histogram(
+                "fedmq_ingest_latency_seconds", "Seconds from receipt of a batch to its ack",
+                buckets=INGEST_LATENCY_BUCKETS, registry=reg),
+            batch_size=Histogram(
+                "fedmq_batch_size", "Updates per received batch", buckets=BATCH_BUCKETS,
+                registry=reg),
+            aggregation=Histogram(
+                "fedmq_aggregation_duration_seconds", "Seconds to aggregate and commit a version",
+                buckets=AGGREGATION_BUCKETS, registry=reg),
+            buffer=Gauge(
+                "fedmq_buffer_updates", "Accepted updates waiting for aggregation", registry=reg),
+            buffer_capacity=Gauge(
+                "fedmq_buffer_capacity", "Updates that trigger an aggregation (K); NaN if unknown",
+                registry=reg),
+            version=Gauge("fedmq_model_version", "Current global model version", registry=reg),
+            staleness=Histogram(
+                "fedmq_update_staleness",
+                "Versions between an update's base and the model it was applied to",
+                buckets=STALENESS_BUCKETS, registry=reg),
+            online=Gauge(
+                "fedmq_devices_online", "Devices whose last status is not offline", registry=reg),
+            by_state=Gauge(
+                "fedmq_devices", "Devices by last reported agent state", ["state"], registry=reg),
+            outbox=Gauge(
+                "fedmq_outbox_backlog",
+                "Updates waiting in agents' outboxes (sum of reported outbox_len)", registry=reg),
+            epsilon=Gauge(
+                "fedmq_privacy_epsilon", "Federation-level DP epsilon spent so far", registry=reg),
+            stopped=Gauge("fedmq_stopped", "1 once a stopping rule fired, else 0", registry=reg),
+            stop=Info(
+                "fedmq_stop", "Why the federation stopped (empty while running)", registry=reg),
+            federation=Info(
+                "fedmq_federation", "The federation this orchestrator serves", registry=reg),
+        )
+
+    def start(self, federation: str | None) -> None:
+        """Known label values start at zero, so rate() works from the first scrape; values not
+        known yet are NaN."""
+        for reason in Reason:
+            self.rejected.labels(reason=reason.value)
+        for state in AgentState:
+            self.by_state.labels(state=state.value).set(0)
+        self.version.set(math.nan)
+        self.buffer_capacity.set(math.nan)
+        self.epsilon.set(math.nan)
+        self.stop.info({"reason": ""})
+        if federation is not None:
+            self.federation.info({"federation": federation})
+
+
 class Metrics:
     """The orchestrator's metrics, in a registry of their own.
 
@@ -91,50 +177,8 @@ class Metrics:
         self._clock = clock
         self._window = float(rate_window_s)
         self._started = clock()
-        reg = self.registry = CollectorRegistry(auto_describe=True)
-
-        self._received = Counter("fedmq_updates_received", "Updates received (every outcome)",
-                                 registry=reg)
-        self._accepted = Counter("fedmq_updates_accepted", "Updates accepted into the buffer",
-                                 registry=reg)
-        self._rejected = Counter("fedmq_updates_rejected", "Updates rejected, by reason",
-                                 ["reason"], registry=reg)
-        self._duplicates = Counter("fedmq_updates_duplicate",
-                                   "Re-sent updates acknowledged again (never applied twice)",
-                                   registry=reg)
-        self._ingest_latency = Histogram(
-            "fedmq_ingest_latency_seconds", "Seconds from receipt of a batch to its ack",
-            buckets=INGEST_LATENCY_BUCKETS, registry=reg)
-        self._batch_size = Histogram("fedmq_batch_size", "Updates per received batch",
-                                     buckets=BATCH_BUCKETS, registry=reg)
-        self._aggregation = Histogram(
-            "fedmq_aggregation_duration_seconds", "Seconds to aggregate and commit a version",
-            buckets=AGGREGATION_BUCKETS, registry=reg)
-        self._buffer = Gauge("fedmq_buffer_updates", "Accepted updates waiting for aggregation",
-                             registry=reg)
-        self._buffer_capacity = Gauge(
-            "fedmq_buffer_capacity", "Updates that trigger an aggregation (K); NaN if unknown",
-            registry=reg)
-        self._version = Gauge("fedmq_model_version", "Current global model version",
-                              registry=reg)
-        self._staleness = Histogram(
-            "fedmq_update_staleness", "Versions between an update's base and the model it "
-            "was applied to", buckets=STALENESS_BUCKETS, registry=reg)
-        self._online = Gauge("fedmq_devices_online", "Devices whose last status is not offline",
-                             registry=reg)
-        self._by_state = Gauge("fedmq_devices", "Devices by last reported agent state",
-                               ["state"], registry=reg)
-        self._outbox = Gauge("fedmq_outbox_backlog",
-                             "Updates waiting in agents' outboxes (sum of reported outbox_len)",
-                             registry=reg)
-        self._epsilon = Gauge("fedmq_privacy_epsilon", "Federation-level DP epsilon spent so far",
-                              registry=reg)
-        self._stopped = Gauge("fedmq_stopped", "1 once a stopping rule fired, else 0",
-                              registry=reg)
-        self._stop = Info("fedmq_stop", "Why the federation stopped (empty while running)",
-                          registry=reg)
-        self._federation = Info("fedmq_federation", "The federation this orchestrator serves",
-                                registry=reg)
+        self.registry = CollectorRegistry(auto_describe=True)
+        self._m = _Instruments.declare(self.registry)
 
         # the plain figures behind snapshot(); prometheus-client's own values are private
         self._counts = {"received": 0, "accepted": 0, "duplicates": 0}
@@ -153,30 +197,20 @@ class Metrics:
         self._recent: dict[str, deque[tuple[float, int]]] = {
             "received": deque(), "accepted": deque()}
 
-        # known label values start at zero, so rate() works from the first scrape
-        for reason in Reason:
-            self._rejected.labels(reason=reason.value)
-        for state in AgentState:
-            self._by_state.labels(state=state.value).set(0)
-        self._version.set(math.nan)
-        self._buffer_capacity.set(math.nan)
-        self._epsilon.set(math.nan)
-        self._stop.info({"reason": ""})
-        if federation is not None:
-            self._federation.info({"federation": federation})
+        self._m.start(federation)
 
     # -- ingestion ------------------------------------------------------------------------------
 
     def received(self, n: int = 1) -> None:
         """``n`` updates arrived (before judging: every outcome counts)."""
         n = _count(n)
-        self._received.inc(n)
+        self._m.received.inc(n)
         self._counts["received"] += n
         self._note_recent("received", n)
 
     def accepted(self, n: int = 1) -> None:
         n = _count(n)
-        self._accepted.inc(n)
+        self._m.accepted.inc(n)
         self._counts["accepted"] += n
         self._note_recent("accepted", n)
 
@@ -185,73 +219,73 @@ class Metrics:
         the screening's own reason text)."""
         n = _count(n)
         label = reason.value if isinstance(reason, Reason) else str(reason)
-        self._rejected.labels(reason=label).inc(n)
+        self._m.rejected.labels(reason=label).inc(n)
         self._rejections[label] = self._rejections.get(label, 0) + n
 
     def duplicate(self, n: int = 1) -> None:
         n = _count(n)
-        self._duplicates.inc(n)
+        self._m.duplicates.inc(n)
         self._counts["duplicates"] += n
 
     def observe_ingest_latency(self, seconds: float) -> None:
-        self._ingest_latency.observe(seconds)
+        self._m.ingest_latency.observe(seconds)
         self._add("ingest_latency", seconds)
 
     def observe_batch(self, size: int) -> None:
-        self._batch_size.observe(size)
+        self._m.batch_size.observe(size)
         self._add("batch_size", size)
 
     # -- aggregation and model ------------------------------------------------------------------
 
     def observe_aggregation(self, seconds: float) -> None:
-        self._aggregation.observe(seconds)
+        self._m.aggregation.observe(seconds)
         self._add("aggregation", seconds)
         self._last_aggregation_s = float(seconds)
 
     def observe_staleness(self, staleness: int) -> None:
         """One applied update's staleness (current version minus its base version)."""
-        self._staleness.observe(staleness)
+        self._m.staleness.observe(staleness)
         self._add("staleness", staleness)
 
     def set_buffer(self, n: int, capacity: int | None = None) -> None:
         """Buffer fill: ``n`` waiting updates (and the aggregation trigger K, if given)."""
-        self._buffer.set(n)
+        self._m.buffer.set(n)
         self._buffer_n = int(n)
         if capacity is not None:
-            self._buffer_capacity.set(capacity)
+            self._m.buffer_capacity.set(capacity)
             self._capacity_n = int(capacity)
 
     def set_version(self, version: int) -> None:
-        self._version.set(version)
+        self._m.version.set(version)
         self._version_n = int(version)
 
     # -- fleet ----------------------------------------------------------------------------------
 
     def set_online(self, n: int) -> None:
-        self._online.set(n)
+        self._m.online.set(n)
         self._online_n = int(n)
 
     def set_devices_by_state(self, counts: Mapping[str, int]) -> None:
         """Replace the per-state device counts (a state missing from ``counts`` goes to 0)."""
         for state in self._states.keys() - counts.keys():
-            self._by_state.labels(state=state).set(0)
+            self._m.by_state.labels(state=state).set(0)
         for state, n in counts.items():
-            self._by_state.labels(state=str(state)).set(n)
+            self._m.by_state.labels(state=str(state)).set(n)
         self._states = {str(s): int(n) for s, n in counts.items()}
 
     def set_outbox_backlog(self, n: int) -> None:
         """The sum of ``outbox_len`` over the devices' latest heartbeats."""
-        self._outbox.set(n)
+        self._m.outbox.set(n)
         self._outbox_n = int(n)
 
     def set_privacy_epsilon(self, epsilon: float) -> None:
-        self._epsilon.set(epsilon)
+        self._m.epsilon.set(epsilon)
         self._epsilon_v = float(epsilon)
 
     def set_stopped(self, reason: str | None) -> None:
         """Record why the federation stopped; ``None`` when it resumes."""
-        self._stop.info({"reason": reason or ""})
-        self._stopped.set(0 if reason is None else 1)
+        self._m.stop.info({"reason": reason or ""})
+        self._m.stopped.set(0 if reason is None else 1)
         self._stop_reason = reason
 
     # -- reading --------------------------------------------------------------------------------

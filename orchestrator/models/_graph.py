@@ -60,18 +60,6 @@ class GraphBuilder:
         )
         return name
 
-    def op_multi(
-        self, op_type: str, inputs: Sequence[str], outputs: Sequence[str], **attrs: Any
-    ) -> list[str]:
-        """Add a node with several outputs; empty strings in ``outputs`` are left unused."""
-        names = [o or "" for o in outputs]
-        self._nodes.append(
-            helper.make_node(
-                op_type, list(inputs), names, name=f"n_{next(self._ids)}_{op_type}", **attrs
-            )
-        )
-        return names
-
     def serialize(self, metadata: Mapping[str, str]) -> bytes:
         graph = helper.make_graph(
             self._nodes, self._name, self._inputs, self._outputs, self._initializers

@@ -18,7 +18,7 @@ import numpy as np
 
 from orchestrator.config import ModelConfig
 from orchestrator.errors import OrchestratorError
-from orchestrator.models import GRAPH_NAMES, ModelSpec, build_model
+from orchestrator.models import GRAPH_NAMES, build_model
 from schemas.tensors import Params
 
 __all__ = ["Architecture", "ArchitectureError", "initial_model", "pack_architecture",
@@ -88,7 +88,3 @@ def _from_dir(directory: Path) -> tuple[Architecture, Params]:
             raise ArchitectureError(f"model.graphs_dir: parameter {name!r} is {value.dtype}, "
                                     "not float32")
     return Architecture(graphs, None), params
-
-
-def spec_of(arch: Architecture) -> ModelSpec | None:
-    return ModelSpec.from_dict(arch.spec) if arch.spec is not None else None

@@ -11,7 +11,7 @@ import json
 import math
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from orchestrator.store import AuditRecord, Device, LedgerEntry, Store, VersionInfo
@@ -159,39 +159,11 @@ def derive(
     higher_is_better: bool | None = None,
 ) -> ReportData:
     """Turn store rows into report figures (pure)."""
-    device_class = {d.device_id: d.device_class for d in devices}
-    parent = {v.version: v.parent for v in versions}
-    recorded: dict[int, int] = {}
-    for v in versions:
-        for uid, value in _mapping(v.lineage.get("staleness")).items():
-            number = _number(value)
-            if number is not None and str(uid).isdigit():
-                recorded[int(uid)] = round(number)
-
-    applied = [e for e in ledger if e.status == "applied" and e.applied_version is not None]
-    staleness: list[int] = []
-    participation: Counter[str] = Counter()
-    contributors: dict[str, set[str]] = {}
-    train_losses: dict[int, list[float]] = {}
-    for e in applied:
-        assert e.applied_version is not None
-        stale = recorded.get(e.id)
-        if stale is None and e.base_version is not None:
-            # applied to make v from its parent (v - 1 for an aggregate)
-            current = parent.get(e.applied_version)
-            stale = (current if current is not None else e.applied_version - 1) - e.base_version
-        if stale is not None:
-            staleness.append(max(0, stale))
-        cls = _device_class(e, device_class)
-        participation[cls] += 1
-        contributors.setdefault(cls, set()).add(e.sender or "?")
-        loss = _number(e.meta.get("train_loss"))
-        if loss is not None:
-            train_losses.setdefault(e.applied_version, []).append(loss)
-
-    points = tuple(_point(v, train_losses.get(v.version, ())) for v in versions)
+    applied = _applied_figures(versions, ledger, devices)
+    points = tuple(_point(v, applied.train_losses.get(v.version, ())) for v in versions)
     name = _metric_name(versions)
     outcomes: Counter[str] = Counter(e.status for e in ledger)
+    ranked = applied.participation.most_common()
     return ReportData(
         source=source,
         federation=federation,
@@ -200,9 +172,9 @@ def derive(
         higher_is_better=(higher_is_better if higher_is_better is not None
                           else not any(word in name.lower() for word in _LOWER_IS_BETTER)),
         versions=points,
-        staleness=tuple(staleness),
-        participation=dict(participation.most_common()),
-        contributors={cls: len(contributors[cls]) for cls, _ in participation.most_common()},
+        staleness=tuple(applied.staleness),
+        participation=dict(ranked),
+        contributors={cls: len(applied.contributors[cls]) for cls, _ in ranked},
         per_minute=_per_minute(ledger),
         outcomes=dict(sorted(outcomes.items())),
         rejected_by_reason=_reasons(ledger, "rejected"),
@@ -214,6 +186,60 @@ def derive(
         operators=sum(1 for d in devices if d.role == "operator"),
         stop=stop,
     )
+
+
+# -- applied updates ----------------------------------------------------------------------------
+
+
+@dataclass
+class _AppliedFigures:
+    """What the applied updates of the ledger add up to."""
+
+    staleness: list[int] = field(default_factory=list)
+    participation: Counter[str] = field(default_factory=Counter)
+    """Applied updates per device class."""
+    contributors: dict[str, set[str]] = field(default_factory=dict)
+    """Senders per device class."""
+    train_losses: dict[int, list[float]] = field(default_factory=dict)
+    """Reported training losses per version they were applied to."""
+
+
+def _applied_figures(
+    versions: Sequence[VersionInfo], ledger: Sequence[LedgerEntry], devices: Sequence[Device]
+) -> _AppliedFigures:
+    device_class = {d.device_id: d.device_class for d in devices}
+    parent = {v.version: v.parent for v in versions}
+    recorded = _recorded_staleness(versions)
+    out = _AppliedFigures()
+    for e in ledger:
+        if e.status != "applied" or e.applied_version is None:
+            continue
+        stale = recorded.get(e.id)
+        if stale is None and e.base_version is not None:
+            # applied to make v from its parent (v - 1 for an aggregate)
+            current = parent.get(e.applied_version)
+            stale = (current if current is not None else e.applied_version - 1) - e.base_version
+        if stale is not None:
+            out.staleness.append(max(0, stale))
+        cls = _device_class(e, device_class)
+        out.participation[cls] += 1
+        out.contributors.setdefault(cls, set()).add(e.sender or "?")
+        loss = _number(e.meta.get("train_loss"))
+        if loss is not None:
+            out.train_losses.setdefault(e.applied_version, []).append(loss)
+    return out
+
+
+def _recorded_staleness(versions: Sequence[VersionInfo]) -> dict[int, int]:
+    """The staleness the aggregator recorded per update id in the versions' lineage; updates
+    of versions written without it get theirs recomputed from the parent."""
+    recorded: dict[int, int] = {}
+    for v in versions:
+        for uid, value in _mapping(v.lineage.get("staleness")).items():
+            number = _number(value)
+            if number is not None and str(uid).isdigit():
+                recorded[int(uid)] = round(number)
+    return recorded
 
 
 # -- versions -----------------------------------------------------------------------------------

@@ -146,24 +146,6 @@ class DeviceMethods(StoreBase):
             if replay_state is not None:
                 await conn.execute(UPSERT_WINDOW, (device_id, bytes(replay_state), now))
 
-    async def bump_counters(
-        self, device_id: str, *, accepted: int = 0, rejected: int = 0, quarantined: int = 0
-    ) -> None:
-        await self._update_device(
-            device_id,
-            "UPDATE devices SET accepted_count = accepted_count + ?, "
-            "rejected_count = rejected_count + ?, quarantine_count = quarantine_count + ? "
-            "WHERE device_id = ?",
-            (accepted, rejected, quarantined),
-            None,
-        )
-
-    async def delete_device(self, device_id: str, *, audit: AuditEvent | None = None) -> None:
-        """Remove a device and its replay window (its ledger and audit rows stay)."""
-        await self._update_device(
-            device_id, "DELETE FROM devices WHERE device_id = ?", (), audit
-        )
-
     # -- replay windows ----------------------------------------------------------------------
 
     async def load_replay_windows(self) -> dict[str, bytes]:

@@ -53,36 +53,15 @@ class UpdateMethods(StoreBase):
         now = self._clock()
         # CPU work (JSON, zstd) before taking the lock, in a worker thread
         rows, blobs = await asyncio.to_thread(_prepare_ingest, updates, now)
-        counts: dict[str, Counter[str]] = {}
-        audits: list[tuple[Any, ...]] = []
-        for u in updates:
-            if u.sender is not None:
-                counts.setdefault(u.sender, Counter())[u.status] += 1
+        counts = _status_counts(updates)
         windows = [(s, bytes(b), now) for s, b in (replay_windows or {}).items()]
         async with self._tx() as conn:
-            first = int(await scalar(conn, "SELECT COALESCE(MAX(id), 0) + 1 FROM updates"))
-            # explicit ids: we hold the write lock, so they are ours and the buffer rows can
-            # reference them without a round trip per row
-            ids = list(range(first, first + len(updates)))
-            try:
-                await conn.executemany(
-                    f"INSERT INTO updates ({_rows.LEDGER_COLUMNS}) "
-                    "VALUES (?, ?, ?, ?, ?, NULL, ?, ?, ?, NULL, ?, ?)",
-                    [(i, *r) for i, r in zip(ids, rows, strict=True)],
-                )
-            except sqlite3.IntegrityError as exc:
-                if "updates.sender, updates.seq" not in str(exc):
-                    raise
-                raise await _duplicate(conn, updates, first) from exc
+            ids = await _insert_ledger(conn, updates, rows)
             await conn.executemany(
                 "INSERT INTO buffer (update_id, delta) VALUES (?, ?)",
                 [(ids[i], blob) for i, blob in blobs],
             )
-            for i, u in enumerate(updates):
-                if u.status != "buffered":
-                    detail = {"update_id": ids[i], "seq": u.seq, "base_version": u.base_version}
-                    audits.append((u.received_ms if u.received_ms is not None else now,
-                                   u.status, actor, u.sender, u.reason, _rows.dumps(detail)))
+            audits = _refusal_audits(updates, ids, now, actor)
             if audits:
                 await conn.executemany(INSERT_AUDIT, audits)
             await conn.executemany(
@@ -202,6 +181,50 @@ def _prepare_ingest(
             delta = u.delta
             blobs.append((i, delta if isinstance(delta, bytes) else encode_params(delta)))
     return rows, blobs
+
+
+async def _insert_ledger(
+    conn: aiosqlite.Connection, updates: Sequence[IncomingUpdate], rows: list[tuple[Any, ...]]
+) -> list[int]:
+    """Insert the batch's ledger rows; returns their ids. An accepted (sender, seq) already in
+    the ledger (or twice in the batch) raises :class:`DuplicateUpdateError` naming it."""
+    first = int(await scalar(conn, "SELECT COALESCE(MAX(id), 0) + 1 FROM updates"))
+    # explicit ids: we hold the write lock, so they are ours and the buffer rows can
+    # reference them without a round trip per row
+    ids = list(range(first, first + len(updates)))
+    try:
+        await conn.executemany(
+            f"INSERT INTO updates ({_rows.LEDGER_COLUMNS}) "
+            "VALUES (?, ?, ?, ?, ?, NULL, ?, ?, ?, NULL, ?, ?)",
+            [(i, *r) for i, r in zip(ids, rows, strict=True)],
+        )
+    except sqlite3.IntegrityError as exc:
+        if "updates.sender, updates.seq" not in str(exc):
+            raise
+        raise await _duplicate(conn, updates, first) from exc
+    return ids
+
+
+def _refusal_audits(
+    updates: Sequence[IncomingUpdate], ids: Sequence[int], now: int, actor: str
+) -> list[tuple[Any, ...]]:
+    """An audit row for each rejected or quarantined update of the batch."""
+    audits: list[tuple[Any, ...]] = []
+    for i, u in enumerate(updates):
+        if u.status != "buffered":
+            detail = {"update_id": ids[i], "seq": u.seq, "base_version": u.base_version}
+            audits.append((u.received_ms if u.received_ms is not None else now,
+                           u.status, actor, u.sender, u.reason, _rows.dumps(detail)))
+    return audits
+
+
+def _status_counts(updates: Iterable[IncomingUpdate]) -> dict[str, Counter[str]]:
+    """How many of each sender's updates have each status (for the per-device counters)."""
+    counts: dict[str, Counter[str]] = {}
+    for u in updates:
+        if u.sender is not None:
+            counts.setdefault(u.sender, Counter())[u.status] += 1
+    return counts
 
 
 def _decode_buffered(rows: list[tuple[Any, ...]]) -> list[BufferedEntry]:

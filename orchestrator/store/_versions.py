@@ -8,6 +8,8 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import aiosqlite
+
 from orchestrator.aggregation.codec import encode_params
 from schemas.tensors import Params
 
@@ -70,19 +72,7 @@ class VersionMethods(StoreBase):
         whose parameters are republished for ``rollback``. ``arch_hash`` defaults to the
         parent's. ``lineage`` gets an ``updates`` key listing the applied ids.
         """
-        one_of("kind", kind, VERSION_KINDS)
-        if (kind == "initial") != (parent is None):
-            raise ValueError("an initial version has no parent; every other kind needs one")
-        applied = dict(applied or {})
-        dropped = dict(dropped or {})
-        if applied.keys() & dropped.keys():
-            raise ValueError("an update cannot be both applied and dropped")
-        if not all(math.isfinite(w) and w >= 0 for w in applied.values()):
-            raise ValueError("applied weights must be finite and >= 0")
-        lineage_obj = dict(lineage or {})
-        if "updates" in lineage_obj:
-            raise ValueError("lineage key 'updates' is reserved (the store fills it in)")
-        lineage_obj["updates"] = list(applied)
+        applied, dropped, lineage_obj = _checked_outcome(kind, parent, applied, dropped, lineage)
         charges = list(privacy or ())
         check_charges(charges)
         lineage_json = _rows.dumps(lineage_obj)
@@ -91,28 +81,7 @@ class VersionMethods(StoreBase):
         digest = hashlib.sha256(blob).hexdigest()
         now = self._clock()
         async with self._tx() as conn:
-            latest = await scalar(conn, "SELECT MAX(version) FROM versions")
-            version = 0 if latest is None else int(latest) + 1
-            if version == 0 and kind != "initial":
-                raise InvalidStateError("the first version must be kind 'initial'")
-            if kind == "aggregate" and parent != latest:
-                raise InvalidStateError(
-                    f"aggregate on version {parent}, but the latest is {latest}"
-                )
-            arch = arch_hash
-            if parent is not None:
-                parent_arch = await scalar(
-                    conn, "SELECT arch_hash FROM versions WHERE version = ?", (parent,)
-                )
-                if parent_arch is None:
-                    raise NotFoundError("version", parent)
-                arch = arch or str(parent_arch)
-            if arch is None:
-                raise ValueError("an initial version needs arch_hash (see put_architecture)")
-            if await scalar(
-                conn, "SELECT 1 FROM architectures WHERE arch_hash = ?", (arch,)
-            ) is None:
-                raise NotFoundError("architecture", arch)
+            version, arch = await _next_version(conn, kind, parent, arch_hash)
             await conn.execute(
                 f"INSERT INTO versions ({_rows.VERSION_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 (version, parent, now, kind, arch, digest, lineage_json, metrics_json),
@@ -120,19 +89,7 @@ class VersionMethods(StoreBase):
             await conn.execute(
                 "INSERT INTO version_params (version, params) VALUES (?, ?)", (version, blob)
             )
-            if applied:
-                cur = await conn.executemany(
-                    "UPDATE updates SET status = 'applied', weight = ?, applied_version = ? "
-                    "WHERE id = ? AND status = 'buffered'",
-                    [(float(w), version, uid) for uid, w in applied.items()],
-                )
-                if cur.rowcount != len(applied):
-                    raise await not_buffered(conn, applied)
-                await conn.executemany(
-                    "DELETE FROM buffer WHERE update_id = ?", [(uid,) for uid in applied]
-                )
-            if dropped:
-                await take_from_buffer(conn, list(dropped), "rejected", dropped)
+            await _consume_buffer(conn, version, applied, dropped)
             if server_state:
                 await conn.executemany(
                     UPSERT_STATE, [(k, bytes(v), now) for k, v in server_state.items()]
@@ -209,3 +166,76 @@ class VersionMethods(StoreBase):
         now = self._clock()
         async with self._tx() as conn:
             await conn.executemany(UPSERT_STATE, [(k, bytes(v), now) for k, v in entries.items()])
+
+
+def _checked_outcome(
+    kind: VersionKind,
+    parent: int | None,
+    applied: Mapping[int, float] | None,
+    dropped: Mapping[int, str] | None,
+    lineage: Mapping[str, Any] | None,
+) -> tuple[dict[int, float], dict[int, str], dict[str, Any]]:
+    """Validate a commit's arguments before any work; returns the applied and dropped maps as
+    dicts and the lineage with its ``updates`` key filled in."""
+    one_of("kind", kind, VERSION_KINDS)
+    if (kind == "initial") != (parent is None):
+        raise ValueError("an initial version has no parent; every other kind needs one")
+    applied = dict(applied or {})
+    dropped = dict(dropped or {})
+    if applied.keys() & dropped.keys():
+        raise ValueError("an update cannot be both applied and dropped")
+    if not all(math.isfinite(w) and w >= 0 for w in applied.values()):
+        raise ValueError("applied weights must be finite and >= 0")
+    lineage_obj = dict(lineage or {})
+    if "updates" in lineage_obj:
+        raise ValueError("lineage key 'updates' is reserved (the store fills it in)")
+    lineage_obj["updates"] = list(applied)
+    return applied, dropped, lineage_obj
+
+
+async def _next_version(
+    conn: aiosqlite.Connection, kind: VersionKind, parent: int | None, arch_hash: str | None
+) -> tuple[int, str]:
+    """The new version's number and architecture, checked against the rows under the write
+    lock: the first version is ``initial``, an ``aggregate`` builds on the latest, the parent
+    exists, and the architecture (given, else the parent's) is stored."""
+    latest = await scalar(conn, "SELECT MAX(version) FROM versions")
+    version = 0 if latest is None else int(latest) + 1
+    if version == 0 and kind != "initial":
+        raise InvalidStateError("the first version must be kind 'initial'")
+    if kind == "aggregate" and parent != latest:
+        raise InvalidStateError(f"aggregate on version {parent}, but the latest is {latest}")
+    arch = arch_hash
+    if parent is not None:
+        parent_arch = await scalar(
+            conn, "SELECT arch_hash FROM versions WHERE version = ?", (parent,)
+        )
+        if parent_arch is None:
+            raise NotFoundError("version", parent)
+        arch = arch or str(parent_arch)
+    if arch is None:
+        raise ValueError("an initial version needs arch_hash (see put_architecture)")
+    if await scalar(conn, "SELECT 1 FROM architectures WHERE arch_hash = ?", (arch,)) is None:
+        raise NotFoundError("architecture", arch)
+    return version, arch
+
+
+async def _consume_buffer(
+    conn: aiosqlite.Connection, version: int, applied: Mapping[int, float],
+    dropped: Mapping[int, str],
+) -> None:
+    """Take the version's updates out of the buffer: ``applied`` ones with their final weight,
+    ``dropped`` ones as rejected with their reason. Every id must be buffered."""
+    if applied:
+        cur = await conn.executemany(
+            "UPDATE updates SET status = 'applied', weight = ?, applied_version = ? "
+            "WHERE id = ? AND status = 'buffered'",
+            [(float(w), version, uid) for uid, w in applied.items()],
+        )
+        if cur.rowcount != len(applied):
+            raise await not_buffered(conn, applied)
+        await conn.executemany(
+            "DELETE FROM buffer WHERE update_id = ?", [(uid,) for uid in applied]
+        )
+    if dropped:
+        await take_from_buffer(conn, list(dropped), "rejected", dropped)

@@ -87,27 +87,10 @@ class Store(DeviceMethods, UpdateMethods, VersionMethods, JournalMethods, Privac
         reader: aiosqlite.Connection | None = None
         try:
             try:
-                # before anything writes, refuse a newer schema
-                found = int(await scalar(conn, "PRAGMA user_version"))
-                if found > len(migrations):
-                    raise SchemaVersionError(found, len(migrations))
-                await conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms):d}")
-                await conn.execute("PRAGMA foreign_keys = ON")
-                # for a new database only (a no-op afterwards): buffered updates are ~100 KB
-                # blobs, written and deleted at ingest rate, and per-page work dominates
-                await conn.execute(f"PRAGMA page_size = {PAGE_SIZE:d}")
-                # Debian builds SQLite with secure_delete on: every applied update's blob
-                # would be zeroed page by page, doubling the write cost (see docs/security.md)
-                await conn.execute("PRAGMA secure_delete = FAST")
-                mode = await scalar(conn, "PRAGMA journal_mode = WAL")
-                if not memory and str(mode).lower() != "wal":
-                    raise StoreError(f"cannot put {target!r} in WAL mode (got {mode!r})")
-                await conn.execute(f"PRAGMA synchronous = {synchronous}")
-                version = await migrate(conn, migrations)
+                version = await _prepare_writer(conn, target, memory, synchronous,
+                                                busy_timeout_ms, migrations)
                 if not memory:
-                    reader = await aiosqlite.connect(target, isolation_level=None)
-                    await reader.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms):d}")
-                    await reader.execute("PRAGMA query_only = ON")
+                    reader = await _open_reader(target, busy_timeout_ms)
             except (sqlite3.Error, OSError) as exc:
                 raise StoreError(f"cannot open store {target!r}: {exc}") from exc
             store = cls(conn, target, clock, version, reader)
@@ -117,5 +100,47 @@ class Store(DeviceMethods, UpdateMethods, VersionMethods, JournalMethods, Privac
                 store._conn = None
             for each in (reader, conn):
                 if each is not None:
-                    with contextlib.suppress(sqlite3.Error, ValueError):
-                        await each.close()
+                    await _close_quietly(each)
+
+
+async def _prepare_writer(
+    conn: aiosqlite.Connection, target: str, memory: bool,
+    synchronous: Literal["FULL", "NORMAL"], busy_timeout_ms: int,
+    migrations: Sequence[Migration],
+) -> int:
+    """Set the writing connection's pragmas and migrate; returns the schema version."""
+    # before anything writes, refuse a newer schema
+    found = int(await scalar(conn, "PRAGMA user_version"))
+    if found > len(migrations):
+        raise SchemaVersionError(found, len(migrations))
+    await conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms):d}")
+    await conn.execute("PRAGMA foreign_keys = ON")
+    # for a new database only (a no-op afterwards): buffered updates are ~100 KB
+    # blobs, written and deleted at ingest rate, and per-page work dominates
+    await conn.execute(f"PRAGMA page_size = {PAGE_SIZE:d}")
+    # Debian builds SQLite with secure_delete on: every applied update's blob
+    # would be zeroed page by page, doubling the write cost (see docs/security.md)
+    await conn.execute("PRAGMA secure_delete = FAST")
+    mode = await scalar(conn, "PRAGMA journal_mode = WAL")
+    if not memory and str(mode).lower() != "wal":
+        raise StoreError(f"cannot put {target!r} in WAL mode (got {mode!r})")
+    await conn.execute(f"PRAGMA synchronous = {synchronous}")
+    return await migrate(conn, migrations)
+
+
+async def _open_reader(target: str, busy_timeout_ms: int) -> aiosqlite.Connection:
+    """The read-only second connection of a file database (closed again if setting it up
+    fails)."""
+    reader = await aiosqlite.connect(target, isolation_level=None)
+    try:
+        await reader.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms):d}")
+        await reader.execute("PRAGMA query_only = ON")
+    except BaseException:
+        await _close_quietly(reader)
+        raise
+    return reader
+
+
+async def _close_quietly(conn: aiosqlite.Connection) -> None:
+    with contextlib.suppress(sqlite3.Error, ValueError):
+        await conn.close()

@@ -3,6 +3,7 @@ revocation — over a real Mosquitto, with the store as the witness."""
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Callable
 from typing import Any
 
@@ -10,9 +11,9 @@ from nacl.signing import SigningKey
 
 from orchestrator.broker import MosquittoBroker
 from orchestrator.config import Config
-from orchestrator.devices.commands import approve, provision, revoke
+from orchestrator.devices.commands import approve, revoke
 from orchestrator.service import Orchestrator
-from schemas import EnrollStatus
+from schemas import Bundle, EnrollStatus
 from tests.support.clock import FakeClock
 from tests.support.waiting import until
 
@@ -63,11 +64,13 @@ async def test_bad_hmac_is_rejected_and_audited(
 async def test_unknown_device_is_told_so(
     orchestrator: Orchestrator, broker: MosquittoBroker, kit: Any,
 ) -> None:
-    # a broker account but no registry row (e.g. deleted from the store)
-    bundle = await provision(orchestrator.store, orchestrator.config, "ghost",
-                             orchestrator_key=orchestrator.public_key.hex())
-    await broker.reload()
-    await orchestrator.store.delete_device("ghost")
+    # a broker account but no registry row (e.g. removed from the store by hand): the account
+    # is made on the broker alone, and the bundle by hand, as provisioning would have
+    bundle = Bundle(device_id="ghost", fed=orchestrator.config.federation.id,
+                    broker_host=broker.host, broker_port=broker.port, mqtt_username="ghost",
+                    mqtt_password=await broker.add_user("ghost"),
+                    orchestrator_key=orchestrator.public_key.hex(),
+                    enroll_secret=secrets.token_hex(32))
     async with kit.SimDevice(bundle, broker) as ghost:
         answer = await ghost.enroll()
     assert answer.status is EnrollStatus.REJECTED and answer.reason == "unknown_sender"

@@ -226,12 +226,10 @@ async def test_device_registry_lifecycle() -> None:
         await store.record_heartbeat("dev-1", last_status=b"\x81\xa1b\x50",
                                      device_class="gateway", replay_state=b"win")
         await store.record_heartbeat("dev-1")  # keeps the last status and class
-        await store.bump_counters("dev-1", accepted=3, rejected=1, quarantined=2)
         dev3 = await store.get_device("dev-1")
         assert dev3 is not None
         assert (dev3.last_seen_ms, dev3.last_status, dev3.device_class) == (
             7_000, b"\x81\xa1b\x50", "gateway")
-        assert (dev3.accepted_count, dev3.rejected_count, dev3.quarantine_count) == (3, 1, 2)
         assert await store.load_replay_windows() == {"dev-1": b"win"}
 
         assert [d.device_id for d in await store.list_devices(role="operator")] == ["op-ann"]
@@ -249,9 +247,6 @@ async def test_device_registry_lifecycle() -> None:
         with pytest.raises(ValueError):
             await store.set_status("dev-1", "asleep")  # type: ignore[arg-type]
 
-        await store.delete_device("dev-1")
-        assert await store.get_device("dev-1") is None
-        assert await store.load_replay_windows() == {}  # cascaded
         events = [(a.event, a.device) for a in await store.list_audit(newest_first=False)]
         assert events == [("device_added", "dev-1"), ("enrolled", "dev-1")]
 
