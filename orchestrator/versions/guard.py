@@ -131,6 +131,7 @@ class RobustGuard:
         ``isolated`` devices, isolate repeat offenders; returns what is left to aggregate."""
         if not self.enabled or not entries:
             return ScreenReport(list(entries))
+        self._isolation.prune(now_ms)  # flags that left the window need not be saved again
         blocked = {e.update_id for e in entries if e.sender in isolated}
         judged = [e for e in entries if e.update_id not in blocked]
         results = await asyncio.to_thread(self._judge, judged) if judged else []
