@@ -22,7 +22,6 @@ import aiomqtt
 import pytest
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
-from tls_support import make_certs, prod_template
 
 from orchestrator.broker import (
     DEFAULT_ACL,
@@ -38,6 +37,7 @@ from orchestrator.broker import (
     verify_password,
 )
 from orchestrator.cli.broker import main as broker_main
+from tests.support.tls import make_certs, prod_template
 
 MqttClientFactory = Callable[..., aiomqtt.Client]
 REPO = Path(__file__).resolve().parents[1]

@@ -23,12 +23,12 @@ from pathlib import Path
 import aiomqtt
 import numpy as np
 import pytest
-from tls_support import make_certs, prod_template
 
 from orchestrator.broker import MosquittoBroker
 from orchestrator.config import parse_config
 from orchestrator.devices.commands import provision
 from orchestrator.service import Orchestrator
+from tests.support.tls import make_certs, prod_template
 
 pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl not installed")
 

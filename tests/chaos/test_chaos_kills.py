@@ -11,14 +11,15 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Awaitable, Callable
 
 import pytest
 
+from tests.support.chaos import ChaosSite, Ledger
 
-async def _kill_trials(site: Any, *, orchestrator_kills: int, agent_kills: int,
-                       broker_restarts: int, seed: int, partition_s: float = 0.0) -> Any:
+
+async def _kill_trials(site: ChaosSite, *, orchestrator_kills: int, agent_kills: int,
+                       broker_restarts: int, seed: int, partition_s: float = 0.0) -> Ledger:
     """The faults in random order while the fleet trains; with ``partition_s``, agent 0 is
     also cut off for that long (the long partition has its own test)."""
     rng = random.Random(seed)
@@ -65,13 +66,13 @@ async def _kill_trials(site: Any, *, orchestrator_kills: int, agent_kills: int,
     return ledger
 
 
-async def test_kills_quick(chaos_site: Callable[..., Any]) -> None:
+async def test_kills_quick(chaos_site: Callable[..., Awaitable[ChaosSite]]) -> None:
     site = await chaos_site(devices=3, seed=1)
     await _kill_trials(site, orchestrator_kills=2, agent_kills=2, broker_restarts=1, seed=1,
                        partition_s=3.0)
 
 
 @pytest.mark.chaos
-async def test_kills_long(chaos_site: Callable[..., Any]) -> None:
+async def test_kills_long(chaos_site: Callable[..., Awaitable[ChaosSite]]) -> None:
     site = await chaos_site(devices=4, seed=2)
     await _kill_trials(site, orchestrator_kills=22, agent_kills=22, broker_restarts=4, seed=2)

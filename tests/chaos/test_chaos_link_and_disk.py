@@ -20,14 +20,15 @@ import contextlib
 import errno
 import os
 import subprocess
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
+from tests.support.chaos import ChaosSite
 
-async def _partition(site: Any, seconds: float) -> None:
+
+async def _partition(site: ChaosSite, seconds: float) -> None:
     await site.start_orchestrator()
     await site.start_fleet()
     await site.wait(lambda: site.versions() >= 1, 90, "first version")
@@ -56,7 +57,7 @@ async def _partition(site: Any, seconds: float) -> None:
 
 
 @pytest.mark.chaos
-async def test_partition_for_minutes(chaos_site: Callable[..., Any]) -> None:
+async def test_partition_for_minutes(chaos_site: Callable[..., Awaitable[ChaosSite]]) -> None:
     await _partition(await chaos_site(devices=3, seed=4), seconds=150)
 
 
@@ -89,7 +90,7 @@ def _fill(directory: Path) -> Path:
 
 @pytest.mark.chaos
 async def test_full_outbox_disk_is_a_clear_error_and_no_corruption(
-    chaos_site: Callable[..., Any],
+    chaos_site: Callable[..., Awaitable[ChaosSite]],
 ) -> None:
     site = await chaos_site(devices=2, seed=5)
     with _tmpfs(site.state_dir(0), "2m"):

@@ -6,10 +6,9 @@ import dataclasses
 import math
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pytest
-from agent_clock import FakeClock
 
 from edge_agent.agent import Agent
 from edge_agent.data import LocalData
@@ -25,9 +24,8 @@ from edge_agent.probes import (
 )
 from orchestrator.models import BuiltModel
 from schemas import AgentState, Thermal
-
-if TYPE_CHECKING:
-    from conftest import FakeOrchestrator
+from tests.support.agent_clock import FakeClock
+from tests.support.fake_orchestrator import FakeOrchestrator
 
 
 def _write(root: Path, rel: str, text: str) -> None:

@@ -8,15 +8,12 @@ import signal
 import sqlite3
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import msgpack
 
 from orchestrator.models import BuiltModel
 from schemas import AgentState
-
-if TYPE_CHECKING:
-    from conftest import FakeOrchestrator
+from tests.support.fake_orchestrator import FakeOrchestrator
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -26,6 +26,7 @@ from orchestrator.devices.commands import provision, write_private
 from orchestrator.service import Orchestrator
 from schemas import Bundle, Update, encode_params
 from schemas.tensors import Codec, CodecSpec
+from tests.support.sim_device import random_delta
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -38,7 +39,7 @@ class Site:
 
 @pytest.fixture
 async def site(make_config: Callable[..., Config], devices: Callable[..., Any],
-               broker: MosquittoBroker, tmp_path: Path, kit: Any) -> AsyncIterator[Site]:
+               broker: MosquittoBroker, tmp_path: Path) -> AsyncIterator[Site]:
     """Three devices: dev-a (gateway, online, charging), dev-b (offline), dev-c (sensor,
     online, no model yet); one accepted update each from dev-a and dev-c, one rejected."""
     config = make_config(ops={"fleet_interval_s": 0.2})
@@ -49,7 +50,7 @@ async def site(make_config: Callable[..., Config], devices: Callable[..., Any],
         await a.status(battery_pct=90.0, charging=True, model_version=0, outbox_len=1)
         await b.status(state="offline", battery_pct=5.0, model_version=0, outbox_len=4)
         await c.status(battery_pct=40.0, thermal="serious")
-        delta = kit.random_delta(orch.params)
+        delta = random_delta(orch.params)
         seqs = []
         for dev, klass in ((a, "gateway"), (c, "sensor")):
             tensors = encode_params(delta, CodecSpec(Codec.INT8), np.random.default_rng(1))

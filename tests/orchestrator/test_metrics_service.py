@@ -16,6 +16,7 @@ from orchestrator.metrics.counters import MeteredCounter
 from orchestrator.metrics.prometheus import Metrics, MetricsEndpoint
 from orchestrator.service import Orchestrator, OrchestratorError
 from schemas import AckOutcome
+from tests.support.sim_device import random_delta
 
 
 async def until(condition: Callable[[], Any], within: float = 10) -> None:
@@ -62,14 +63,14 @@ def test_the_counter_meters_ingestion_keys_only() -> None:
 
 
 async def test_the_endpoint_shows_the_traffic(
-    make_config: Callable[..., Config], devices: Callable[..., Any], kit: Any,
+    make_config: Callable[..., Config], devices: Callable[..., Any],
 ) -> None:
     config = make_config(metrics={"port": 0}, aggregation={"k": 1})
     async with Orchestrator(config, store_synchronous="NORMAL") as orch:
         endpoint = orch.metrics_endpoint
         assert endpoint is not None and endpoint.host == "127.0.0.1" and endpoint.port > 0
         dev = await devices(orch, "dev-1")
-        delta = kit.random_delta(orch.params)
+        delta = random_delta(orch.params)
         good_seq, good = dev.update(delta)
         bad_seq, bad = dev.update(delta, base_version=7)
         await dev.send(good, good, bad)  # accepted, duplicate, unknown_version

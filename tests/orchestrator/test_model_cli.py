@@ -26,6 +26,7 @@ from orchestrator.config import load_config
 from orchestrator.service import Orchestrator
 from orchestrator.store import Store
 from schemas import params_digest
+from tests.support.service_config import config_dict
 
 SPEC = FleetSpec(devices=4, dataset="digits", split="iid", seed=0, battery_fraction=0.0,
                  time_scale=1.0)
@@ -68,13 +69,13 @@ async def _until(condition: Callable[[], Any], within: float) -> None:
 
 
 async def test_rollback_export_list_and_show(
-    broker: MosquittoBroker, tmp_path: Path, kit: Any,
+    broker: MosquittoBroker, tmp_path: Path,
 ) -> None:
     data = shard_data(SPEC)
     assert data.test.y is not None
     validation = tmp_path / "validation.npz"
     np.savez(validation, X=data.test.X, y=data.test.y)
-    sections = kit.config_dict(
+    sections = config_dict(
         tmp_path, broker,
         model={"kind": "softmax", "n_features": 64, "n_classes": 10, "seed": 0},
         training={"epochs": 1, "batch_size": 16, "lr": 0.1, "deadline_s": 30.0},
@@ -167,10 +168,10 @@ async def test_rollback_export_list_and_show(
     assert rc == 0 and "rollback" in out
 
 
-async def test_mistakes_are_one_line(tmp_path: Path, broker: MosquittoBroker, kit: Any
+async def test_mistakes_are_one_line(tmp_path: Path, broker: MosquittoBroker
                                      ) -> None:
     config_path = tmp_path / "orchestrator.toml"
-    config_path.write_text(_toml(kit.config_dict(tmp_path, broker)))
+    config_path.write_text(_toml(config_dict(tmp_path, broker)))
     cfg = str(config_path)
     rc, _, err = await _cli("list", "--config", cfg)
     assert rc == 1 and err.count("\n") == 1 and "no orchestrator database" in err

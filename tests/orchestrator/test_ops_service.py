@@ -28,6 +28,8 @@ from schemas import Bundle, Update, encode_params, pack, verify
 from schemas.envelope import check_header, decode_body
 from schemas.messages import OperatorRequest, OperatorResponse
 from schemas.tensors import Codec, CodecSpec
+from tests.support.service_config import FED
+from tests.support.sim_device import random_delta
 
 OPS = {"fleet_interval_s": 0.2}
 
@@ -103,14 +105,14 @@ def signed_request(key: SigningKey, bundle: Bundle, seq: int, command: str = "pi
 
 
 async def test_operator_enrolls_and_reads_the_fleet(
-    orch: Orchestrator, devices: Callable[..., Any], operator: Callable[..., Any], kit: Any,
+    orch: Orchestrator, devices: Callable[..., Any], operator: Callable[..., Any],
 ) -> None:
     dev1 = await devices(orch, "dev-1")
     dev2 = await devices(orch, "dev-2")
     await dev1.status(battery_pct=81.0, charging=True, thermal="fair", model_version=0,
                       outbox_len=3)
     await dev2.status(state="offline", battery_pct=12.0, model_version=0)
-    delta = kit.random_delta(orch.params)
+    delta = random_delta(orch.params)
     tensors = encode_params(delta, CodecSpec(Codec.INT8), np.random.default_rng(0))
     seq, update = dev1.sign(Update(task_id="t", base_version=0, num_samples=10,
                                    tensors=tensors, device_class="gateway"), seal=True)
@@ -125,7 +127,7 @@ async def test_operator_enrolls_and_reads_the_fleet(
         fleet = await ops.request("fleet.status")
         assert (await ops.request("ping")) == {"pong": True, "version": 0}
     assert identity_path(path).stat().st_mode & 0o777 == 0o600
-    assert fleet["federation"] == kit.FED and fleet["version"] == 0
+    assert fleet["federation"] == FED and fleet["version"] == 0
     rows = {r["device_id"]: r for r in fleet["devices"]}
     assert set(rows) == {"dev-1", "dev-2"}  # the operator itself is not a fleet device
     one, two = rows["dev-1"], rows["dev-2"]

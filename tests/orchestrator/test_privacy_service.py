@@ -25,6 +25,8 @@ from orchestrator.store import Store
 from orchestrator.store.state_keys import StateKey
 from orchestrator.versions.strategies import optimizer_from, strategy_from
 from schemas import AckOutcome, Defer, Task
+from tests.support.service_config import config_dict
+from tests.support.sim_device import random_delta
 
 DP = {"mode": "local", "clip_norm": 1.0, "noise_multiplier": 1.0, "target_delta": 1e-5}
 
@@ -36,11 +38,11 @@ async def _ask(dev: Any) -> Task | Defer:
     return answer
 
 
-async def _contribute(orch: Orchestrator, kit: Any, *devs: Any) -> None:
+async def _contribute(orch: Orchestrator, *devs: Any) -> None:
     """Each device sends one update on the current version; waits for the next version."""
     target = orch.version + 1
     for i, dev in enumerate(devs):
-        seq, update = dev.update(kit.random_delta(orch.params, seed=orch.version * 10 + i),
+        seq, update = dev.update(random_delta(orch.params, seed=orch.version * 10 + i),
                                  base_version=orch.version)
         await dev.send(update)
         assert (await dev.wait_acks([seq]))[seq].outcome is AckOutcome.ACCEPTED
@@ -67,7 +69,7 @@ def _rdp_epsilon(q: float, z: float, steps: int, delta: float) -> float:
 
 
 async def test_versions_charge_devices_and_the_epsilon_matches_dp_accounting(
-    make_config: Callable[..., Config], devices: Callable[..., Any], kit: Any,
+    make_config: Callable[..., Config], devices: Callable[..., Any],
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     config = make_config(privacy=DP, aggregation={"k": 2})
@@ -81,7 +83,7 @@ async def test_versions_charge_devices_and_the_epsilon_matches_dp_accounting(
 
         epsilons = []
         for v in range(3):
-            await _contribute(orch, kit, devs[v % 2], devs[2 + v % 2])
+            await _contribute(orch, devs[v % 2], devs[2 + v % 2])
             epsilons.append(await _epsilon(orch, orch.version))
         assert epsilons == sorted(epsilons) and epsilons[0] < epsilons[-1]
         # 2 of 4 active devices per version, noise multiplier 1.0, 3 versions
@@ -109,7 +111,7 @@ async def test_versions_charge_devices_and_the_epsilon_matches_dp_accounting(
 
 
 async def test_a_device_with_a_spent_budget_is_never_tasked_again(
-    make_config: Callable[..., Config], devices: Callable[..., Any], kit: Any,
+    make_config: Callable[..., Config], devices: Callable[..., Any],
 ) -> None:
     # a budget that allows exactly one participation at noise multiplier 1.0
     probe = DeviceLedger(1.0, 1e-5)
@@ -124,7 +126,7 @@ async def test_a_device_with_a_spent_budget_is_never_tasked_again(
             await orch.wait_for_version(0, published=True)
         a, b, c = [await devices(orch, name) for name in ("a", "b", "c")]
         assert isinstance(await _ask(a), Task)
-        await _contribute(orch, kit, a, b)  # a and b spend their budget on version 1
+        await _contribute(orch, a, b)  # a and b spend their budget on version 1
 
         for _ in range(3):
             answer = await _ask(a)
@@ -138,9 +140,9 @@ async def test_a_device_with_a_spent_budget_is_never_tasked_again(
 
 
 async def test_server_mode_noises_the_reduction_before_the_optimizer_steps(
-    tmp_path: Any, kit: Any, broker: Any,
+    tmp_path: Any, broker: Any,
 ) -> None:
-    config = parse_config(kit.config_dict(
+    config = parse_config(config_dict(
         tmp_path, broker, privacy={"mode": "server", "clip_norm": 1.0, "noise_multiplier": 2.0},
         aggregation={"k": 4, "server_lr": 1.0}), base_dir=tmp_path)
     strategy = strategy_from(config, optimizer_from(config), rng=np.random.default_rng(0))
@@ -176,9 +178,9 @@ async def test_server_mode_noises_the_reduction_before_the_optimizer_steps(
     ({"robustness": {"max_flags": 0}}, "robustness.max_flags: must be > 0"),
 ])
 def test_privacy_and_robustness_settings_are_validated(
-    sections: dict[str, Any], message: str, tmp_path: Any, kit: Any, broker: Any,
+    sections: dict[str, Any], message: str, tmp_path: Any, broker: Any,
 ) -> None:
-    data = kit.config_dict(tmp_path, broker, **sections)
+    data = config_dict(tmp_path, broker, **sections)
     with pytest.raises(ConfigError, match=re.escape(message)):
         parse_config(data, base_dir=tmp_path)
 

@@ -14,6 +14,7 @@ from orchestrator.devices.commands import approve, provision, revoke
 from orchestrator.service import Orchestrator
 from schemas import EnrollStatus
 from tests.support.clock import FakeClock
+from tests.support.sim_device import SimDevice
 from tests.support.waiting import until
 
 
@@ -36,10 +37,9 @@ async def test_auto_enrollment_registers_the_key_and_answers_again(
 
 async def test_another_key_for_an_enrolled_device_is_refused(
     orchestrator: Orchestrator, devices: Callable[..., Any], broker: MosquittoBroker,
-    kit: Any,
 ) -> None:
     dev = await devices(orchestrator, "dev-b")
-    async with kit.SimDevice(dev.bundle, broker, key=SigningKey.generate()) as impostor:
+    async with SimDevice(dev.bundle, broker, key=SigningKey.generate()) as impostor:
         answer = await impostor.enroll()
     assert answer.status is EnrollStatus.REJECTED and answer.reason == "not_authorized"
     stored = await orchestrator.store.get_device("dev-b")
@@ -61,14 +61,14 @@ async def test_bad_hmac_is_rejected_and_audited(
 
 
 async def test_unknown_device_is_told_so(
-    orchestrator: Orchestrator, broker: MosquittoBroker, kit: Any,
+    orchestrator: Orchestrator, broker: MosquittoBroker,
 ) -> None:
     # a broker account but no registry row (e.g. deleted from the store)
     bundle = await provision(orchestrator.store, orchestrator.config, "ghost",
                              orchestrator_key=orchestrator.public_key.hex())
     await broker.reload()
     await orchestrator.store.delete_device("ghost")
-    async with kit.SimDevice(bundle, broker) as ghost:
+    async with SimDevice(bundle, broker) as ghost:
         answer = await ghost.enroll()
     assert answer.status is EnrollStatus.REJECTED and answer.reason == "unknown_sender"
 

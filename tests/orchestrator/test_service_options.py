@@ -29,7 +29,7 @@ from orchestrator.aggregation import (
 from orchestrator.broker import MosquittoBroker
 from orchestrator.service import Orchestrator
 from orchestrator.store import Store
-from tests.orchestrator.fleet_run import (
+from tests.support.fleet_run import (
     VersionStep,
     assert_matches,
     base_sections,

@@ -7,7 +7,7 @@ only durable state — the orchestrator's store, the agents' state files and log
 process has stopped, and returns a :class:`Ledger` of what happened to every update an agent
 produced.
 
-``make chaos`` must end with ``N passed, M failed``: :func:`pytest_terminal_summary` prints it.
+The ``chaos_site`` fixture (tests/chaos/conftest.py) makes sites and tears them down.
 """
 
 from __future__ import annotations
@@ -19,13 +19,12 @@ import re
 import signal
 import sqlite3
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pytest
 
 from fedmq.simulate import FleetSpec, provision_fleet, shard_data
 from orchestrator.broker import MosquittoBroker
@@ -36,25 +35,6 @@ FED = "chaos"
 _PRODUCED = re.compile(r"update seq (\d+) \(")
 _ADOPTED = re.compile(r"model v(\d+)")
 _ACCEPTED = ("buffered", "applied")
-_SUMMARY = pytest.StashKey[str]()
-
-
-def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: Any) -> None:
-    """Count the chaos run's results; :func:`pytest_unconfigure` prints them last."""
-    if config.getoption("markexpr", "") != "chaos":
-        return
-    stats = terminalreporter.stats
-    passed = len([r for r in stats.get("passed", []) if r.when == "call"])
-    failed = len(stats.get("failed", [])) + len(stats.get("error", []))
-    config.stash[_SUMMARY] = f"{passed} passed, {failed} failed"
-
-
-def pytest_unconfigure(config: Any) -> None:
-    """``make chaos`` ends with one ``N passed, M failed`` line (pytest omits ``0 failed``)."""
-    line = config.stash.get(_SUMMARY, None)
-    reporter = config.pluginmanager.get_plugin("terminalreporter")
-    if line is not None and reporter is not None:
-        reporter.write_line(line)
 
 
 class LinkCutter:
@@ -430,19 +410,3 @@ async def _end(proc: asyncio.subprocess.Process | None, sig: signal.Signals) -> 
         except TimeoutError:
             proc.kill()
     return await proc.wait()
-
-
-@pytest.fixture
-async def chaos_site(tmp_path: Path, broker: MosquittoBroker
-                     ) -> AsyncIterator[Callable[..., Any]]:
-    """``site = await chaos_site(devices=4, seed=0)``: a :class:`ChaosSite`, torn down (every
-    process killed) at the end of the test."""
-    async with contextlib.AsyncExitStack() as stack:
-        counter = iter(range(1000))
-
-        async def make(*, devices: int = 4, seed: int = 0) -> ChaosSite:
-            root = tmp_path / f"site-{next(counter)}"
-            root.mkdir()
-            return await stack.enter_async_context(ChaosSite(root, broker, devices, seed))
-
-        yield make

@@ -1,7 +1,7 @@
-"""Fixtures for the edge agent: a digits shard, a small model, and a test-only fake orchestrator.
+"""``FakeOrchestrator``: a test-only orchestrator for the edge agent's tests.
 
-``FakeOrchestrator`` speaks the flow of docs/architecture.md over a real Mosquitto with nothing
-but ``schemas`` and aiomqtt: it answers ``Enroll`` with ``Enrolled``, publishes signed retained
+It speaks the flow of docs/architecture.md over a real Mosquitto with nothing but ``schemas``
+and aiomqtt: it answers ``Enroll`` with ``Enrolled``, publishes signed retained
 models, sends tasks and controls, unseals and decodes the updates it receives, counts every
 seq, and acks (or, when told, stays silent). It stands in for the real orchestrator, which the
 agent must meet only through the wire contract.
@@ -13,29 +13,21 @@ import asyncio
 import collections
 import contextlib
 import logging
-import os
 import secrets
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import aiomqtt
 import numpy as np
-import pytest
-from agent_clock import FakeClock
 from nacl.signing import SigningKey, VerifyKey
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from edge_agent.agent import Agent
-from edge_agent.config import AgentConfig
-from edge_agent.data import LocalData, load_local_data
 from orchestrator.broker import MosquittoBroker
-from orchestrator.convergence.datasets import load_named
-from orchestrator.models import BuiltModel, ModelSpec, build_model
+from orchestrator.models import BuiltModel, ModelSpec
 from schemas import (
     Ack,
     AckEntry,
@@ -75,6 +67,7 @@ from schemas import (
 log = logging.getLogger("tests.fake_orchestrator")
 
 SPEC = ModelSpec(kind="softmax", n_features=64, n_classes=10, seed=1)
+"""The model the edge agent's tests train (the ``built_model`` fixture): digits, 10 classes."""
 ARCH = "softmax-64-10"
 
 
@@ -309,91 +302,3 @@ class FakeOrchestrator:
         self.batches.append(seqs)
         if self.ack_updates:
             await self.send(device, DownKind.ACK, Ack(entries))
-
-
-# -- fixtures -------------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def fed() -> str:
-    return f"f{uuid.uuid4().hex[:8]}"
-
-
-@pytest.fixture
-async def orchestrator(broker: MosquittoBroker, fed: str) -> AsyncIterator[FakeOrchestrator]:
-    async with FakeOrchestrator(broker, fed) as orch:
-        yield orch
-
-
-@pytest.fixture(scope="session")
-def built_model() -> BuiltModel:
-    return build_model(SPEC)
-
-
-@pytest.fixture(scope="session")
-def digits() -> tuple[np.ndarray, np.ndarray]:
-    data = load_named("digits")
-    assert data.y is not None
-    return data.X, data.y
-
-
-@pytest.fixture
-def shard_path(tmp_path: Path, digits: tuple[np.ndarray, np.ndarray]) -> Path:
-    """A 300-sample digits shard written as a device's ``.npz`` file."""
-    X, y = digits
-    index = np.random.default_rng(7).permutation(len(X))[:300]
-    path = tmp_path / "shard.npz"
-    np.savez(path, X=X[index].astype(np.float32), y=y[index].astype(np.int64))
-    return path
-
-
-@pytest.fixture
-def shard(shard_path: Path) -> LocalData:
-    return load_local_data(shard_path)
-
-
-FAST = AgentConfig(heartbeat_s=30.0, enroll_retry_s=0.5, ack_timeout_s=1.0,
-                   backoff_base_s=0.05, backoff_cap_s=0.5, model_wait_s=10.0, seed=3,
-                   keepalive_s=5)
-"""Agent timings for tests: quick retries and reconnects, heartbeats only on events."""
-
-
-@pytest.fixture
-def agent_config() -> AgentConfig:
-    return FAST
-
-
-@pytest.fixture
-def fake_clock() -> FakeClock:
-    """A clock that moves only when the test advances it (see ``agent_clock``)."""
-    return FakeClock()
-
-
-def new_agent(bundle: Bundle, data: LocalData, state: str | os.PathLike[str],
-              config: AgentConfig = FAST, **kwargs: Any) -> Agent:
-    return Agent(bundle, data, Path(state), config=config, **kwargs)
-
-
-@pytest.fixture
-def make_agent() -> Callable[..., Agent]:
-    """``make_agent(bundle, data, state_path, config=FAST, **kwargs) -> Agent``."""
-    return new_agent
-
-
-async def running_agent_ready(agent: Agent, orch: FakeOrchestrator, within: float = 10.0) -> None:
-    """Wait until the agent is enrolled, holds the orchestrator's model, and reported it."""
-    await agent.wait_until(
-        lambda a: a.enrollment is not None and a.model_version == orch.model_version, within)
-    await orch.wait_until(
-        lambda: any(s.model_version == orch.model_version
-                    for s in orch.statuses_of(agent.device_id)), within)
-    # the orchestrator can see the status before the agent has its PUBACK and records it
-    await agent.wait_until(
-        lambda a: a.last_status is not None and a.last_status.model_version == orch.model_version,
-        within)
-
-
-@pytest.fixture
-def ready() -> Callable[..., Any]:
-    """``await ready(agent, orch)``: enrolled, model held and reported."""
-    return running_agent_ready

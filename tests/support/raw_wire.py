@@ -1,8 +1,4 @@
-"""Fixtures for hostile-peer tests: the orchestrator fixtures, and a hand-rolled wire kit.
-
-The orchestrator test kit (``SimDevice``, configs) lives in ``tests/orchestrator/conftest.py``;
-conftest modules cannot be imported by name, so it is loaded from its file and its fixtures
-re-exported here.
+"""A hand-rolled wire kit for hostile-peer tests.
 
 :class:`RawWire` builds hostile messages with msgpack, zstandard and pynacl directly — never
 ``schemas.pack`` — by taking apart a valid message captured off the broker and putting it back
@@ -12,32 +8,13 @@ together changed (a raw attacker's view of the wire format in docs/wire-protocol
 from __future__ import annotations
 
 import hashlib
-import importlib.util
-from pathlib import Path
 from typing import Any
 
 import msgpack
-import pytest
 import zstandard
 from nacl.signing import SigningKey
 
 from schemas import Params
-
-
-def _load_orchestrator_kit() -> Any:
-    path = Path(__file__).resolve().parents[1] / "orchestrator" / "conftest.py"
-    spec = importlib.util.spec_from_file_location("_security_orchestrator_kit", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-_kit = _load_orchestrator_kit()
-make_config = _kit.make_config
-orchestrator = _kit.orchestrator
-devices = _kit.devices
-kit = _kit.kit
 
 
 def params_digest(params: Params) -> str:
@@ -85,14 +62,3 @@ class RawWire:
     def entries(batch: bytes) -> list[bytes]:
         out: list[bytes] = msgpack.unpackb(batch, raw=False)
         return out
-
-
-@pytest.fixture
-def wire() -> type[RawWire]:
-    return RawWire
-
-
-@pytest.fixture
-def digest() -> Any:
-    """``digest(params) -> str``: see :func:`params_digest`."""
-    return params_digest

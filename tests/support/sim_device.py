@@ -1,9 +1,9 @@
-"""Fixtures for the orchestrator service: configs on a test broker, and a test helper device.
+"""``SimDevice``: a test device that speaks the device side of docs/architecture.md with nothing
+but ``schemas`` and aiomqtt (keys, enroll, signed status, signed update batches with real encoded
+deltas, acks), so the service is tested through the wire contract alone. Deliberately malformed
+messages (forged, replayed, wrong federation...) are built with the same helpers.
 
-``SimDevice`` speaks the device side of docs/architecture.md with nothing but ``schemas`` and
-aiomqtt (keys, enroll, signed status, signed update batches with real encoded deltas, acks),
-so the service is tested through the wire contract alone. Deliberately malformed messages
-(forged, replayed, wrong federation...) are built with the same helpers.
+The ``devices`` fixture (tests/conftest.py) provisions, connects and enrolls them.
 """
 
 from __future__ import annotations
@@ -12,19 +12,13 @@ import asyncio
 import contextlib
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
-from pathlib import Path
 from typing import Any
 
 import aiomqtt
 import numpy as np
-import pytest
 from nacl.signing import SigningKey, VerifyKey
 
 from orchestrator.broker import MosquittoBroker
-from orchestrator.config import Config, parse_config
-from orchestrator.devices.commands import provision
-from orchestrator.service import Orchestrator
 from schemas import (
     Ack,
     AckEntry,
@@ -49,34 +43,6 @@ from schemas import (
     verify,
 )
 from schemas.envelope import check_header, decode_body
-
-FED = "testfed"
-# a small softmax model: W0 (8, 3), b0 (3,)
-MODEL = {"kind": "softmax", "n_features": 8, "n_classes": 3, "seed": 3}
-
-
-def config_dict(tmp_path: Path, mqtt: MosquittoBroker, /, **sections: dict[str, Any]
-                ) -> dict[str, Any]:
-    """A config on the ``mqtt`` broker (external, not embedded) with ``sections`` merged."""
-    data: dict[str, Any] = {
-        "federation": {"id": FED, "data_dir": str(tmp_path / "data")},
-        "broker": {"embedded": False, "host": mqtt.host, "port": mqtt.port,
-                   "username": "orchestrator", "password": mqtt.orchestrator_password,
-                   # no pid_file: tests reload through the fixture, which waits for it
-                   "password_file": str(mqtt.password_file)},
-        "model": dict(MODEL),
-        "aggregation": {"k": 3, "max_staleness": 5},
-    }
-    for name, values in sections.items():
-        data.setdefault(name, {}).update(values)
-    return data
-
-
-@pytest.fixture
-def make_config(tmp_path: Path, broker: MosquittoBroker) -> Callable[..., Config]:
-    def make(**sections: dict[str, Any]) -> Config:
-        return parse_config(config_dict(tmp_path, broker, **sections), base_dir=tmp_path)
-    return make
 
 
 class SimDevice:
@@ -203,93 +169,7 @@ class SimDevice:
         return {s: self.acks[s] for s in seqs}
 
 
-@pytest.fixture
-async def orchestrator(make_config: Callable[..., Config]) -> AsyncIterator[Orchestrator]:
-    """A running orchestrator on the ``broker`` fixture with the default test config."""
-    async with Orchestrator(make_config(), store_synchronous="NORMAL") as orch:
-        yield orch
-
-
-@pytest.fixture
-async def devices(broker: MosquittoBroker) -> AsyncIterator[Callable[..., Any]]:
-    """``await devices(orch, "dev-1", enroll=True) -> SimDevice``: provisions the device as
-    ``fedmq device add`` does, waits for the broker reload, connects it and, with ``enroll``,
-    enrolls it. Every device is disconnected at the end of the test."""
-    async with contextlib.AsyncExitStack() as stack:
-
-        async def add(orch: Orchestrator, device_id: str, *, enroll: bool = True,
-                      role: str = "device") -> SimDevice:
-            bundle = await provision(orch.store, orch.config, device_id,
-                                     orchestrator_key=orch.public_key.hex(),
-                                     role=role)  # type: ignore[arg-type]
-            await broker.reload()
-            device = await stack.enter_async_context(SimDevice(bundle, broker))
-            if enroll:
-                answer = await device.enroll()
-                assert answer.status.value in ("active", "awaiting_approval"), answer
-            return device
-
-        yield add
-
-
 def random_delta(params: Params, scale: float = 0.01, seed: int = 0) -> Params:
     rng = np.random.default_rng(seed)
     return {name: (rng.standard_normal(p.shape) * scale).astype(np.float32)
             for name, p in params.items()}
-
-
-async def retained_models(broker: MosquittoBroker, *, fed: str = FED, expect: int = 2,
-                          within: float = 10) -> dict[str, bytes]:
-    """Retained ``fl/{fed}/model/#`` messages as a fresh subscriber (the orchestrator account)
-    sees them: ``{topic: payload}``, once ``expect`` non-empty ones arrived."""
-    got: dict[str, bytes] = {}
-    async with aiomqtt.Client(broker.host, broker.port, username="orchestrator",
-                              password=broker.orchestrator_password,
-                              identifier=f"sub-{uuid.uuid4().hex[:6]}",
-                              protocol=aiomqtt.ProtocolVersion.V5) as client:
-        await client.subscribe(f"fl/{fed}/model/#", qos=1)
-        async with asyncio.timeout(within):
-            async for message in client.messages:
-                if message.payload:
-                    got[str(message.topic)] = bytes(message.payload)  # type: ignore[arg-type]
-                if len(got) >= expect:
-                    break
-    return got
-
-
-async def all_retained(broker: MosquittoBroker, *, fed: str = FED, quiet: float = 0.5
-                       ) -> dict[str, bytes]:
-    """Every non-empty retained ``fl/{fed}/model/#`` message: subscribe and collect until
-    nothing arrives for ``quiet`` seconds."""
-    got: dict[str, bytes] = {}
-    async with aiomqtt.Client(broker.host, broker.port, username="orchestrator",
-                              password=broker.orchestrator_password,
-                              identifier=f"sub-{uuid.uuid4().hex[:6]}",
-                              protocol=aiomqtt.ProtocolVersion.V5) as client:
-        await client.subscribe(f"fl/{fed}/model/#", qos=1)
-        messages = aiter(client.messages)
-        while True:
-            try:
-                async with asyncio.timeout(quiet):
-                    message = await anext(messages)
-            except TimeoutError:
-                return got
-            if message.payload:
-                got[str(message.topic)] = bytes(message.payload)  # type: ignore[arg-type]
-
-
-class Kit:
-    """Helpers for tests (conftest modules cannot be imported by name)."""
-
-    FED = FED
-    MODEL = MODEL
-    SimDevice = SimDevice
-    config_dict = staticmethod(config_dict)
-    random_delta = staticmethod(random_delta)
-    retained_models = staticmethod(retained_models)
-    all_retained = staticmethod(all_retained)
-
-
-@pytest.fixture
-def kit() -> type[Kit]:
-    return Kit

@@ -1,6 +1,6 @@
 """Test support for TLS: openssl-made certificates and prod.conf run on loopback.
 
-Shared by the broker-config and TLS integration tests (pytest puts tests/ on sys.path).
+Shared by the prod.conf and TLS federation tests (tests/broker_config/).
 """
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 PROD_CONF = REPO / "broker_config" / "prod.conf"
 
 _EC = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
