@@ -26,6 +26,8 @@ from schemas import Update
 from schemas.envelope import ENC_SEALED, decode_body, unpack_batch, unseal_key, verify
 from schemas.errors import FedmqError
 
+pytestmark = pytest.mark.integration  # an embedded Mosquitto
+
 
 async def test_an_admin_subscriber_sees_only_sealed_update_bodies(tmp_path: Path) -> None:
     spec = FleetSpec(devices=3, dataset="digits", seed=1, battery_fraction=0.0)

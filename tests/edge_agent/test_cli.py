@@ -16,8 +16,7 @@ from edge_agent.cli import main
 from edge_agent.state import LocalState
 from fedmq.cli import main as fedmq_main
 from schemas import Bundle
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.support.paths import REPO
 
 
 @pytest.fixture
@@ -115,7 +114,7 @@ def test_dispatch_through_fedmq_and_python_dash_m(tmp_path: Path, data_file: Pat
     _one_line_error(capsys, "cannot read bundle")
     proc = subprocess.run(
         [sys.executable, "-m", "edge_agent", "run", "--bundle", missing, "--data",
-         str(data_file)], capture_output=True, text=True, cwd=ROOT, timeout=60, check=False)
+         str(data_file)], capture_output=True, text=True, cwd=REPO, timeout=60, check=False)
     assert proc.returncode == 2
     assert proc.stderr.strip().startswith("fedmq agent: cannot read bundle")
     assert "Traceback" not in proc.stderr

@@ -30,7 +30,10 @@ from orchestrator.devices.commands import provision
 from orchestrator.service import Orchestrator
 from tests.support.tls import make_certs, prod_template
 
-pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl not installed")
+pytestmark = [
+    pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl not installed"),
+    pytest.mark.integration,  # a Mosquitto started on prod.conf
+]
 
 @pytest.fixture
 async def certs(tmp_path: Path) -> Path:

@@ -14,6 +14,8 @@ import pytest
 from fedmq.demo import prepare_demo, run_demo
 from orchestrator.cli import privacy as privacy_cli
 
+pytestmark = pytest.mark.integration  # the demo starts an embedded Mosquitto
+
 
 @pytest.mark.slow
 async def test_the_demo_with_dp_reaches_eighty_percent_and_reports_epsilon(

@@ -40,6 +40,7 @@ from schemas import (
     seal_key,
     unseal_key,
 )
+from tests.support.paths import REPO
 
 FED = "f"
 ORCH = SigningKey.generate()
@@ -179,7 +180,7 @@ def _alive(pid: int) -> bool:
 def test_workers_do_not_outlive_a_killed_service() -> None:
     with subprocess.Popen([sys.executable, "-c", _HOLDER], stdout=subprocess.PIPE,
                           stderr=subprocess.DEVNULL,
-                          cwd=Path(__file__).resolve().parents[2]) as proc:
+                          cwd=REPO) as proc:
         try:
             assert proc.stdout is not None
             pids = [int(p) for p in proc.stdout.readline().split()]

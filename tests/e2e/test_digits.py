@@ -9,8 +9,12 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
+import pytest
+
 from fedmq.demo import prepare_demo, run_demo
 from orchestrator.store import Store
+
+pytestmark = pytest.mark.integration  # the demo starts an embedded Mosquitto
 
 ACCURACY = 0.90
 

@@ -36,10 +36,10 @@ from orchestrator.errors import OrchestratorError
 from orchestrator.privacy.policy import AccountantKind, DpMode
 from schemas.messages import Thermal
 from schemas.tensors import Codec
+from tests.support.paths import REPO
 
-ROOT = Path(__file__).parents[2]
-EXAMPLE = ROOT / "examples" / "orchestrator.toml"
-OPERATIONS = ROOT / "docs" / "operations.md"
+EXAMPLE = REPO / "examples" / "orchestrator.toml"
+OPERATIONS = REPO / "docs" / "operations.md"
 MINIMAL: dict[str, Any] = {"federation": {"id": "fed"},
                            "model": {"kind": "softmax", "n_features": 4, "n_classes": 3}}
 ALL_KEYS = [key for keys in SCHEMA.values() for key in keys.values()]

@@ -12,7 +12,6 @@ import json
 import math
 import re
 from enum import Enum
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -41,8 +40,9 @@ from schemas import (
     Verdict,
 )
 from schemas._convert import to_wire
+from tests.support.paths import REPO
 
-DOC = Path(__file__).resolve().parents[2] / "docs" / "wire-protocol.md"
+DOC = REPO / "docs" / "wire-protocol.md"
 VALUE_TYPES: list[type] = [AckEntry, CodecSpec, EncodedTensor, Header, UpdateBatch, Bundle,
                            Limits]
 ENUMS: list[type[Enum]] = [AgentState, Thermal, AckOutcome, EnrollStatus, TaskAction,

@@ -36,6 +36,8 @@ from orchestrator.config import parse_config
 from orchestrator.service import Orchestrator
 from orchestrator.store import Store
 
+pytestmark = pytest.mark.integration  # an embedded Mosquitto
+
 ATTACKER = "attacker"
 SCALE = 10.0
 

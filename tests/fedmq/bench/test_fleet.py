@@ -9,6 +9,8 @@ import pytest
 
 from fedmq.cli import main as fedmq_main
 
+pytestmark = pytest.mark.integration  # the benchmark starts its own Mosquitto
+
 
 def test_fleet_quick_reports_every_key(capsys: pytest.CaptureFixture[str]) -> None:
     assert fedmq_main(["bench", "fleet", "--quick"]) == 0

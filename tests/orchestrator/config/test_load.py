@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from orchestrator.config import DEFAULT_BROKER_PORT, ConfigError, load_config, parse_config
+from tests.support.paths import REPO
 
 BASE: dict[str, Any] = {
     "federation": {"id": "fed"},
@@ -35,7 +36,7 @@ def test_defaults(tmp_path: Path) -> None:
 
 
 def test_the_example_file_is_valid() -> None:
-    example = Path(__file__).parents[2] / "examples" / "orchestrator.toml"
+    example = REPO / "examples" / "orchestrator.toml"
     config = load_config(example)
     assert config.federation.id == "demo" and config.model.spec is not None
 

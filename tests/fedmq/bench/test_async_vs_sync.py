@@ -8,6 +8,8 @@ import pytest
 
 from fedmq.cli import main as fedmq_main
 
+pytestmark = pytest.mark.integration  # the benchmark starts its own Mosquitto
+
 
 def test_async_vs_sync_quick_reports_every_key(capsys: pytest.CaptureFixture[str]) -> None:
     assert fedmq_main(["bench", "async-vs-sync", "--quick"]) == 0

@@ -26,9 +26,8 @@ from orchestrator.devices.commands import provision, write_private
 from orchestrator.service import Orchestrator
 from schemas import Bundle, Update, encode_params
 from schemas.tensors import Codec, CodecSpec
+from tests.support.paths import REPO
 from tests.support.sim_device import random_delta
-
-REPO = Path(__file__).resolve().parents[2]
 
 
 @dataclass

@@ -25,6 +25,7 @@ def test_defaults_describe_the_target_setup() -> None:
     assert BENCHMARKS["ingest"] == "fedmq.bench.ingest"
 
 
+@pytest.mark.integration  # the benchmark starts its own Mosquitto
 def test_small_run_stores_every_acknowledged_update(capsys: pytest.CaptureFixture[str]) -> None:
     code = main(["ingest", "--devices", "3", "--batches", "3", "--batch-entries", "2",
                  "--k", "4", "--kernel-seconds", "0.05", "--decode-workers", "1"])

@@ -37,10 +37,10 @@ from orchestrator.broker import (
     verify_password,
 )
 from orchestrator.cli.broker import main as broker_main
+from tests.support.paths import REPO
 from tests.support.tls import make_certs, prod_template
 
 MqttClientFactory = Callable[..., aiomqtt.Client]
-REPO = Path(__file__).resolve().parents[1]
 needs_mosquitto_passwd = pytest.mark.skipif(
     shutil.which("mosquitto_passwd") is None, reason="mosquitto_passwd not installed"
 )
