@@ -1,7 +1,7 @@
 """Faults while a real fleet trains: SIGKILL the orchestrator, SIGKILL agents mid-flush,
 restart the broker — then, from durable state alone, every update an agent produced is
 counted exactly once, still in its outbox, or rejected with a reason (``ChaosSite.check`` in
-this folder's conftest).
+:mod:`tests.support.chaos`).
 
 The quick form runs in ``make test`` (two kills of each kind, a broker restart and a short
 partition); the ``chaos`` form (``make chaos``) does 20+ kills of each kind.
