@@ -1,17 +1,27 @@
-"""Shared fixtures: a real Mosquitto per test and MQTT clients configured for it.
+"""Shared fixtures: a real Mosquitto per test, MQTT clients for it, and the real orchestrator on it.
 
     async def test_x(broker: MosquittoBroker, mqtt_client: Callable[..., aiomqtt.Client]):
         await broker.add_user("dev-a", "pw")
         async with mqtt_client(broker, "dev-a", "pw") as client:
             ...
 
-Subfolders add their own fixtures in their own conftest.py files.
+    async def test_y(orchestrator: Orchestrator, devices: Callable[..., Any]):
+        device = await devices(orchestrator, "dev-1")      # a SimDevice, enrolled
+        ...
+
+Subfolders add their own fixtures in their own conftest.py files (tests/edge_agent overrides
+``orchestrator`` with its fake one); helpers are imported from ``tests.support``.
+
+Every test that starts a real Mosquitto carries the ``integration`` marker: tests using the
+``broker`` fixture get it here, the others (embedded brokers, subprocesses) say so themselves.
+:mod:`tests.support.broker_guard` fails a test that starts one without it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Generator
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +29,43 @@ import aiomqtt
 import pytest
 
 from orchestrator.broker import MosquittoBroker
+from orchestrator.config import Config, parse_config
+from orchestrator.devices.commands import provision
+from orchestrator.service import Orchestrator
+from tests.support import broker_guard
+from tests.support.service_config import config_dict
+from tests.support.sim_device import SimDevice
+
+# -- the integration marker ------------------------------------------------------------------
+
+
+@pytest.hookimpl(tryfirst=True)  # before ``-m`` selects on it
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if "broker" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.integration)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    broker_guard.install(config)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item: pytest.Item) -> Generator[None, object, object]:
+    with broker_guard.watching(item):
+        return (yield)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]
+                              ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    report = yield
+    if call.when == "teardown":
+        broker_guard.check(item, report)
+    return report
+
+
+# -- a broker and clients ------------------------------------------------------------------------
 
 
 @pytest.fixture
@@ -57,3 +104,45 @@ def mqtt_client() -> Callable[..., aiomqtt.Client]:
     async context manager.
     """
     return _make_client
+
+
+# -- the orchestrator on that broker --------------------------------------------------------------
+
+
+@pytest.fixture
+def make_config(tmp_path: Path, broker: MosquittoBroker) -> Callable[..., Config]:
+    """``make_config(**sections) -> Config``: :func:`~tests.support.service_config.config_dict`
+    on the ``broker`` fixture, parsed."""
+    def make(**sections: dict[str, Any]) -> Config:
+        return parse_config(config_dict(tmp_path, broker, **sections), base_dir=tmp_path)
+    return make
+
+
+@pytest.fixture
+async def orchestrator(make_config: Callable[..., Config]) -> AsyncIterator[Orchestrator]:
+    """A running orchestrator on the ``broker`` fixture with the default test config."""
+    async with Orchestrator(make_config(), store_synchronous="NORMAL") as orch:
+        yield orch
+
+
+@pytest.fixture
+async def devices(broker: MosquittoBroker
+                  ) -> AsyncIterator[Callable[..., Awaitable[SimDevice]]]:
+    """``await devices(orch, "dev-1", enroll=True) -> SimDevice``: provisions the device as
+    ``fedmq device add`` does, waits for the broker reload, connects it and, with ``enroll``,
+    enrolls it. Every device is disconnected at the end of the test."""
+    async with contextlib.AsyncExitStack() as stack:
+
+        async def add(orch: Orchestrator, device_id: str, *, enroll: bool = True,
+                      role: str = "device") -> SimDevice:
+            bundle = await provision(orch.store, orch.config, device_id,
+                                     orchestrator_key=orch.public_key.hex(),
+                                     role=role)  # type: ignore[arg-type]
+            await broker.reload()
+            device = await stack.enter_async_context(SimDevice(bundle, broker))
+            if enroll:
+                answer = await device.enroll()
+                assert answer.status.value in ("active", "awaiting_approval"), answer
+            return device
+
+        yield add

@@ -9,7 +9,6 @@ import random
 from pathlib import Path
 
 import pytest
-from agent_clock import FakeClock
 from nacl.signing import SigningKey
 
 from edge_agent.activity import ACTIVITY_KEY, Activity, Pause, restore
@@ -22,6 +21,7 @@ from edge_agent.state import LocalState
 from edge_agent.tracker import ActivityTracker
 from orchestrator.broker import pick_free_port
 from schemas import AgentState, Bundle, ControlAction, EnrollStatus, Thermal
+from tests.support.agent_clock import FakeClock
 
 NOW = 1_000_000
 ACTIVE = Enrollment(EnrollStatus.ACTIVE, 30.0)

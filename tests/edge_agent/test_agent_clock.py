@@ -13,10 +13,9 @@ import logging
 import random
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pytest
-from agent_clock import FakeClock, Sleeper
 from nacl.signing import SigningKey
 
 from edge_agent.activity import Activity
@@ -30,10 +29,8 @@ from edge_agent.worker import StopCheck
 from orchestrator.broker import pick_free_port
 from orchestrator.models import BuiltModel
 from schemas import AgentState, Bundle, ControlAction, Task, Thermal
-
-if TYPE_CHECKING:
-    from conftest import FakeOrchestrator
-
+from tests.support.agent_clock import FakeClock, Sleeper
+from tests.support.fake_orchestrator import FakeOrchestrator
 
 # -- the clock itself and the pieces that use it, without I/O -----------------------------------
 

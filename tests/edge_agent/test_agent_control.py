@@ -6,7 +6,7 @@ import dataclasses
 import itertools
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pytest
 
@@ -14,10 +14,8 @@ from edge_agent.agent import Agent
 from edge_agent.data import LocalData
 from orchestrator.models import BuiltModel
 from schemas import AgentState, Codec, CodecSpec, ControlAction, EnrollStatus, TaskAction
-
-if TYPE_CHECKING:
-    from agent_clock import FakeClock
-    from conftest import FakeOrchestrator
+from tests.support.agent_clock import FakeClock
+from tests.support.fake_orchestrator import FakeOrchestrator
 
 
 def _status_stamped(orch: FakeOrchestrator, ts_ms: int) -> Callable[[], bool]:

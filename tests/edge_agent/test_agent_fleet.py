@@ -8,7 +8,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AsyncExitStack
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
@@ -17,9 +17,7 @@ from edge_agent.data import LocalData
 from edge_agent.probes import SimulatedProbe, SimulationProfile
 from orchestrator.models import BuiltModel
 from schemas import DownKind
-
-if TYPE_CHECKING:
-    from conftest import FakeOrchestrator
+from tests.support.fake_orchestrator import FakeOrchestrator
 
 
 async def test_three_agents_share_a_process_and_an_executor(

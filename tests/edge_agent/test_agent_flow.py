@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
@@ -12,9 +12,7 @@ from edge_agent.agent import Agent
 from edge_agent.data import LocalData
 from orchestrator.models import BuiltModel
 from schemas import AgentState, Codec, CodecSpec
-
-if TYPE_CHECKING:
-    from conftest import FakeOrchestrator
+from tests.support.fake_orchestrator import FakeOrchestrator
 
 
 async def test_enroll_train_update_ack(

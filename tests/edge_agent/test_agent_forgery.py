@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import pytest
@@ -15,9 +15,7 @@ from edge_agent.agent import Agent
 from edge_agent.data import LocalData
 from orchestrator.models import BuiltModel
 from schemas import DownKind, Reason
-
-if TYPE_CHECKING:
-    from conftest import FakeOrchestrator
+from tests.support.fake_orchestrator import FakeOrchestrator
 
 
 async def test_forged_model_and_task_are_refused_and_the_agent_keeps_working(

@@ -5,16 +5,14 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from edge_agent.agent import Agent
 from edge_agent.data import LocalData
 from orchestrator.broker import MosquittoBroker
 from orchestrator.models import BuiltModel
 from schemas import DownKind
-
-if TYPE_CHECKING:
-    from conftest import FakeOrchestrator
+from tests.support.fake_orchestrator import FakeOrchestrator
 
 
 async def test_updates_made_offline_are_flushed_in_batches_exactly_once(

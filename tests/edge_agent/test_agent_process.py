@@ -8,27 +8,23 @@ import signal
 import sqlite3
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import msgpack
 
 from orchestrator.models import BuiltModel
 from schemas import AgentState
-
-if TYPE_CHECKING:
-    from conftest import FakeOrchestrator
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.support.fake_orchestrator import FakeOrchestrator
+from tests.support.paths import REPO
 
 
 async def _spawn(bundle: Path, data: Path, state: Path, log: Path) -> asyncio.subprocess.Process:
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    env = dict(os.environ, PYTHONPATH=str(REPO))
     with log.open("ab") as out:
         return await asyncio.create_subprocess_exec(
             sys.executable, "-m", "edge_agent", "run", "--bundle", str(bundle), "--data",
             str(data), "--state", str(state), "--ack-timeout", "0.5", "--heartbeat", "0.3",
             "--seed", "1", "--log-level", "DEBUG", "--probe", "simulated",
-            stdout=out, stderr=out, env=env, cwd=ROOT)
+            stdout=out, stderr=out, env=env, cwd=REPO)
 
 
 def _read_state(path: Path) -> tuple[dict[int, bytes], int]:

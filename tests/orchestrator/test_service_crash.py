@@ -29,16 +29,18 @@ from orchestrator.devices.commands import provision
 from orchestrator.link.keys import load_or_create_key, public_key_hex
 from orchestrator.store import Store
 from schemas import AckOutcome, Codec, CodecSpec, Params
+from tests.support.service_config import FED
+from tests.support.sim_device import SimDevice
 
 FLOAT32 = CodecSpec(Codec.FLOAT32)
 DEVICES = 3
 
 
-def _config_file(tmp_path: Path, broker: MosquittoBroker, kit: Any) -> Path:
+def _config_file(tmp_path: Path, broker: MosquittoBroker) -> Path:
     path = tmp_path / "crash.toml"
     path.write_text(f"""
 [federation]
-id = "{kit.FED}"
+id = "{FED}"
 data_dir = "data"
 [broker]
 embedded = false
@@ -116,10 +118,10 @@ class _Streamer:
             await asyncio.sleep(self.rng.uniform(0.03, 0.12))
 
 
-async def _crash_trials(tmp_path: Path, broker: MosquittoBroker, kit: Any, trials: int,
+async def _crash_trials(tmp_path: Path, broker: MosquittoBroker, trials: int,
                         seed: int) -> None:
     rng = random.Random(seed)
-    config_path = _config_file(tmp_path, broker, kit)
+    config_path = _config_file(tmp_path, broker)
     config = load_config(config_path)
     config.federation.data_dir.mkdir()
     key = load_or_create_key(config.federation.key_path)
@@ -131,7 +133,7 @@ async def _crash_trials(tmp_path: Path, broker: MosquittoBroker, kit: Any, trial
     await broker.reload()
     log = tmp_path / "orchestrator.log"
     async with contextlib.AsyncExitStack() as stack:
-        devs = [await stack.enter_async_context(kit.SimDevice(b, broker)) for b in bundles]
+        devs = [await stack.enter_async_context(SimDevice(b, broker)) for b in bundles]
         async with _service(config_path, log) as proc:
             await _ready(proc)
             for dev in devs:
@@ -206,11 +208,11 @@ async def _check_ledger(path: Path, streamers: list[_Streamer]) -> None:
 
 
 async def test_sigkill_during_ingestion_loses_nothing_and_counts_nothing_twice(
-    tmp_path: Path, broker: MosquittoBroker, kit: Any,
+    tmp_path: Path, broker: MosquittoBroker,
 ) -> None:
-    await _crash_trials(tmp_path, broker, kit, trials=10, seed=1)
+    await _crash_trials(tmp_path, broker, trials=10, seed=1)
 
 
 @pytest.mark.slow
-async def test_sigkill_many_times(tmp_path: Path, broker: MosquittoBroker, kit: Any) -> None:
-    await _crash_trials(tmp_path, broker, kit, trials=40, seed=2)
+async def test_sigkill_many_times(tmp_path: Path, broker: MosquittoBroker) -> None:
+    await _crash_trials(tmp_path, broker, trials=40, seed=2)

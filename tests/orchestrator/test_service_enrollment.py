@@ -15,6 +15,7 @@ from orchestrator.devices.commands import approve, revoke
 from orchestrator.service import Orchestrator
 from schemas import Bundle, EnrollStatus
 from tests.support.clock import FakeClock
+from tests.support.sim_device import SimDevice
 from tests.support.waiting import until
 
 
@@ -37,10 +38,9 @@ async def test_auto_enrollment_registers_the_key_and_answers_again(
 
 async def test_another_key_for_an_enrolled_device_is_refused(
     orchestrator: Orchestrator, devices: Callable[..., Any], broker: MosquittoBroker,
-    kit: Any,
 ) -> None:
     dev = await devices(orchestrator, "dev-b")
-    async with kit.SimDevice(dev.bundle, broker, key=SigningKey.generate()) as impostor:
+    async with SimDevice(dev.bundle, broker, key=SigningKey.generate()) as impostor:
         answer = await impostor.enroll()
     assert answer.status is EnrollStatus.REJECTED and answer.reason == "not_authorized"
     stored = await orchestrator.store.get_device("dev-b")
@@ -62,7 +62,7 @@ async def test_bad_hmac_is_rejected_and_audited(
 
 
 async def test_unknown_device_is_told_so(
-    orchestrator: Orchestrator, broker: MosquittoBroker, kit: Any,
+    orchestrator: Orchestrator, broker: MosquittoBroker,
 ) -> None:
     # a broker account but no registry row (e.g. removed from the store by hand): the account
     # is made on the broker alone, and the bundle by hand, as provisioning would have
@@ -71,7 +71,7 @@ async def test_unknown_device_is_told_so(
                     mqtt_password=await broker.add_user("ghost"),
                     orchestrator_key=orchestrator.public_key.hex(),
                     enroll_secret=secrets.token_hex(32))
-    async with kit.SimDevice(bundle, broker) as ghost:
+    async with SimDevice(bundle, broker) as ghost:
         answer = await ghost.enroll()
     assert answer.status is EnrollStatus.REJECTED and answer.reason == "unknown_sender"
 

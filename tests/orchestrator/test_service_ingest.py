@@ -15,16 +15,17 @@ from orchestrator.config import Config
 from orchestrator.devices.registry import bump_generation
 from orchestrator.service import Orchestrator
 from schemas import AckOutcome, Codec, CodecSpec, Update, encode_params
+from tests.support.sim_device import random_delta
 from tests.support.waiting import until
 
 FLOAT32 = CodecSpec(Codec.FLOAT32)
 
 
 async def test_accepted_update_is_in_the_ledger_before_its_ack(
-    orchestrator: Orchestrator, devices: Callable[..., Any], kit: Any,
+    orchestrator: Orchestrator, devices: Callable[..., Any],
 ) -> None:
     dev = await devices(orchestrator, "dev-1")
-    seq, update = dev.update(kit.random_delta(orchestrator.params))
+    seq, update = dev.update(random_delta(orchestrator.params))
     await dev.send(update)
     ack = (await dev.wait_acks([seq]))[seq]
     assert ack.outcome is AckOutcome.ACCEPTED
@@ -36,10 +37,10 @@ async def test_accepted_update_is_in_the_ledger_before_its_ack(
 
 
 async def test_duplicate_is_acked_again_and_never_applied_twice(
-    orchestrator: Orchestrator, devices: Callable[..., Any], kit: Any,
+    orchestrator: Orchestrator, devices: Callable[..., Any],
 ) -> None:
     dev = await devices(orchestrator, "dev-2")
-    seq, update = dev.update(kit.random_delta(orchestrator.params))
+    seq, update = dev.update(random_delta(orchestrator.params))
     await dev.send(update, update)  # twice in one batch
     await dev.wait_acks([seq])
     (ack,) = dev.ack_messages
@@ -54,13 +55,13 @@ async def test_duplicate_is_acked_again_and_never_applied_twice(
 
 
 async def test_every_kind_of_bad_update_is_rejected_on_record(
-    make_config: Callable[..., Config], devices: Callable[..., Any], kit: Any,
+    make_config: Callable[..., Config], devices: Callable[..., Any],
 ) -> None:
     config = make_config(ingest={"max_update_bytes": 2048},
                          aggregation={"k": 1, "max_staleness": 0})
     async with Orchestrator(config, store_synchronous="NORMAL") as orch:
         dev = await devices(orch, "dev-3")
-        delta = kit.random_delta(orch.params)
+        delta = random_delta(orch.params)
         # version 1, so that base version 0 becomes too stale (max_staleness 0)
         seq0, good = dev.update(delta)
         await dev.send(good)
@@ -121,10 +122,10 @@ async def test_every_kind_of_bad_update_is_rejected_on_record(
 
 
 async def test_device_without_a_key_is_an_unknown_sender(
-    orchestrator: Orchestrator, devices: Callable[..., Any], kit: Any,
+    orchestrator: Orchestrator, devices: Callable[..., Any],
 ) -> None:
     dev = await devices(orchestrator, "dev-5", enroll=False)
-    _, update = dev.update(kit.random_delta(orchestrator.params))
+    _, update = dev.update(random_delta(orchestrator.params))
     await dev.send(update)
     # the service records it without answering: wait for the count, then read the ledger
     await until(lambda: orchestrator.counters["rejected.unknown_sender"] == 1)
@@ -134,11 +135,11 @@ async def test_device_without_a_key_is_an_unknown_sender(
 
 
 async def test_garbage_payload_is_recorded_and_ignored(
-    orchestrator: Orchestrator, devices: Callable[..., Any], kit: Any,
+    orchestrator: Orchestrator, devices: Callable[..., Any],
 ) -> None:
     dev = await devices(orchestrator, "dev-6")
     await dev.publish("updates", b"\xc1 not msgpack")
-    seq, update = dev.update(kit.random_delta(orchestrator.params))
+    seq, update = dev.update(random_delta(orchestrator.params))
     await dev.send(update)
     await dev.wait_acks([seq])
     reasons = [r.reason for r in await orchestrator.store.ledger(sender="dev-6")]

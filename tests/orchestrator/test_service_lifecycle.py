@@ -17,16 +17,18 @@ from orchestrator.link.keys import load_or_create_key, public_key_hex
 from orchestrator.service import Orchestrator, OrchestratorError
 from orchestrator.store import Store, StoreError
 from schemas import AckOutcome, EnrollStatus
+from tests.support.service_config import FED, MODEL
+from tests.support.sim_device import SimDevice, random_delta
 
 
 async def test_restart_restores_buffer_windows_and_seqs_and_republishes(
-    make_config: Callable[..., Config], devices: Callable[..., Any], kit: Any,
+    make_config: Callable[..., Config], devices: Callable[..., Any],
     broker: MosquittoBroker,
 ) -> None:
     config = make_config(aggregation={"k": 2})
     async with Orchestrator(config, store_synchronous="NORMAL") as orch:
         dev = await devices(orch, "dev")
-        seq, update = dev.update(kit.random_delta(orch.params))
+        seq, update = dev.update(random_delta(orch.params))
         await dev.send(update)
         await dev.wait_acks([seq])
         assert orch.buffered == 1
@@ -38,7 +40,7 @@ async def test_restart_restores_buffer_windows_and_seqs_and_republishes(
         await dev.send(update)  # re-sent after the restart: a duplicate, not a second update
         assert (await dev.wait_acks([seq]))[seq].outcome is AckOutcome.DUPLICATE
         assert orch.buffered == 1
-        seq2, update2 = dev.update(kit.random_delta(orch.params, seed=1))
+        seq2, update2 = dev.update(random_delta(orch.params, seed=1))
         await dev.send(update2)
         await dev.wait_acks([seq2])
         async with asyncio.timeout(10):
@@ -66,7 +68,7 @@ async def test_shutdown_event_ends_the_service(make_config: Callable[..., Config
 
 
 async def test_a_fatal_error_in_a_task_stops_the_service_and_is_raised(
-    make_config: Callable[..., Config], devices: Callable[..., Any], kit: Any,
+    make_config: Callable[..., Config], devices: Callable[..., Any],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     async def broken(*args: Any, **kwargs: Any) -> list[int]:
@@ -76,7 +78,7 @@ async def test_a_fatal_error_in_a_task_stops_the_service_and_is_raised(
         async with Orchestrator(make_config(), store_synchronous="NORMAL") as orch:
             dev = await devices(orch, "dev")
             monkeypatch.setattr(orch.store, "ingest", broken)
-            _, update = dev.update(kit.random_delta(orch.params))
+            _, update = dev.update(random_delta(orch.params))
             await dev.send(update)
             async with asyncio.timeout(20):
                 await orch.wait_closed()
@@ -105,14 +107,15 @@ async def test_cancelling_the_owner_task_cleans_up(make_config: Callable[..., Co
         _ = holder[0].store
 
 
+@pytest.mark.integration  # an embedded broker, and a stale one started by hand
 async def test_embedded_broker_keeps_credentials_and_replaces_a_stale_broker(
-    tmp_path: Path, kit: Any,
+    tmp_path: Path,
 ) -> None:
     port = pick_free_port()
     data = tmp_path / "data"
     config = parse_config({
-        "federation": {"id": kit.FED, "data_dir": str(data)},
-        "broker": {"port": port}, "model": kit.MODEL,
+        "federation": {"id": FED, "data_dir": str(data)},
+        "broker": {"port": port}, "model": MODEL,
     }, base_dir=tmp_path)
     # a device added before the service ever ran (as `fedmq device add` does)
     data.mkdir()
@@ -127,7 +130,7 @@ async def test_embedded_broker_keeps_credentials_and_replaces_a_stale_broker(
             assert orch.broker is not None and orch.broker.port == port
             assert not stale.running
             assert "early:" in orch.broker.password_file.read_text()
-            async with kit.SimDevice(bundle, orch.broker) as dev:
+            async with SimDevice(bundle, orch.broker) as dev:
                 assert (await dev.enroll()).status is EnrollStatus.ACTIVE
     finally:
         await stale.stop()

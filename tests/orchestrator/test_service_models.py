@@ -27,6 +27,9 @@ from schemas import (
     decode_params,
     params_digest,
 )
+from tests.support.retained import all_retained, retained_models
+from tests.support.service_config import FED
+from tests.support.sim_device import random_delta
 
 FLOAT32 = CodecSpec(Codec.FLOAT32)
 
@@ -58,12 +61,12 @@ def _open_models(payloads: dict[str, bytes], key: VerifyKey, fed: str
     return snapshot, delta
 
 
-async def _send_updates(orch: Orchestrator, devices: Callable[..., Any], kit: Any,
+async def _send_updates(orch: Orchestrator, devices: Callable[..., Any],
                         n: int, *, prefix: str = "dev") -> list[Params]:
     sent = []
     for i in range(n):
         dev = await devices(orch, f"{prefix}-{i}")
-        delta = kit.random_delta(orch.params, seed=i)
+        delta = random_delta(orch.params, seed=i)
         seq, update = dev.update(delta, base_version=orch.version, num_samples=10 * (i + 1),
                                  codec=FLOAT32)
         await dev.send(update)
@@ -73,10 +76,10 @@ async def _send_updates(orch: Orchestrator, devices: Callable[..., Any], kit: An
 
 
 async def test_fedbuff_makes_version_1_and_a_fresh_subscriber_applies_it_bit_exactly(
-    orchestrator: Orchestrator, devices: Callable[..., Any], kit: Any, broker: MosquittoBroker,
+    orchestrator: Orchestrator, devices: Callable[..., Any], broker: MosquittoBroker,
 ) -> None:
     v0 = {k: v.copy() for k, v in orchestrator.params.items()}
-    sent = await _send_updates(orchestrator, devices, kit, 3)  # k = 3
+    sent = await _send_updates(orchestrator, devices, 3)  # k = 3
     async with asyncio.timeout(10):
         await orchestrator.wait_for_version(1, published=True)
     assert orchestrator.buffered == 0
@@ -92,8 +95,8 @@ async def test_fedbuff_makes_version_1_and_a_fresh_subscriber_applies_it_bit_exa
     assert sorted(info.lineage["updates"]) == sorted(r.id for r in applied)
 
     key = VerifyKey(orchestrator.public_key)
-    payloads = await kit.retained_models(broker, expect=2)
-    snapshot, delta = _open_models(payloads, key, kit.FED)
+    payloads = await retained_models(broker, expect=2)
+    snapshot, delta = _open_models(payloads, key, FED)
     assert snapshot.version == 1 and snapshot.parent == 0 and not snapshot.stopped
     params = decode_params(snapshot.params)
     assert params_digest(params) == snapshot.params_sha256 == params_digest(orchestrator.params)
@@ -106,7 +109,7 @@ async def test_fedbuff_makes_version_1_and_a_fresh_subscriber_applies_it_bit_exa
 
 
 async def test_large_models_go_out_as_chunks_and_old_chunks_are_cleared(
-    make_config: Callable[..., Config], devices: Callable[..., Any], kit: Any,
+    make_config: Callable[..., Config], devices: Callable[..., Any],
     broker: MosquittoBroker,
 ) -> None:
     # 650 float32 parameters: the snapshot cannot fit 2048 bytes
@@ -116,18 +119,18 @@ async def test_large_models_go_out_as_chunks_and_old_chunks_are_cleared(
         async with asyncio.timeout(10):
             await orch.wait_for_version(0, published=True)
         key = VerifyKey(orch.public_key)
-        first = await kit.all_retained(broker)
-        snapshot, delta = _open_models(first, key, kit.FED)
+        first = await all_retained(broker)
+        snapshot, delta = _open_models(first, key, FED)
         assert snapshot.version == 0 and delta is None
         assert all(len(p) <= 2048 for p in first.values())
         old_chunks = {t for t in first if "/chunks/" in t}
         assert len(old_chunks) > 1
 
-        await _send_updates(orch, devices, kit, 1)
+        await _send_updates(orch, devices, 1)
         async with asyncio.timeout(10):
             await orch.wait_for_version(1, published=True)
-        second = await kit.all_retained(broker)
-        snapshot, delta = _open_models(second, key, kit.FED)
+        second = await all_retained(broker)
+        snapshot, delta = _open_models(second, key, FED)
         assert snapshot.version == 1 and delta is not None and delta.version == 1
         assert params_digest(decode_params(snapshot.params)) == params_digest(orch.params)
         # the superseded chunks were cleared: only the new manifests' chunks are retained
@@ -136,7 +139,7 @@ async def test_large_models_go_out_as_chunks_and_old_chunks_are_cleared(
 
 
 async def test_server_evaluation_and_the_max_versions_rule_stop_the_federation(
-    make_config: Callable[..., Config], devices: Callable[..., Any], kit: Any,
+    make_config: Callable[..., Config], devices: Callable[..., Any],
     broker: MosquittoBroker,
 ) -> None:
     config = make_config(
@@ -144,7 +147,7 @@ async def test_server_evaluation_and_the_max_versions_rule_stop_the_federation(
         evaluation={"dataset": "digits"}, stopping={"max_versions": 1},
     )
     async with Orchestrator(config, store_synchronous="NORMAL") as orch:
-        await _send_updates(orch, devices, kit, 1)
+        await _send_updates(orch, devices, 1)
         async with asyncio.timeout(10):
             reason = await orch.wait_stopped()
         assert reason.startswith("max_versions")
@@ -154,8 +157,8 @@ async def test_server_evaluation_and_the_max_versions_rule_stop_the_federation(
         assert len(audit) == 1
         async with asyncio.timeout(10):
             while True:
-                snapshot, _ = _open_models(await kit.retained_models(broker, expect=2),
-                                           VerifyKey(orch.public_key), kit.FED)
+                snapshot, _ = _open_models(await retained_models(broker, expect=2),
+                                           VerifyKey(orch.public_key), FED)
                 if snapshot.stopped:
                     break
         # no more tasks: an idle device is told the federation stopped

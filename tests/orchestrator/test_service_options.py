@@ -3,9 +3,9 @@ agents (``fedmq.simulate``) on a real Mosquitto, shown to take effect.
 
 A test recomputes what its option should have produced -- from the store (each version's
 parent and applied updates, their weights, the server state) and the deltas the agents sent
-(see ``fleet_run``) -- with the pure functions of :mod:`orchestrator.aggregation`, checks the
-stored result equals it, and that it differs from what the service would have made had the
-option been silently ignored.
+(see ``tests.support.fleet_run``) -- with the pure functions of
+:mod:`orchestrator.aggregation`, checks the stored result equals it, and that it differs from
+what the service would have made had the option been silently ignored.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from orchestrator.aggregation import (
 from orchestrator.broker import MosquittoBroker
 from orchestrator.service import Orchestrator
 from orchestrator.store import Store
-from tests.orchestrator.fleet_run import (
+from tests.support.fleet_run import (
     VersionStep,
     assert_matches,
     base_sections,

@@ -15,6 +15,7 @@ from orchestrator.config import Config
 from orchestrator.service import Orchestrator
 from schemas import AckOutcome, Codec, Defer, Task
 from tests.support.clock import FakeClock
+from tests.support.sim_device import random_delta
 from tests.support.waiting import until
 
 
@@ -26,7 +27,7 @@ async def _ask(dev: Any, **status: Any) -> Task | Defer:
 
 
 async def test_idle_device_gets_a_task_and_weak_or_surplus_ones_are_deferred(
-    make_config: Callable[..., Config], devices: Callable[..., Any], kit: Any,
+    make_config: Callable[..., Config], devices: Callable[..., Any],
 ) -> None:
     config = make_config(selection={"concurrency": 1, "retry_after_s": 5.0},
                          training={"epochs": 2, "codec": "topk", "topk_fraction": 0.1,
@@ -58,7 +59,7 @@ async def test_idle_device_gets_a_task_and_weak_or_surplus_ones_are_deferred(
         assert a.down["task"].empty()
 
         # the update for the task frees its slot
-        seq, update = a.update(kit.random_delta(orch.params), task_id=task.task_id)
+        seq, update = a.update(random_delta(orch.params), task_id=task.task_id)
         await a.send(update)
         assert (await a.wait_acks([seq]))[seq].outcome is AckOutcome.ACCEPTED
         assert orch.outstanding_tasks == 0
@@ -86,7 +87,7 @@ async def test_a_straggler_past_its_deadline_frees_its_slot(
 
 @pytest.mark.parametrize("quorum", [2])
 async def test_sync_rounds_wait_for_quorum_then_average(
-    make_config: Callable[..., Config], devices: Callable[..., Any], kit: Any, quorum: int,
+    make_config: Callable[..., Config], devices: Callable[..., Any], quorum: int,
 ) -> None:
     clock = FakeClock()
     config = make_config(aggregation={"mode": "sync", "quorum": quorum,
@@ -100,7 +101,7 @@ async def test_sync_rounds_wait_for_quorum_then_average(
         assert [type(a).__name__ for a in answers] == ["Task", "Task", "Defer"]
         for i, (w, task) in enumerate(zip(workers[:2], answers[:2], strict=True)):
             assert isinstance(task, Task)
-            seq, update = w.update(kit.random_delta(orch.params, seed=i), task_id=task.task_id)
+            seq, update = w.update(random_delta(orch.params, seed=i), task_id=task.task_id)
             await w.send(update)
             await w.wait_acks([seq])
         async with asyncio.timeout(20):
@@ -117,7 +118,7 @@ async def test_sync_rounds_wait_for_quorum_then_average(
 
 
 async def test_a_round_closes_at_its_deadline_with_what_it_has(
-    make_config: Callable[..., Config], devices: Callable[..., Any], kit: Any,
+    make_config: Callable[..., Config], devices: Callable[..., Any],
 ) -> None:
     clock = FakeClock()
     config = make_config(aggregation={"mode": "sync", "quorum": 3, "round_deadline_s": 30.0},
@@ -130,7 +131,7 @@ async def test_a_round_closes_at_its_deadline_with_what_it_has(
         assert all(isinstance(t, Task) for t in tasks)
 
         async def submit(device: Any, task: Any, seed: int) -> None:
-            seq, update = device.update(kit.random_delta(orch.params, seed=seed),
+            seq, update = device.update(random_delta(orch.params, seed=seed),
                                         task_id=task.task_id)
             await device.send(update)
             await device.wait_acks([seq])

@@ -35,6 +35,9 @@ from orchestrator.config import Config
 from orchestrator.devices.registry import bump_generation
 from orchestrator.service import Orchestrator
 from schemas import AckOutcome, Codec, CodecSpec, enroll_mac
+from tests.support.raw_wire import RawWire, params_digest
+from tests.support.sim_device import SimDevice, random_delta
+from tests.support.waiting import until
 
 FLOAT32 = CodecSpec(Codec.FLOAT32)
 MAX_UPDATE_BYTES = 16 * 1024
@@ -48,8 +51,8 @@ class Arena:
 
     orch: Orchestrator
     broker: MosquittoBroker
-    victim: Any
-    witness: Any
+    victim: SimDevice
+    witness: SimDevice
     captured: bytes
     """The victim's valid update envelope, exactly as it crossed the broker."""
     spied: list[tuple[str, bytes]] = field(default_factory=list)
@@ -65,34 +68,27 @@ class Arena:
         self.victim.seq += 1
         return int(self.victim.seq)
 
-    def raw_client(self, device: Any) -> aiomqtt.Client:
+    def raw_client(self, device: SimDevice) -> aiomqtt.Client:
         """A plain MQTT client with ``device``'s broker credentials."""
         return aiomqtt.Client(
             self.broker.host, self.broker.port, username=device.bundle.mqtt_username,
             password=device.bundle.mqtt_password, identifier=f"raw-{uuid.uuid4().hex[:8]}",
             protocol=aiomqtt.ProtocolVersion.V5)
 
-    async def publish_raw(self, topic: str, payload: bytes, device: Any = None) -> None:
+    async def publish_raw(self, topic: str, payload: bytes,
+                          device: SimDevice | None = None) -> None:
         async with self.raw_client(device or self.victim) as client:
             await client.publish(topic, payload, qos=1)
 
 
-def model_state(orch: Orchestrator, digest: Callable[[Any], str]) -> tuple[int, str]:
-    return orch.version, digest(orch.params)
-
-
-async def until(condition: Callable[[], bool], within: float = 10.0) -> None:
-    """Poll ``condition`` (counters and registries have no event to wait on)."""
-    for _ in range(int(within / 0.02)):
-        if condition():
-            return
-        await asyncio.sleep(0.02)
-    raise TimeoutError(f"condition not met within {within}s")
+def model_state(orch: Orchestrator) -> tuple[int, str]:
+    return orch.version, params_digest(orch.params)
 
 
 @pytest.fixture
-async def arena(make_config: Callable[..., Config], devices: Callable[..., Any],
-                broker: MosquittoBroker, kit: Any) -> AsyncIterator[Arena]:
+async def arena(make_config: Callable[..., Config],
+                devices: Callable[..., Awaitable[SimDevice]], broker: MosquittoBroker
+                ) -> AsyncIterator[Arena]:
     config = make_config(aggregation={"k": 1, "max_staleness": 50},
                          ingest={"max_update_bytes": MAX_UPDATE_BYTES,
                                  "max_body_bytes": MAX_BODY_BYTES})
@@ -111,12 +107,12 @@ async def arena(make_config: Callable[..., Config], devices: Callable[..., Any],
         victim = await devices(orch, "dev-victim")
         witness = await devices(orch, "dev-witness")
         # a valid plain update from the victim, captured as it crosses the broker
-        seq, entry = victim.update(kit.random_delta(orch.params), codec=FLOAT32, seal=False)
+        seq, entry = victim.update(random_delta(orch.params), codec=FLOAT32, seal=False)
         await victim.send(entry)
         assert (await victim.wait_acks([seq]))[seq].outcome is AckOutcome.ACCEPTED
         await until(lambda: any(t.endswith("/dev-victim/updates") for t, _ in spied))
         (batch,) = [p for t, p in spied if t.endswith("/dev-victim/updates")]
-        (captured,) = msgpack_entries(batch)
+        (captured,) = RawWire.entries(batch)
         async with asyncio.timeout(10):
             await orch.wait_for_version(1)
         try:
@@ -126,17 +122,11 @@ async def arena(make_config: Callable[..., Config], devices: Callable[..., Any],
             await asyncio.gather(listener, return_exceptions=True)
 
 
-def msgpack_entries(batch: bytes) -> list[bytes]:
-    out: list[bytes] = msgpack.unpackb(batch, raw=False)
-    return out
-
-
-async def expect_refused(arena: Arena, digest: Callable[[Any], str], counter: str,
-                         send: Callable[[], Awaitable[None]], *, ledger_reason: str | None,
-                         kit: Any) -> None:
+async def expect_refused(arena: Arena, counter: str, send: Callable[[], Awaitable[None]], *,
+                         ledger_reason: str | None) -> None:
     """Send the hostile message(s), then check the three promises of the module docstring."""
     orch = arena.orch
-    before = model_state(orch, digest)
+    before = model_state(orch)
     count = orch.counters[counter]
     accepted = orch.counters["accepted"]
     await send()
@@ -150,9 +140,9 @@ async def expect_refused(arena: Arena, digest: Callable[[Any], str], counter: st
         assert rows, f"no ledger row with reason {ledger_reason!r}"
         audited = {a.reason for a in await orch.store.list_audit(device="dev-victim")}
         assert ledger_reason in audited
-    assert model_state(orch, digest) == before
+    assert model_state(orch) == before
     # still up and still judging: the witness's valid update makes the next version
-    seq, ok = arena.witness.update(kit.random_delta(orch.params, seed=7), codec=FLOAT32,
+    seq, ok = arena.witness.update(random_delta(orch.params, seed=7), codec=FLOAT32,
                                    base_version=orch.version)
     await arena.witness.send(ok)
     assert (await arena.witness.wait_acks([seq]))[seq].outcome is AckOutcome.ACCEPTED
@@ -163,19 +153,19 @@ async def expect_refused(arena: Arena, digest: Callable[[Any], str], counter: st
 # -- mutations of the captured update -------------------------------------------------------------
 
 
-def resigned(arena: Arena, wire: Any, *, key: SigningKey | None = None,
+def resigned(arena: Arena, *, key: SigningKey | None = None,
              body: Callable[[dict[str, Any]], dict[str, Any] | bytes] | None = None,
              raw_body: bytes | None = None, **header: Any) -> bytes:
     """The captured update with a fresh seq, ``header`` changes and a new body, signed with
     ``key`` (default: the victim's own key — a compromised device)."""
-    opened, _ = wire.open(arena.captured)
+    opened, _ = RawWire.open(arena.captured)
     changed = {**opened, "seq": arena.fresh_seq(), "ts_ms": int(time.time() * 1000)}
     if body is not None:
-        changed = wire.with_body(changed, body(wire.body(opened)))
+        changed = RawWire.with_body(changed, body(RawWire.body(opened)))
     if raw_body is not None:
         changed["body"] = raw_body
     changed.update(header)
-    return bytes(wire.sign(changed, key or arena.victim.key))
+    return bytes(RawWire.sign(changed, key or arena.victim.key))
 
 
 def _tensor_values(value: float) -> Callable[[dict[str, Any]], dict[str, Any]]:
@@ -208,36 +198,36 @@ def _zstd_bomb() -> bytes:
 
 
 # each case: (counter, ledger reason, mutation of the captured update signed by the victim)
-ENTRY_CASES: dict[str, tuple[str, str | None, Callable[[Arena, Any], bytes]]] = {
+ENTRY_CASES: dict[str, tuple[str, str | None, Callable[[Arena], bytes]]] = {
     "forged_signature": ("rejected.bad_signature", "bad_signature",
-                         lambda a, w: resigned(a, w, key=SigningKey.generate())),
+                         lambda a: resigned(a, key=SigningKey.generate())),
     "tampered_after_signing": ("rejected.bad_signature", "bad_signature",
-                               lambda a, w: _tamper(a.captured)),
+                               lambda a: _tamper(a.captured)),
     "another_federation": ("rejected.wrong_federation", "wrong_federation",
-                           lambda a, w: resigned(a, w, fed="otherfed")),
+                           lambda a: resigned(a, fed="otherfed")),
     "another_sender_in_header": ("rejected.sender_mismatch", "sender_mismatch",
-                                 lambda a, w: resigned(a, w, sender="dev-witness")),
+                                 lambda a: resigned(a, sender="dev-witness")),
     "future_timestamp": ("rejected.future_timestamp", "future_timestamp",
-                         lambda a, w: resigned(a, w, ts_ms=int(time.time() * 1000) + 3600_000)),
+                         lambda a: resigned(a, ts_ms=int(time.time() * 1000) + 3600_000)),
     "oversized_entry": ("rejected.too_large", "too_large",
-                        lambda a, w: resigned(
-                            a, w, raw_body=_incompressible(MAX_UPDATE_BYTES + 1))),
+                        lambda a: resigned(
+                            a, raw_body=_incompressible(MAX_UPDATE_BYTES + 1))),
     "zstd_bomb": ("rejected.decompressed_too_large", "decompressed_too_large",
-                  lambda a, w: resigned(a, w, raw_body=_zstd_bomb())),
+                  lambda a: resigned(a, raw_body=_zstd_bomb())),
     "not_zstd": ("rejected.bad_compression", "bad_compression",
-                 lambda a, w: resigned(a, w, raw_body=b"\x00" * 64)),
+                 lambda a: resigned(a, raw_body=b"\x00" * 64)),
     "malformed_msgpack_body": ("rejected.malformed", "malformed",
-                               lambda a, w: resigned(a, w, body=lambda b: b"\xc1\xc1\x93\x01")),
+                               lambda a: resigned(a, body=lambda b: b"\xc1\xc1\x93\x01")),
     "body_of_wrong_shape": ("rejected.invalid_field", "invalid_field",
-                            lambda a, w: resigned(a, w, body=lambda b: {**b, "tensors": 5})),
+                            lambda a: resigned(a, body=lambda b: {**b, "tensors": 5})),
     "wrong_tensor_shape": ("rejected.shape_mismatch", "shape_mismatch",
-                           lambda a, w: resigned(a, w, body=_wrong_shape)),
+                           lambda a: resigned(a, body=_wrong_shape)),
     "nan_values": ("rejected.non_finite", "non_finite",
-                   lambda a, w: resigned(a, w, body=_tensor_values(float("nan")))),
+                   lambda a: resigned(a, body=_tensor_values(float("nan")))),
     "inf_values": ("rejected.non_finite", "non_finite",
-                   lambda a, w: resigned(a, w, body=_tensor_values(float("inf")))),
+                   lambda a: resigned(a, body=_tensor_values(float("inf")))),
     "unknown_base_version": ("rejected.unknown_version", "unknown_version",
-                             lambda a, w: resigned(a, w, body=lambda b: {**b,
+                             lambda a: resigned(a, body=lambda b: {**b,
                                                                          "base_version": 99})),
 }
 
@@ -251,56 +241,55 @@ def _tamper(envelope: bytes) -> bytes:
 
 @pytest.mark.parametrize("case", sorted(ENTRY_CASES))
 async def test_hostile_update_is_refused_for_its_reason(
-    case: str, arena: Arena, wire: Any, kit: Any, digest: Callable[[Any], str],
+    case: str, arena: Arena,
 ) -> None:
     counter, reason, build = ENTRY_CASES[case]
-    payload = wire.batch(build(arena, wire))
+    payload = RawWire.batch(build(arena))
     await expect_refused(
-        arena, digest, counter,
+        arena, counter,
         lambda: arena.publish_raw(arena.topic("dev-victim"), payload),
-        ledger_reason=reason, kit=kit)
+        ledger_reason=reason)
 
 
-async def test_malformed_batch_is_refused_whole(arena: Arena, kit: Any,
-                                                digest: Callable[[Any], str]) -> None:
+async def test_malformed_batch_is_refused_whole(arena: Arena) -> None:
     await expect_refused(
-        arena, digest, "rejected.malformed",
+        arena, "rejected.malformed",
         lambda: arena.publish_raw(arena.topic("dev-victim"), b"\x93\xc1\xff not msgpack"),
-        ledger_reason="malformed", kit=kit)
+        ledger_reason="malformed")
 
 
 async def test_replay_within_the_window_is_a_duplicate_never_applied_twice(
-    arena: Arena, wire: Any, kit: Any, digest: Callable[[Any], str],
+    arena: Arena,
 ) -> None:
     await expect_refused(
-        arena, digest, "duplicate",
-        lambda: arena.publish_raw(arena.topic("dev-victim"), wire.batch(arena.captured)),
-        ledger_reason=None, kit=kit)
-    seq = wire.open(arena.captured)[0]["seq"]
+        arena, "duplicate",
+        lambda: arena.publish_raw(arena.topic("dev-victim"), RawWire.batch(arena.captured)),
+        ledger_reason=None)
+    seq = RawWire.open(arena.captured)[0]["seq"]
     rows = await arena.orch.store.ledger(sender="dev-victim")
     assert [r.seq for r in rows].count(seq) == 1
 
 
 async def test_replay_below_the_window_is_rejected(
-    arena: Arena, wire: Any, kit: Any, digest: Callable[[Any], str],
+    arena: Arena,
 ) -> None:
     # the victim moves far ahead (a valid update 5000 seqs on): the captured seq falls out
     jump = arena.victim.seq + 5000
     arena.victim.seq = jump
-    _, ahead = arena.victim.update(kit.random_delta(arena.orch.params, seed=3), codec=FLOAT32,
+    _, ahead = arena.victim.update(random_delta(arena.orch.params, seed=3), codec=FLOAT32,
                                    base_version=arena.orch.version, seq=jump)
     await arena.victim.send(ahead)
     await arena.victim.wait_acks([jump])
     async with asyncio.timeout(10):
         await arena.orch.wait_for_version(2)
     await expect_refused(
-        arena, digest, "rejected.replay",
-        lambda: arena.publish_raw(arena.topic("dev-victim"), wire.batch(arena.captured)),
-        ledger_reason="replay", kit=kit)
+        arena, "rejected.replay",
+        lambda: arena.publish_raw(arena.topic("dev-victim"), RawWire.batch(arena.captured)),
+        ledger_reason="replay")
 
 
 async def test_valid_signature_from_a_revoked_key_is_refused(
-    arena: Arena, wire: Any, kit: Any, digest: Callable[[Any], str],
+    arena: Arena,
 ) -> None:
     # revoked in the registry while the broker credential still works (e.g. a lagging
     # password-file reload): the key itself must no longer be heard
@@ -311,11 +300,11 @@ async def test_valid_signature_from_a_revoked_key_is_refused(
     assert registry is not None
     await until(lambda: (view := registry.get("dev-victim")) is not None
                 and view.status == "revoked")
-    entry = resigned(arena, wire)
+    entry = resigned(arena)
     await expect_refused(
-        arena, digest, "rejected.revoked",
-        lambda: arena.publish_raw(arena.topic("dev-victim"), wire.batch(entry)),
-        ledger_reason="revoked", kit=kit)
+        arena, "rejected.revoked",
+        lambda: arena.publish_raw(arena.topic("dev-victim"), RawWire.batch(entry)),
+        ledger_reason="revoked")
 
 
 async def test_revoked_device_cannot_connect(arena: Arena) -> None:
@@ -329,16 +318,16 @@ async def test_revoked_device_cannot_connect(arena: Arena) -> None:
 
 
 async def test_publishing_under_another_devices_topic_is_never_delivered(
-    arena: Arena, wire: Any, digest: Callable[[Any], str],
+    arena: Arena,
 ) -> None:
     """The witness holds a valid, never-sent update of the victim's (stolen off the device)
     and publishes it under the victim's topic: the broker ACL drops it, so neither the
     orchestrator nor any subscriber ever sees it."""
     orch = arena.orch
-    before = model_state(orch, digest)
+    before = model_state(orch)
     batches = orch.counters["batches"]
-    stolen = wire.batch(resigned(arena, wire))
-    marker = wire.batch(b"marker")
+    stolen = RawWire.batch(resigned(arena))
+    marker = RawWire.batch(b"marker")
     async with arena.raw_client(arena.witness) as client:
         await client.publish(arena.topic("dev-victim"), stolen, qos=1)
         # published after the stolen batch on the same connection: delivered in order, so
@@ -348,12 +337,12 @@ async def test_publishing_under_another_devices_topic_is_never_delivered(
     assert all(p != stolen for _, p in arena.spied)
     await until(lambda: orch.counters["batches"] == batches + 1)  # the marker, not the batch
     assert orch.counters["rejected.malformed"] == 1
-    assert model_state(orch, digest) == before
+    assert model_state(orch) == before
     assert [r.reason for r in await orch.store.ledger(sender="dev-victim")] == [None]
 
 
 async def test_enrollment_with_a_wrong_hmac_is_refused(
-    arena: Arena, devices: Callable[..., Any], wire: Any, digest: Callable[[Any], str],
+    arena: Arena, devices: Callable[..., Awaitable[SimDevice]],
 ) -> None:
     newcomer = await devices(arena.orch, "dev-new", enroll=False)
     key = SigningKey.generate()
@@ -361,32 +350,32 @@ async def test_enrollment_with_a_wrong_hmac_is_refused(
     wrong = enroll_mac(b"\x01" * 32, fed=arena.fed, device_id="dev-new", public_key=public)
     body = {"device_id": "dev-new", "public_key": public, "mac": wrong,
             "agent_version": "raw", "info": {}}
-    header = wire.with_body({"v": 1, "type": "enroll", "fed": arena.fed, "sender": "dev-new",
+    header = RawWire.with_body({"v": 1, "type": "enroll", "fed": arena.fed, "sender": "dev-new",
                              "seq": 1, "ts_ms": int(time.time() * 1000), "enc": "zstd",
                              "to": ""}, body)
     orch = arena.orch
-    before = model_state(orch, digest)
+    before = model_state(orch)
     async with arena.raw_client(newcomer) as client:
-        await client.publish(arena.topic("dev-new", "enroll"), wire.sign(header, key), qos=1)
+        await client.publish(arena.topic("dev-new", "enroll"), RawWire.sign(header, key), qos=1)
     await until(lambda: orch.counters["enroll.rejected.bad_hmac"] == 1)
     device = await orch.store.get_device("dev-new")
     assert device is not None and device.status == "pending" and device.public_key is None
     audit = await orch.store.list_audit(device="dev-new", event="rejected")
     assert [a.reason for a in audit] == ["bad_hmac"]
-    assert model_state(orch, digest) == before
+    assert model_state(orch) == before
     # the same message with the right HMAC is let in: the refusal was the HMAC alone
     good = enroll_mac(bytes.fromhex(newcomer.bundle.enroll_secret), fed=arena.fed,
                       device_id="dev-new", public_key=public)
-    header = wire.with_body({**header, "seq": 2}, {**body, "mac": good})
+    header = RawWire.with_body({**header, "seq": 2}, {**body, "mac": good})
     async with arena.raw_client(newcomer) as client:
-        await client.publish(arena.topic("dev-new", "enroll"), wire.sign(header, key), qos=1)
+        await client.publish(arena.topic("dev-new", "enroll"), RawWire.sign(header, key), qos=1)
     await until(lambda: orch.counters["enrolled"] == 3)
     device = await orch.store.get_device("dev-new")
     assert device is not None and device.public_key == public
 
 
 async def test_operator_command_signed_by_a_device_key_is_refused(
-    arena: Arena, wire: Any, digest: Callable[[Any], str],
+    arena: Arena,
 ) -> None:
     """A device may publish on ops/request (the ACL pattern is shared with operators), so the
     orchestrator's role check is what refuses it: the key behind the reply topic is a device's."""
@@ -394,8 +383,8 @@ async def test_operator_command_signed_by_a_device_key_is_refused(
     from paho.mqtt.properties import Properties
 
     orch = arena.orch
-    before = model_state(orch, digest)
-    header = wire.with_body(
+    before = model_state(orch)
+    header = RawWire.with_body(
         {"v": 1, "type": "ops_request", "fed": arena.fed, "sender": "dev-victim",
          "seq": arena.fresh_seq(), "ts_ms": int(time.time() * 1000), "enc": "zstd", "to": ""},
         {"request_id": "r-1", "command": "fleet.status", "args": {}})
@@ -403,10 +392,10 @@ async def test_operator_command_signed_by_a_device_key_is_refused(
     props.ResponseTopic = f"fl/{arena.fed}/ops/reply/dev-victim"
     props.CorrelationData = b"c-1"
     async with arena.raw_client(arena.victim) as client:
-        await client.publish(f"fl/{arena.fed}/ops/request", wire.sign(header, arena.victim.key),
+        await client.publish(f"fl/{arena.fed}/ops/request", RawWire.sign(header, arena.victim.key),
                              qos=1, properties=props)
     await until(lambda: orch.counters["ops.rejected.not_authorized"] == 1)
     audit = await orch.store.list_audit(event="rejected", device="dev-victim")
     assert [a.reason for a in audit] == ["not_authorized"]
     assert await orch.store.list_audit(event="operator_command") == []
-    assert model_state(orch, digest) == before
+    assert model_state(orch) == before

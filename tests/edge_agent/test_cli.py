@@ -1,0 +1,120 @@
+"""``fedmq agent run`` / ``python -m edge_agent``: user mistakes are one line, exit 2."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edge_agent.cli import main
+from edge_agent.state import LocalState
+from fedmq.cli import main as fedmq_main
+from schemas import Bundle
+from tests.support.paths import REPO
+
+
+@pytest.fixture
+def bundle_file(tmp_path: Path) -> Path:
+    bundle = Bundle(device_id="dev-1", fed="fed", broker_host="127.0.0.1", broker_port=1,
+                    mqtt_username="dev-1", mqtt_password="pw",
+                    orchestrator_key=secrets.token_hex(32), enroll_secret=secrets.token_hex(32))
+    path = tmp_path / "bundle.json"
+    path.write_text(bundle.to_json())
+    return path
+
+
+@pytest.fixture
+def data_file(tmp_path: Path) -> Path:
+    path = tmp_path / "data.npz"
+    rng = np.random.default_rng(0)
+    np.savez(path, X=rng.normal(size=(20, 4)).astype(np.float32), y=np.arange(20) % 2)
+    return path
+
+
+def _one_line_error(capsys: pytest.CaptureFixture[str], *fragments: str) -> None:
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("fedmq agent: ") and "\n" not in err, err
+    assert "Traceback" not in err
+    for fragment in fragments:
+        assert fragment in err, err
+
+
+def test_missing_bundle(tmp_path: Path, data_file: Path,
+                        capsys: pytest.CaptureFixture[str]) -> None:
+    rc = main(["run", "--bundle", str(tmp_path / "nope.json"), "--data", str(data_file)])
+    assert rc == 2
+    _one_line_error(capsys, "cannot read bundle", "nope.json", "No such file")
+
+
+@pytest.mark.parametrize(("text", "fragment"), [
+    ("{not json", "not JSON"),
+    ("[]", "JSON object"),
+    (json.dumps({"format": 9}), "unsupported bundle format"),
+    (json.dumps({"format": 1, "device_id": "d"}), "bundle fields"),
+])
+def test_malformed_bundle(tmp_path: Path, data_file: Path, text: str, fragment: str,
+                          capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "bad.json"
+    path.write_text(text)
+    assert main(["run", "--bundle", str(path), "--data", str(data_file)]) == 2
+    _one_line_error(capsys, "bad bundle", fragment)
+
+
+def test_bad_key_in_bundle(bundle_file: Path, data_file: Path,
+                           capsys: pytest.CaptureFixture[str]) -> None:
+    data = json.loads(bundle_file.read_text())
+    data["orchestrator_key"] = "abcd"
+    bundle_file.write_text(json.dumps(data))
+    assert main(["run", "--bundle", str(bundle_file), "--data", str(data_file)]) == 2
+    _one_line_error(capsys, "orchestrator_key")
+
+
+def test_missing_or_bad_data(bundle_file: Path, tmp_path: Path,
+                             capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["run", "--bundle", str(bundle_file), "--data", str(tmp_path / "x.npz")]) == 2
+    _one_line_error(capsys, "no such file")
+    bad = tmp_path / "bad.csv"
+    bad.write_text("a,b\n1,2\n3,oops\n")
+    assert main(["run", "--bundle", str(bundle_file), "--data", str(bad)]) == 2
+    _one_line_error(capsys, "line 3")
+
+
+def test_state_of_another_device(bundle_file: Path, data_file: Path, tmp_path: Path,
+                                 capsys: pytest.CaptureFixture[str]) -> None:
+    async def make() -> None:
+        async with LocalState(tmp_path / "s.db", device_id="other", fed="fed"):
+            pass
+
+    asyncio.run(make())
+    rc = main(["run", "--bundle", str(bundle_file), "--data", str(data_file), "--state",
+               str(tmp_path / "s.db")])
+    assert rc == 2
+    _one_line_error(capsys, "belongs to device 'other'")
+
+
+def test_bad_option_values(bundle_file: Path, data_file: Path,
+                           capsys: pytest.CaptureFixture[str]) -> None:
+    rc = main(["run", "--bundle", str(bundle_file), "--data", str(data_file), "--holdout", "1.5"])
+    assert rc == 2
+    _one_line_error(capsys, "holdout")
+    assert main(["run", "--bundle", str(bundle_file)]) == 2  # argparse: --data is required
+    assert "--data" in capsys.readouterr().err
+
+
+def test_dispatch_through_fedmq_and_python_dash_m(tmp_path: Path, data_file: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    missing = str(tmp_path / "missing.json")
+    assert fedmq_main(["agent", "run", "--bundle", missing, "--data", str(data_file)]) == 2
+    _one_line_error(capsys, "cannot read bundle")
+    proc = subprocess.run(
+        [sys.executable, "-m", "edge_agent", "run", "--bundle", missing, "--data",
+         str(data_file)], capture_output=True, text=True, cwd=REPO, timeout=60, check=False)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().startswith("fedmq agent: cannot read bundle")
+    assert "Traceback" not in proc.stderr

@@ -1,0 +1,51 @@
+"""What a fresh subscriber sees of the retained model topics."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import aiomqtt
+
+from orchestrator.broker import MosquittoBroker
+from tests.support.service_config import FED
+
+
+async def retained_models(broker: MosquittoBroker, *, fed: str = FED, expect: int = 2,
+                          within: float = 10) -> dict[str, bytes]:
+    """Retained ``fl/{fed}/model/#`` messages as a fresh subscriber (the orchestrator account)
+    sees them: ``{topic: payload}``, once ``expect`` non-empty ones arrived."""
+    got: dict[str, bytes] = {}
+    async with aiomqtt.Client(broker.host, broker.port, username="orchestrator",
+                              password=broker.orchestrator_password,
+                              identifier=f"sub-{uuid.uuid4().hex[:6]}",
+                              protocol=aiomqtt.ProtocolVersion.V5) as client:
+        await client.subscribe(f"fl/{fed}/model/#", qos=1)
+        async with asyncio.timeout(within):
+            async for message in client.messages:
+                if message.payload:
+                    got[str(message.topic)] = bytes(message.payload)  # type: ignore[arg-type]
+                if len(got) >= expect:
+                    break
+    return got
+
+
+async def all_retained(broker: MosquittoBroker, *, fed: str = FED, quiet: float = 0.5
+                       ) -> dict[str, bytes]:
+    """Every non-empty retained ``fl/{fed}/model/#`` message: subscribe and collect until
+    nothing arrives for ``quiet`` seconds."""
+    got: dict[str, bytes] = {}
+    async with aiomqtt.Client(broker.host, broker.port, username="orchestrator",
+                              password=broker.orchestrator_password,
+                              identifier=f"sub-{uuid.uuid4().hex[:6]}",
+                              protocol=aiomqtt.ProtocolVersion.V5) as client:
+        await client.subscribe(f"fl/{fed}/model/#", qos=1)
+        messages = aiter(client.messages)
+        while True:
+            try:
+                async with asyncio.timeout(quiet):
+                    message = await anext(messages)
+            except TimeoutError:
+                return got
+            if message.payload:
+                got[str(message.topic)] = bytes(message.payload)  # type: ignore[arg-type]
