@@ -164,7 +164,7 @@ class Downlink:
 
     async def _on_defer(self, defer: Defer) -> None:
         now = wall_ms(self._clock)
-        await self._tracker.commit(self._tracker.current.on_defer(now, defer.retry_after_ms))
+        await self._tracker.commit(lambda a: a.on_defer(now, defer.retry_after_ms))
         self._log.info("deferred for %d ms%s", defer.retry_after_ms,
                        f" ({defer.reason})" if defer.reason else "")
 
@@ -185,12 +185,11 @@ class Downlink:
         if action is ControlAction.RECONFIGURE:
             await self._reconfigure(control.params)
             return
-        after = self._tracker.current.on_order(action, control.reason)
-        if after is None:
+        if self._tracker.current.on_order(action, control.reason) is None:
             self._log.warning("control %s is not supported by %s; ignored", action.value,
                               AGENT_VERSION)
             return
-        await self._tracker.commit(after)
+        await self._tracker.commit(lambda a: a.on_order(action, control.reason) or a)
         if action is ControlAction.REVOKE and self._exit_on_revoke:
             self._shutdown.finish("revoked")
 
@@ -207,7 +206,7 @@ class Downlink:
         if enrolled.device_id != self._device_id:
             raise FedmqError(Reason.SENDER_MISMATCH, f"enrolled for {enrolled.device_id!r}")
         enrollment = Enrollment(enrolled.status, enrolled.heartbeat_s, enrolled.reason)
-        await self._tracker.commit(self._tracker.current.on_enrolled(enrollment))
+        await self._tracker.commit(lambda a: a.on_enrolled(enrollment))
         if enrolled.status is EnrollStatus.REJECTED:
             self._log.error("enrollment rejected by the orchestrator: %s",
                             enrolled.reason or "no reason given")

@@ -2,7 +2,10 @@
 
 Parts change the activity only through it: ``set`` for what does not survive a restart
 (pauses, training, the model's stopped flag), ``commit`` for what does (orders, deferral,
-enrollment), saved before the change is visible. After every change it fires the shared
+enrollment), saved before the change is visible. ``commit`` takes the transition, not its
+result: the save yields, and a value computed before it would undo whatever another part
+changed meanwhile (a training run ending while a deferral was being saved left the device
+reporting itself as training for good). After every change it fires the shared
 ``changed`` pulse, and sets ``status_due`` when the state a heartbeat would report is not the
 one last reported, so the heartbeat publishes at once.
 """
@@ -20,7 +23,10 @@ from .clock import Clock, wall_ms
 from .shared import Pulse
 from .state import LocalState
 
-__all__ = ["ActivityTracker"]
+__all__ = ["ActivityTracker", "Transition"]
+
+Transition = Callable[[Activity], Activity]
+"""An event's effect on the activity (one of :class:`Activity`'s transition methods)."""
 
 _log = logging.getLogger(__name__)
 
@@ -34,6 +40,7 @@ class ActivityTracker:
         self._status_due = status_due
         self._changed = changed
         self._own = Pulse()
+        self._saving = asyncio.Lock()
         self.reported: tuple[AgentState, str] | None = None
         """What the last published status said (the heartbeat records it)."""
 
@@ -70,15 +77,22 @@ class ActivityTracker:
         self._activity = activity
         self.touch()
 
-    async def commit(self, activity: Activity) -> None:
-        """A change that survives a restart: saved first, then visible."""
-        old = self._activity
-        if activity.enrollment != old.enrollment and activity.enrollment is not None:
-            await self._state.set_enrollment(activity.enrollment)
-        if activity.durable_part() != old.durable_part():
-            await _save(self._state, activity)
-        self._activity = activity
+    async def commit(self, change: Transition) -> Activity:
+        """A change that survives a restart: saved first, then applied to the activity as it
+        is by then (commits run one at a time, so only ``set`` changes can come between, and
+        those touch no saved field). Returns the new activity."""
+        async with self._saving:
+            old = self._activity
+            planned = change(old)
+            if planned.enrollment != old.enrollment and planned.enrollment is not None:
+                await self._state.set_enrollment(planned.enrollment)
+            if planned.durable_part() != old.durable_part():
+                await _save(self._state, planned)
+            activity = change(self._activity)
+            assert activity.durable_part() == planned.durable_part()
+            self._activity = activity
         self.touch()
+        return activity
 
     def touch(self) -> None:
         """Something changed: a status is due if the reported state moved."""

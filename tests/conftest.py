@@ -32,9 +32,19 @@ from orchestrator.broker import MosquittoBroker
 from orchestrator.config import Config, parse_config
 from orchestrator.devices.commands import provision
 from orchestrator.service import Orchestrator
-from tests.support import broker_guard
+from tests.support import broker_guard, fp_env
 from tests.support.service_config import config_dict
 from tests.support.sim_device import SimDevice
+
+# -- test isolation ---------------------------------------------------------------------------
+
+
+@pytest.fixture(autouse=True)
+def _default_floating_point_environment() -> Generator[None, None, None]:
+    """Each test ends with the default floating-point environment (see tests.support.fp_env)."""
+    yield
+    fp_env.reset()
+
 
 # -- the integration marker ------------------------------------------------------------------
 

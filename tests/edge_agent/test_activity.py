@@ -185,7 +185,7 @@ async def test_an_older_state_file_is_converted_on_open(tmp_path: Path,
         assert await state.get("flags") is None and await state.get("defer_until_ms") is None
         assert await state.get(ACTIVITY_KEY) == expected.to_record()
         # later changes are saved in the new record only
-        await tracker.commit(tracker.current.on_order(ControlAction.REINSTATE) or expected)
+        await tracker.commit(lambda a: a.on_order(ControlAction.REINSTATE) or a)
     async with _open(path) as state:
         again = await _load(state, fake_clock)
         assert again.current == dataclasses.replace(expected, isolated=None)
@@ -209,3 +209,23 @@ async def test_an_agent_starts_from_an_older_state_file(
         assert agent.defer_until_ms == until
         assert agent.enrollment == ACTIVE
         assert await agent.local_state.get("flags") is None
+
+
+async def test_a_change_made_while_a_commit_is_being_saved_is_kept(
+    tmp_path: Path, fake_clock: FakeClock,
+) -> None:
+    # the orchestrator's deferral arrives just as a training run ends: the deferral's save
+    # yields, and the end of training must not be undone when it lands (it once was, and the
+    # device reported itself training, so never asked for work again)
+    async with _open(tmp_path / "agent.db") as state:
+        tracker = await _load(state, fake_clock)
+        tracker.set(tracker.current.on_training_started("t-1"))
+        now = fake_clock.wall_ms()
+        saving = asyncio.ensure_future(tracker.commit(lambda a: a.on_defer(now, 5_000)))
+        await asyncio.sleep(0)  # the commit is now waiting for its save (a thread hop)
+        assert not saving.done()
+        tracker.set(tracker.current.on_training_ended())
+        after = await saving
+        assert after.training == "" and tracker.current.training == ""
+        assert tracker.current.deferred_until_ms == now + 5_000
+        assert tracker.report()[0] is AgentState.DEFERRED

@@ -13,6 +13,7 @@ automatically and the model still learns.
 from __future__ import annotations
 
 import asyncio
+import collections
 import dataclasses
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -74,6 +75,10 @@ class Outcome:
     isolated: set[str]
     attackers: set[str]
     quarantined: int
+    outcomes: dict[str, dict[str, int]] = dataclasses.field(default_factory=dict)
+    """Per attacker: its updates by ledger status and reason (for a failure's message)."""
+    counters: dict[str, int] = dataclasses.field(default_factory=dict)
+    """The service's status and deferral counters (for a failure's message)."""
 
 
 def _prepare(workdir: Path, spec: FleetSpec) -> FleetData:
@@ -131,6 +136,9 @@ async def _run(workdir: Path, *, attackers: int, robust: bool, versions: int,
     async with Store.open(config.federation.store_path) as store:
         versions_made = await store.list_versions()
         isolated = {d.device_id for d in await store.list_devices(status="isolated")}
+        outcomes = {dev: dict(collections.Counter(f"{r.status}:{r.reason or ''}"
+                                                  for r in await store.ledger(sender=dev)))
+                    for dev in sorted(bad)}
     latest = max(versions_made, key=lambda v: v.version)
     # evaluation runs behind the versions (and skips some under load): a run stopped early
     # may not have evaluated its newest version yet
@@ -138,7 +146,8 @@ async def _run(workdir: Path, *, attackers: int, robust: bool, versions: int,
     assert evaluated, latest.metrics
     accuracy = max(evaluated, key=lambda v: v.version).metrics["server_metric"]
     quarantined = sum(n for k, n in counters.items() if k.startswith("quarantined."))
-    return Outcome(accuracy, latest.version, isolated, bad, quarantined)
+    shown = {k: n for k, n in counters.items() if k.startswith(("status", "deferred", "tasks"))}
+    return Outcome(accuracy, latest.version, isolated, bad, quarantined, outcomes, shown)
 
 
 @pytest.fixture
@@ -152,7 +161,7 @@ async def test_screening_isolates_sign_flipping_attackers(tmp_path: Path) -> Non
     robust = await _run(tmp_path / "robust", attackers=4, robust=True, versions=12,
                         until_isolated=40)
 
-    assert robust.isolated == robust.attackers
+    assert robust.isolated == robust.attackers, robust
     assert robust.quarantined >= 3 * len(robust.attackers)
     assert robust.accuracy >= 0.75, robust
 
