@@ -24,6 +24,8 @@ class FakeClock:
         self._now = monotonic
         self._sleepers: list[tuple[float, int, asyncio.Future[None]]] = []
         self._order = itertools.count()
+        self.slept: list[float] = []
+        """Every duration asked of :meth:`sleep`, in order."""
 
     def wall_ms(self) -> int:
         return self._wall0 + round((self._now - self._mono0) * 1000)
@@ -37,6 +39,7 @@ class FakeClock:
         return sum(1 for _, _, f in self._sleepers if not f.done())
 
     async def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
         if seconds <= 0:
             await asyncio.sleep(0)
             return
