@@ -52,6 +52,7 @@ from orchestrator.link.sender import Outbound
 from orchestrator.link.seqs import SeqCounter
 from orchestrator.metrics.prometheus import Metrics
 from orchestrator.ops.desk import OperatorDesk
+from orchestrator.ops.views import OperatorViews
 from orchestrator.privacy.runtime import PrivacyRuntime
 from orchestrator.store import Store
 from orchestrator.store.state_keys import StateKey
@@ -165,10 +166,11 @@ async def assemble(o: Opened) -> Parts:
         aggregate_due=aggregate_due, counters=o.counters, metrics=o.metrics, clock=o.clock,
         group_batches=cfg.ingest.group_batches, queue_batches=cfg.ingest.queue_batches)
     lanes = _lanes(o, r, outbound, selection, outstanding)
-    desk = OperatorDesk(config=cfg, store=store, head=r.head, buffer=r.buffer,
-                        outstanding=outstanding, registry=r.registry, book=r.book,
-                        outbound=outbound, metrics=o.metrics, counters=o.counters,
-                        clock=o.clock)
+    views = OperatorViews(config=cfg, store=store, head=r.head, buffer=r.buffer,
+                          outstanding=outstanding, metrics=o.metrics, clock=o.clock)
+    desk = OperatorDesk(views, config=cfg, store=store, head=r.head, registry=r.registry,
+                        book=r.book, outbound=outbound, metrics=o.metrics,
+                        counters=o.counters, clock=o.clock)
     publication = Publication(
         ModelPublisher(outbound, store, max_message_bytes=cfg.broker.max_message_bytes),
         head=r.head, graphs=r.start.arch.graphs, first_base=r.start.parent,

@@ -37,8 +37,6 @@ from orchestrator.config import Config
 from orchestrator.devices.registry import Registry
 from orchestrator.devices.replay_book import ReplayBook
 from orchestrator.devices.reports import status_reason
-from orchestrator.devices.selection import OutstandingTasks
-from orchestrator.ingest.buffer_cache import Buffer
 from orchestrator.link.mqtt import NotConnectedError
 from orchestrator.link.sender import Outbound
 from orchestrator.metrics.prometheus import Metrics
@@ -85,12 +83,11 @@ class OperatorDesk:
 
     def __init__(
         self,
+        views: OperatorViews,
         *,
         config: Config,
         store: Store,
         head: VersionHead,
-        buffer: Buffer,
-        outstanding: OutstandingTasks,
         registry: Registry,
         book: ReplayBook,
         outbound: Outbound,
@@ -98,8 +95,8 @@ class OperatorDesk:
         counters: MutableMapping[str, int],
         clock: Clock,
     ) -> None:
-        self._views = OperatorViews(config=config, store=store, head=head, buffer=buffer,
-                                   outstanding=outstanding, metrics=metrics, clock=clock)
+        """``views``: what the commands and the retained summary read."""
+        self._views = views
         self._store = store
         self._head = head
         self._registry = registry

@@ -13,10 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-import sys
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiomqtt
@@ -48,6 +45,7 @@ from schemas import (
     seal_key,
     verify,
 )
+from tests.support.service_process import service, wait_ready
 
 FED = "herd"
 MiB = 1024 * 1024
@@ -181,28 +179,6 @@ group_batches = {queue}
 """
 
 
-def _tail(log: Path) -> str:
-    return log.read_text(errors="replace")[-3000:]
-
-
-@contextlib.asynccontextmanager
-async def _orchestrator(config: Path, log: Path) -> AsyncIterator[asyncio.subprocess.Process]:
-    with log.open("ab") as err:
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "fedmq.cli", "orchestrator", "run", "--config", str(config),
-            "--log-level", "warning", stdout=asyncio.subprocess.PIPE, stderr=err,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    try:
-        assert proc.stdout is not None
-        async with asyncio.timeout(60):
-            assert b"ready" in await proc.stdout.readline(), _tail(log)
-        yield proc
-    finally:
-        if proc.returncode is None:
-            proc.terminate()
-        assert await proc.wait() == 0, _tail(log)
-
-
 async def _burst(tmp_path: Path, broker: MosquittoBroker, *, devices: int, updates: int,
                  hidden: int, k: int, queue: int = 16) -> tuple[int, int, int]:
     """Returns (burst bytes, orchestrator VmHWM KiB before the burst, after it)."""
@@ -221,7 +197,8 @@ async def _burst(tmp_path: Path, broker: MosquittoBroker, *, devices: int, updat
     await broker.reload()
     herd = [HerdDevice(b, broker) for b in bundles]
     log = tmp_path / "orchestrator.log"
-    async with _orchestrator(path, log) as proc:
+    async with service(path, log, clean_exit=True) as proc:
+        await wait_ready(proc, log)
         async with Store.open(config.federation.store_path) as store:
             shapes = {k: v.shape for k, v in (await store.get_version(0)).params.items()}
         sem = asyncio.Semaphore(32)

@@ -17,6 +17,7 @@ from orchestrator.broker import MosquittoBroker
 from orchestrator.config import load_config
 from orchestrator.service import Orchestrator
 from orchestrator.store import Store
+from tests.support.service_config import config_file
 
 DEVICES = 3
 
@@ -24,31 +25,11 @@ DEVICES = 3
 def _site_toml(tmp_path: Path, broker: MosquittoBroker) -> Path:
     """A site config on the test broker; ``pid_file`` lets the simulator's provisioning
     reload the broker, as ``fedmq device add`` does."""
-    path = tmp_path / "site.toml"
-    path.write_text(f"""
-[federation]
-id = "site"
-data_dir = "data"
-heartbeat_s = 1.0
-[broker]
-embedded = false
-host = "{broker.host}"
-port = {broker.port}
-password = "{broker.orchestrator_password}"
-password_file = "{broker.password_file}"
-pid_file = "{broker.pid_file}"
-[model]
-kind = "softmax"
-n_features = 13
-n_classes = 3
-[aggregation]
-k = 2
-[ingest]
-synchronous = "NORMAL"
-[stopping]
-max_versions = 2
-""")
-    return path
+    return config_file(
+        tmp_path / "site.toml", broker, federation={"id": "site", "heartbeat_s": 1.0},
+        broker={"pid_file": str(broker.pid_file)},
+        model={"kind": "softmax", "n_features": 13, "n_classes": 3},
+        aggregation={"k": 2}, ingest={"synchronous": "NORMAL"}, stopping={"max_versions": 2})
 
 
 async def _simulate(*args: str, out: Path, err: Path) -> asyncio.subprocess.Process:

@@ -11,11 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import random
 import signal
-import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +26,8 @@ from orchestrator.devices.commands import provision
 from orchestrator.link.keys import load_or_create_key, public_key_hex
 from orchestrator.store import Store
 from schemas import AckOutcome, Codec, CodecSpec, Params
-from tests.support.service_config import FED
+from tests.support.service_config import config_file
+from tests.support.service_process import service, wait_ready
 from tests.support.sim_device import SimDevice
 
 FLOAT32 = CodecSpec(Codec.FLOAT32)
@@ -37,51 +35,9 @@ DEVICES = 3
 
 
 def _config_file(tmp_path: Path, broker: MosquittoBroker) -> Path:
-    path = tmp_path / "crash.toml"
-    path.write_text(f"""
-[federation]
-id = "{FED}"
-data_dir = "data"
-[broker]
-embedded = false
-host = "{broker.host}"
-port = {broker.port}
-password = "{broker.orchestrator_password}"
-password_file = "{broker.password_file}"
-pid_file = "{broker.pid_file}"
-[model]
-kind = "softmax"
-n_features = 8
-n_classes = 3
-[aggregation]
-k = 3
-staleness = "constant"
-max_staleness = 100000
-""")
-    return path
-
-
-@contextlib.asynccontextmanager
-async def _service(config: Path, log: Path) -> AsyncIterator[asyncio.subprocess.Process]:
-    with log.open("ab") as err:
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "fedmq.cli", "orchestrator", "run", "--config", str(config),
-            "--log-level", "warning", stdout=asyncio.subprocess.PIPE, stderr=err,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )
-    try:
-        yield proc
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-        await proc.wait()
-
-
-async def _ready(proc: asyncio.subprocess.Process) -> None:
-    assert proc.stdout is not None
-    async with asyncio.timeout(30):
-        line = await proc.stdout.readline()
-    assert b"ready" in line, line
+    return config_file(tmp_path / "crash.toml", broker,
+                       broker={"pid_file": str(broker.pid_file)},
+                       aggregation={"k": 3, "staleness": "constant", "max_staleness": 100000})
 
 
 class _Streamer:
@@ -134,8 +90,8 @@ async def _crash_trials(tmp_path: Path, broker: MosquittoBroker, trials: int,
     log = tmp_path / "orchestrator.log"
     async with contextlib.AsyncExitStack() as stack:
         devs = [await stack.enter_async_context(SimDevice(b, broker)) for b in bundles]
-        async with _service(config_path, log) as proc:
-            await _ready(proc)
+        async with service(config_path, log) as proc:
+            await wait_ready(proc, log)
             for dev in devs:
                 await dev.enroll()
             async with Store.open(config.federation.store_path) as store:
@@ -147,11 +103,11 @@ async def _crash_trials(tmp_path: Path, broker: MosquittoBroker, trials: int,
         try:
             kills = 0
             for trial in range(trials):
-                async with _service(config_path, log) as proc:
+                async with service(config_path, log) as proc:
                     if trial % 3 == 2:  # sometimes mid start-up
                         await asyncio.sleep(rng.uniform(0.3, 1.5))
                     else:
-                        await _ready(proc)
+                        await wait_ready(proc, log)
                         await asyncio.sleep(rng.uniform(0.1, 1.0))
                     if proc.returncode is None:
                         proc.kill()
@@ -160,8 +116,8 @@ async def _crash_trials(tmp_path: Path, broker: MosquittoBroker, trials: int,
             # a last, clean run: everything still unacknowledged goes through
             for s in streamers:
                 s.producing = False
-            async with _service(config_path, log) as proc:
-                await _ready(proc)
+            async with service(config_path, log) as proc:
+                await wait_ready(proc, log)
                 for _ in range(300):
                     if not any(s.outbox for s in streamers):
                         break

@@ -16,34 +16,12 @@ from orchestrator.cli import device as device_cli
 from orchestrator.config import Config, load_config
 from orchestrator.service import Orchestrator
 from schemas import AckOutcome, Control, ControlAction, Params
+from tests.support.service_config import config_file
 
 
 def _write_config(tmp_path: Path, broker: MosquittoBroker) -> Path:
-    path = tmp_path / "robust.toml"
-    path.write_text(f"""
-[federation]
-id = "testfed"
-data_dir = "data"
-[broker]
-embedded = false
-host = "{broker.host}"
-port = {broker.port}
-password = "{broker.orchestrator_password}"
-password_file = "{broker.password_file}"
-[model]
-kind = "softmax"
-n_features = 8
-n_classes = 3
-seed = 3
-[aggregation]
-k = 5
-max_staleness = 5
-[robustness]
-screening = true
-max_flags = 2
-window_s = 600.0
-""")
-    return path
+    return config_file(tmp_path / "robust.toml", broker, aggregation={"k": 5},
+                       robustness={"screening": True, "max_flags": 2, "window_s": 600.0})
 
 
 def _honest(params: Params, seed: int) -> Params:

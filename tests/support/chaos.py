@@ -30,6 +30,7 @@ from fedmq.simulate import FleetSpec, provision_fleet, shard_data
 from orchestrator.broker import MosquittoBroker
 from orchestrator.config import load_config
 from orchestrator.store import Store
+from tests.support.service_process import start_service, wait_ready
 
 FED = "chaos"
 _PRODUCED = re.compile(r"update seq (\d+) \(")
@@ -210,17 +211,9 @@ class ChaosSite:
 
     async def start_orchestrator(self, *, wait: bool = True) -> None:
         assert self.orch is None or self.orch.returncode is not None
-        with self.orch_log.open("ab") as err:
-            self.orch = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "fedmq.cli", "orchestrator", "run", "--config",
-                str(self.config_path), "--log-level", "warning",
-                stdout=asyncio.subprocess.PIPE, stderr=err,
-                env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        self.orch = await start_service(self.config_path, self.orch_log)
         if wait:
-            assert self.orch.stdout is not None
-            async with asyncio.timeout(60):
-                line = await self.orch.stdout.readline()
-            assert b"ready" in line, self.orch_log.read_text()[-3000:]
+            await wait_ready(self.orch, self.orch_log)
 
     async def kill_orchestrator(self) -> None:
         assert self.orch is not None and self.orch.returncode is None, self.tail()

@@ -7,6 +7,7 @@ The ``make_config`` fixture (tests/conftest.py) does exactly that.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -32,3 +33,25 @@ def config_dict(tmp_path: Path, mqtt: MosquittoBroker, /, **sections: dict[str, 
     for name, values in sections.items():
         data.setdefault(name, {}).update(values)
     return data
+
+
+def config_file(path: Path, mqtt: MosquittoBroker, /, **sections: dict[str, Any]) -> Path:
+    """:func:`config_dict` (data next to ``path``) written as a TOML file at ``path``, for
+    tests that run the service as a process or through a CLI."""
+    data = config_dict(path.parent, mqtt, **sections)
+    lines: list[str] = []
+    for section, values in data.items():
+        lines.append(f"[{section}]")
+        lines += [f"{key} = {_toml_value(value)}" for key, value in values.items()]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    return json.dumps(str(value))  # a TOML basic string is a JSON string
