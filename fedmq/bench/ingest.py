@@ -323,12 +323,19 @@ def _limits(config: Config) -> Limits:
                   max_body_bytes=config.ingest.max_body_bytes)
 
 
+def _service(config: Path, log: Path) -> contextlib.AbstractAsyncContextManager[
+        asyncio.subprocess.Process]:
+    return _child(log, "-m", "fedmq.cli", "orchestrator", "run", "--config", str(config),
+                  "--log-level", "warning")
+
+
 @contextlib.asynccontextmanager
-async def _service(config: Path, log: Path) -> AsyncIterator[asyncio.subprocess.Process]:
+async def _child(log: Path, *args: str) -> AsyncIterator[asyncio.subprocess.Process]:
+    """A Python child with piped stdin/stdout and stderr to ``log``, killed on exit."""
     with log.open("ab") as err:
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "fedmq.cli", "orchestrator", "run", "--config", str(config),
-            "--log-level", "warning", stdout=asyncio.subprocess.PIPE, stderr=err,
+            sys.executable, *args, stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE, stderr=err,
             env={**os.environ, "PYTHONUNBUFFERED": "1"})
     try:
         yield proc
@@ -349,19 +356,9 @@ async def _expect_ready(proc: asyncio.subprocess.Process, log: Path) -> None:
         raise BenchError(f"the service did not start: {_tail(log)}")
 
 
-@contextlib.asynccontextmanager
-async def _generator(spec: Path, log: Path) -> AsyncIterator[asyncio.subprocess.Process]:
-    with log.open("ab") as err:
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", _LOAD, str(spec), stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE, stderr=err,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    try:
-        yield proc
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-        await proc.wait()
+def _generator(spec: Path, log: Path) -> contextlib.AbstractAsyncContextManager[
+        asyncio.subprocess.Process]:
+    return _child(log, "-m", _LOAD, str(spec))
 
 
 async def _read_json(proc: asyncio.subprocess.Process, key: str, work: Path) -> Any:
