@@ -35,6 +35,7 @@ from orchestrator.config import Config
 from orchestrator.devices.registry import bump_generation
 from orchestrator.service import Orchestrator
 from schemas import AckOutcome, Codec, CodecSpec, enroll_mac
+from tests.support.observer import observer
 from tests.support.raw_wire import RawWire, params_digest
 from tests.support.sim_device import SimDevice, random_delta
 from tests.support.waiting import until
@@ -92,10 +93,8 @@ async def arena(make_config: Callable[..., Config],
     config = make_config(aggregation={"k": 1, "max_staleness": 50},
                          ingest={"max_update_bytes": MAX_UPDATE_BYTES,
                                  "max_body_bytes": MAX_BODY_BYTES})
-    async with Orchestrator(config, store_synchronous="NORMAL") as orch, aiomqtt.Client(
-            broker.host, broker.port, username="orchestrator",
-            password=broker.orchestrator_password, identifier=f"spy-{uuid.uuid4().hex[:6]}",
-            protocol=aiomqtt.ProtocolVersion.V5) as spy:
+    async with Orchestrator(config, store_synchronous="NORMAL") as orch, observer(
+            broker) as spy:
         await spy.subscribe(f"fl/{config.federation.id}/up/#", qos=1)
         spied: list[tuple[str, bytes]] = []
 
