@@ -263,7 +263,7 @@ class Orchestrator:
         return MqttSettings(
             host=host, port=port, username=username, password=password,
             client_id=topics.orchestrator_client_id,
-            subscriptions=[topics.up_all, topics.ops_request], tls=cfg.broker.tls,
+            subscriptions=[topics.up_all, topics.ops_requests], tls=cfg.broker.tls,
             ca_file=cfg.broker.ca_file, keepalive_s=cfg.broker.keepalive_s,
             session_expiry_s=cfg.broker.session_expiry_s)
 

@@ -32,6 +32,7 @@ from orchestrator.convergence.stopping import StoppingRules, StoppingState
 from orchestrator.convergence.sync_rounds import SyncRounds
 from orchestrator.devices.control import ControlLanes, Handler
 from orchestrator.devices.enrollment import EnrollHandler
+from orchestrator.devices.flood import FloodWatch
 from orchestrator.devices.registry import Registry
 from orchestrator.devices.replay_book import ReplayBook
 from orchestrator.devices.reports import EvalHandler, StatusHandler
@@ -47,6 +48,7 @@ from orchestrator.ingest.buffer_cache import Buffer
 from orchestrator.ingest.decode_pool import DecodePool
 from orchestrator.ingest.intake import Intake
 from orchestrator.link.mqtt import MqttLink
+from orchestrator.link.rates import RateLimiter
 from orchestrator.link.router import Router
 from orchestrator.link.sender import Outbound
 from orchestrator.link.seqs import SeqCounter
@@ -146,8 +148,10 @@ async def assemble(o: Opened) -> Parts:
                         counters=o.counters)
     outstanding = OutstandingTasks()
     selection = selection_from_config(cfg, rng=o.rng, device_ok=r.registry.standing)
+    limiter = RateLimiter(cfg.limits, o.clock)
     standing = Standing(registry=r.registry, outstanding=outstanding, selection=selection,
-                        guard=r.guard, outbound=outbound, counters=o.counters)
+                        reinstated=(r.guard, limiter), outbound=outbound, counters=o.counters)
+    floods = await _flood_watch(o, r, limiter, standing)
     stopper = Stopper(StoppingRules(cfg.stopping, r.stopping), fed=topics.fed, store=store,
                       head=r.head, registry=r.registry, outbound=outbound, clock=o.clock)
     evaluation = await _evaluation(cfg, r.start.arch.graphs["eval"], r.head, store, stopper,
@@ -176,7 +180,7 @@ async def assemble(o: Opened) -> Parts:
         head=r.head, graphs=r.start.arch.graphs, first_base=r.start.parent,
         interval_s=cfg.aggregation.publish_interval_s, clock=o.clock, counters=o.counters)
     router = Router(topics, updates=intake.submit, control=lanes.submit, ops=desk,
-                    counters=o.counters, clock=o.clock, tap=o.tap)
+                    limiter=limiter, counters=o.counters, clock=o.clock, tap=o.tap)
     loops: list[Loop] = [
         ("mqtt", lambda: o.link.run(router.route, publication.republish)),
         ("ingest-decode", intake.decode),
@@ -191,12 +195,21 @@ async def assemble(o: Opened) -> Parts:
                                       aggregate_due=aggregate_due, counters=o.counters,
                                       clock=o.clock).run),
         ("ops", desk.run),
+        ("flood", floods.run),
     ]
     if evaluation is not None:
         loops.append(("evaluate", evaluation.run))
     if r.privacy.enabled:
         loops.append(("privacy", r.privacy.run))
     return Parts(r.head, r.buffer, outstanding, r.registry, loops)
+
+
+async def _flood_watch(o: Opened, r: _Restored, limiter: RateLimiter,
+                       standing: Standing) -> FloodWatch:
+    floods = FloodWatch(limiter, config=o.config, store=o.store, registry=r.registry,
+                        standing=standing, counters=o.counters, clock=o.clock)
+    await floods.load()
+    return floods
 
 
 def _lanes(o: Opened, r: _Restored, outbound: Outbound, selection: BasicSelection,

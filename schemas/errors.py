@@ -52,6 +52,7 @@ class Reason(StrEnum):
     QUARANTINED = "quarantined"
     BUDGET_EXHAUSTED = "budget_exhausted"
     FEDERATION_STOPPED = "federation_stopped"
+    RATE_LIMITED = "rate_limited"
 
 
 class FedmqError(Exception):

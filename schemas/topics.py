@@ -7,7 +7,7 @@
 ``fl/{fed}/down/{dev}/{kind}``  orch → dev  task, ack, control, enrolled
 ``fl/{fed}/up/{dev}/{kind}``    dev → orch  enroll, status (retained), updates, eval
 ``fl/{fed}/fleet``              orch → ops  retained fleet summary
-``fl/{fed}/ops/request``        op → orch   signed operator commands
+``fl/{fed}/ops/request/{op}``   op → orch   signed operator commands
 ``fl/{fed}/ops/reply/{op}``     orch → op   replies (also named as MQTT 5 response topic)
 =============================== ========== =====================================
 """
@@ -97,9 +97,20 @@ class Topics:
     def fleet(self) -> str:
         return f"{ROOT}/{self.fed}/fleet"
 
+    def ops_request(self, operator: str) -> str:
+        """Where ``operator`` publishes its requests: the broker lets each account write only
+        its own, so the topic names the sender before anything is read."""
+        return f"{ROOT}/{self.fed}/ops/request/{check_id(operator, 'operator id')}"
+
     @property
-    def ops_request(self) -> str:
-        return f"{ROOT}/{self.fed}/ops/request"
+    def ops_requests(self) -> str:
+        """Every operator's requests (the orchestrator's subscription)."""
+        return f"{ROOT}/{self.fed}/ops/request/+"
+
+    @property
+    def ops_reply_prefix(self) -> str:
+        """What every reply topic starts with (``ops_reply(op)`` is this plus ``op``)."""
+        return f"{ROOT}/{self.fed}/ops/reply/"
 
     def ops_reply(self, operator: str) -> str:
         return f"{ROOT}/{self.fed}/ops/reply/{check_id(operator, 'operator id')}"
@@ -135,8 +146,8 @@ def parse_topic(topic: str) -> ParsedTopic:
         return ParsedTopic(fed, area, None, "chunk")
     if area == "fleet" and not rest:
         return ParsedTopic(fed, area)
-    if area == "ops" and rest == ["request"]:
-        return ParsedTopic(fed, area, None, "request")
+    if area == "ops" and len(rest) == 2 and rest[0] == "request" and valid_id(rest[1]):
+        return ParsedTopic(fed, area, rest[1], "request")
     if area == "ops" and len(rest) == 2 and rest[0] == "reply" and valid_id(rest[1]):
         return ParsedTopic(fed, area, rest[1], "reply")
     raise DecodeError(Reason.BAD_TOPIC, f"not a fedmq topic: {topic[:200]!r}")

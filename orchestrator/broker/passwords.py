@@ -152,6 +152,44 @@ class PasswordFile:
         self._write(kept)
         return True
 
+    @property
+    def suspended_path(self) -> Path:
+        """Where suspended entries wait (beside the file; Mosquitto never reads it)."""
+        return self._path.with_name(self._path.name + ".suspended")
+
+    def suspended(self) -> list[str]:
+        """Users whose login is suspended, in file order."""
+        return [user for user, _ in self._side()._entries(missing_ok=True) if user is not None]
+
+    def suspend(self, user: str) -> bool:
+        """Move ``user``'s entry to the side file: the broker refuses its logins (after a
+        reload) until :meth:`restore`, and its password need not be re-issued. False if
+        ``user`` has no entry. The side file is written first, so a crash between the two
+        writes leaves the login usable, never lost."""
+        line = next((raw for name, raw in self._entries() if name == user), None)
+        if line is None:
+            return False
+        side = self._side()
+        kept = [raw for name, raw in side._entries(missing_ok=True) if name != user]
+        side._write([*kept, line])
+        self.remove(user)
+        return True
+
+    def restore(self, user: str) -> bool:
+        """Put a suspended ``user``'s entry back; False if it was not suspended."""
+        side = self._side()
+        entries = side._entries(missing_ok=True)
+        line = next((raw for name, raw in entries if name == user), None)
+        if line is None:
+            return False
+        others = [raw for name, raw in self._entries(missing_ok=True) if name != user]
+        self._write([*others, line])
+        side._write([raw for name, raw in entries if name != user])
+        return True
+
+    def _side(self) -> PasswordFile:
+        return PasswordFile(self.suspended_path)  # the same format, never given to Mosquitto
+
     def _entries(self, *, missing_ok: bool = False) -> list[tuple[str | None, str]]:
         """(user or None for non-entry lines, raw line) for every line of the file."""
         try:

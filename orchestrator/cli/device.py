@@ -145,7 +145,7 @@ async def _list(config: Config, args: argparse.Namespace) -> int:
 
 async def _reinstate(config: Config, args: argparse.Namespace) -> int:
     async with _open_store(config) as store:
-        await reinstate_device(store, args.device_id, reason=args.reason)
+        await reinstate_device(store, config, args.device_id, reason=args.reason)
     print(f"{PROG}: reinstated {args.device_id!r}", file=sys.stderr)
     return 0
 

@@ -22,6 +22,7 @@ from .sections import (
     EvaluationConfig,
     FederationConfig,
     IngestConfig,
+    LimitsConfig,
     MetricsConfig,
     ModelConfig,
     OpsConfig,
@@ -87,11 +88,13 @@ def _assemble(v: dict[str, dict[str, Any]], source: Path | None) -> Config:
         raise ConfigError("stopping.target_metric: needs evaluation.dataset to measure it")
     if stopping.patience is not None and evaluation.dataset is None:
         raise ConfigError("stopping.patience: needs evaluation.dataset to measure a plateau")
+    ingest = IngestConfig(**v["ingest"])
     return Config(FederationConfig(**v["federation"]), broker, model, training, agg, selection,
-                  IngestConfig(**v["ingest"]), evaluation, stopping, source,
+                  ingest, evaluation, stopping, source,
                   privacy=_privacy(v["privacy"], training, agg),
                   robustness=RobustnessConfig(**v["robustness"]),
-                  metrics=MetricsConfig(**v["metrics"]), ops=OpsConfig(**v["ops"]))
+                  metrics=MetricsConfig(**v["metrics"]), ops=OpsConfig(**v["ops"]),
+                  limits=_limits(v["limits"], ingest))
 
 
 def _broker(b: dict[str, Any]) -> BrokerConfig:
@@ -104,6 +107,15 @@ def _broker(b: dict[str, Any]) -> BrokerConfig:
         raise ConfigError(f"broker.host: an embedded broker listens on loopback only, "
                           f"got {broker.host!r}")
     return broker
+
+
+def _limits(raw: dict[str, Any], ingest: IngestConfig) -> LimitsConfig:
+    limits = LimitsConfig(**raw)
+    if limits.bytes_burst < ingest.max_update_bytes:
+        # a legitimate update of the largest accepted size must fit the bucket
+        raise ConfigError(f"limits.bytes_burst: must be >= ingest.max_update_bytes "
+                          f"({ingest.max_update_bytes}), got {limits.bytes_burst}")
+    return limits
 
 
 def _aggregation(a: dict[str, Any]) -> AggregationConfig:

@@ -25,6 +25,7 @@ from ._fields import (
     gt,
     within,
 )
+from .limits import LimitsConfig
 
 __all__ = [
     "DEFAULT_BROKER_PORT",
@@ -39,6 +40,7 @@ __all__ = [
     "EvaluationConfig",
     "FederationConfig",
     "IngestConfig",
+    "LimitsConfig",
     "MetricsConfig",
     "ModelConfig",
     "ModelKeys",
@@ -355,6 +357,7 @@ SECTIONS: Final[dict[str, type]] = {
     "robustness": RobustnessConfig,
     "metrics": MetricsConfig,
     "ops": OpsConfig,
+    "limits": LimitsConfig,
 }
 """The tables of a config file in file order, each the dataclass that declares its keys."""
 
@@ -375,6 +378,7 @@ class Config:
     robustness: RobustnessConfig = field(default_factory=RobustnessConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     ops: OpsConfig = field(default_factory=OpsConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
 
     @property
     def password_file(self) -> Path | None:

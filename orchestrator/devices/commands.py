@@ -10,9 +10,10 @@ import os
 import secrets
 from pathlib import Path
 
-from orchestrator.broker import BrokerError, PasswordFile, generate_password, read_pid_file
-from orchestrator.broker import reload_broker as _sighup
+from orchestrator.broker import generate_password
 from orchestrator.config import Config
+from orchestrator.devices.logins import password_file as _password_file
+from orchestrator.devices.logins import reload_broker, restore_login
 from orchestrator.devices.registry import bump_generation
 from orchestrator.errors import OrchestratorError
 from orchestrator.store import AuditEvent, Device, Role, Store
@@ -33,26 +34,6 @@ __all__ = [
 class DeviceCommandError(OrchestratorError):
     """An operator command cannot be carried out; the message is one line."""
 
-
-
-def reload_broker(config: Config) -> bool:
-    """SIGHUP the broker if its pid file names a running process; False if none runs."""
-    pid_file = config.broker_pid_file
-    if pid_file is None or not pid_file.exists():
-        return False
-    try:
-        _sighup(read_pid_file(pid_file))
-    except BrokerError:
-        return False  # a stale pid file: the broker reads the password file when it starts
-    return True
-
-
-def _password_file(config: Config) -> PasswordFile | None:
-    path = config.password_file
-    if path is None:
-        return None
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    return PasswordFile(path)
 
 
 async def provision(
@@ -138,16 +119,18 @@ def write_private(path: Path, text: str) -> None:
         fh.write(text)
 
 
-async def reinstate_device(store: Store, device_id: str, *, actor: str = "cli",
-                           reason: str = "") -> None:
-    """Operator: make an isolated device active again (audited). A running service notices
-    within about a second, forgets the device's flags and tells it (``Control(reinstate)``).
-    Raises :class:`~orchestrator.enrollment.DeviceCommandError` unless it is isolated."""
+async def reinstate_device(store: Store, config: Config, device_id: str, *,
+                           actor: str = "cli", reason: str = "") -> None:
+    """Operator: make an isolated device active again (audited) and restore its broker login
+    if a flood had suspended it. A running service notices within about a second, forgets
+    the device's flags and tells it (``Control(reinstate)``). Raises
+    :class:`DeviceCommandError` unless it is isolated."""
     device = await store.get_device(device_id)
     if device is None:
         raise DeviceCommandError(f"no device {device_id!r}")
     if device.status != "isolated":
         raise DeviceCommandError(f"device {device_id!r} is {device.status}, not isolated")
+    restore_login(config, device_id)  # first: a failure here leaves it isolated, retryable
     await store.set_status(device_id, "active", audit=AuditEvent(
         "reinstated", actor, device=device_id, reason=reason or None))
     await bump_generation(store)

@@ -9,7 +9,7 @@ selection state are forgotten, and the device is told (``Control``).
 from __future__ import annotations
 
 import logging
-from collections.abc import MutableMapping
+from collections.abc import MutableMapping, Sequence
 from typing import Protocol
 
 from orchestrator.clock import Clock
@@ -32,12 +32,14 @@ class Reinstatable(Protocol):
 
 class Standing:
     def __init__(self, *, registry: Registry, outstanding: OutstandingTasks,
-                 selection: BasicSelection, guard: Reinstatable, outbound: Outbound,
-                 counters: MutableMapping[str, int]) -> None:
+                 selection: BasicSelection, reinstated: Sequence[Reinstatable],
+                 outbound: Outbound, counters: MutableMapping[str, int]) -> None:
+        """``reinstated``: what forgets a device's past offences when it is reinstated (the
+        screening guard's flags, the rate limiter's buckets)."""
         self._registry = registry
         self._outstanding = outstanding
         self._selection = selection
-        self._guard = guard
+        self._reinstated = tuple(reinstated)
         self._outbound = outbound
         self._counters = counters
 
@@ -62,8 +64,9 @@ class Standing:
         if after is None or after.status != "active":
             self._forget(device)
         elif before is not None and before.status == "isolated":
-            # an operator reinstated it (fedmq device reinstate)
-            self._guard.reinstate(device)
+            # an operator (fedmq device reinstate) or a flood cooldown reinstated it
+            for part in self._reinstated:
+                part.reinstate(device)
             await self._outbound.send(device, DownKind.CONTROL,
                                       Control(ControlAction.REINSTATE, "reinstated"))
         log.info("device %s: %s -> %s", device, before.status if before else None,

@@ -9,7 +9,7 @@ the Ed25519 key it makes on first use, whether it enrolled and its last seq live
         status = await ops.request("federation.status")
 
 Entering connects (MQTT 5) and enrolls the key if it has not been yet; :meth:`request` signs an
-``OperatorRequest``, publishes it on ``fl/{fed}/ops/request`` naming
+``OperatorRequest``, publishes it on ``fl/{fed}/ops/request/{operator}`` naming
 ``fl/{fed}/ops/reply/{operator}`` as response topic with fresh correlation data, and waits for
 the orchestrator's signed reply (checked against the key pinned in the bundle). Every failure is
 an :class:`OpsClientError` with a one-line message.
@@ -253,7 +253,8 @@ class OperatorClient:
         self._replies[correlation] = future
         limit = self._timeout if timeout_s is None else timeout_s
         try:
-            await self._publish(self._topics.ops_request, payload, properties=props)
+            await self._publish(self._topics.ops_request(self.operator), payload,
+                                properties=props)
             async with asyncio.timeout(limit):
                 response = await future
         except TimeoutError:

@@ -5,14 +5,16 @@ task of the service (``ops``) and
 
 - publishes a signed :class:`~schemas.messages.FleetSummary`, retained, on ``fl/{fed}/fleet``
   every ``[ops] fleet_interval_s`` (refreshing the fleet gauges of the metrics on the way);
-- answers :class:`~schemas.messages.OperatorRequest`\\ s from ``fl/{fed}/ops/request`` with a
+- answers :class:`~schemas.messages.OperatorRequest`\\ s from ``fl/{fed}/ops/request/{op}`` with a
   signed :class:`~schemas.messages.OperatorResponse` on the MQTT 5 *response topic* the
   request names, echoing its correlation data.
 
-The response topic must be ``fl/{fed}/ops/reply/{operator}`` (or below it): the broker ACL
-lets only that account read it, and it names the key the request must verify against
-(verified before anything inside is unpacked). Then: the signed sender is that operator, the
-federation and clock match, the key's role is ``operator`` (a device key gets
+The broker lets account ``op`` publish only on its own request topic, so the topic names the
+sender. The response topic must be ``fl/{fed}/ops/reply/{op}`` of that same account (or below
+it; another account's is refused as ``sender_mismatch``, unanswered, so nobody can aim replies
+at someone else): the ACL lets only that account read it, and it names the key the request must
+verify against (verified before anything inside is unpacked). Then: the signed sender is that
+operator, the federation and clock match, the key's role is ``operator`` (a device key gets
 ``not_authorized``) and it is active, and the seq is fresh in the operator's replay window.
 Every refusal is counted (``ops.rejected.<reason>``) and audited; every command that runs is
 audited as ``operator_command``. The commands (:data:`orchestrator.ops.commands.COMMANDS`) and
@@ -61,17 +63,23 @@ _MAX_CORRELATION = 256
 @dataclass(frozen=True)
 class _Request:
     payload: bytes
+    sender: str
+    """The account whose request topic it came on."""
     response_topic: str
     correlation: bytes
     received_ms: int
 
 
 class _Refused(Exception):
-    def __init__(self, reason: Reason, detail: str, operator: str | None) -> None:
+    def __init__(self, reason: Reason, detail: str, operator: str | None, *,
+                 answer: bool = True) -> None:
+        """``operator``: whom the refusal is audited against; ``answer``: whether it is told
+        (on its own reply topic)."""
         super().__init__(detail)
         self.reason = reason
         self.detail = detail
         self.operator = operator
+        self.answer = answer and operator is not None
 
 
 # -- the desk ------------------------------------------------------------------------------------
@@ -109,11 +117,11 @@ class OperatorDesk:
         self._interval_s = config.ops.fleet_interval_s
         self._max_bytes = config.broker.max_message_bytes
         self._requests: asyncio.Queue[_Request] = asyncio.Queue(_QUEUE)
-        self._reply_prefix = outbound.topics.ops_request.rsplit("/", 1)[0] + "/reply/"
+        self._reply_prefix = outbound.topics.ops_reply_prefix
 
     # -- intake (called from the MQTT receive loop: never blocks) -------------------------------
 
-    def submit(self, message: aiomqtt.Message, received_ms: int) -> None:
+    def submit(self, message: aiomqtt.Message, sender: str, received_ms: int) -> None:
         payload = message.payload
         props = message.properties
         topic = getattr(props, "ResponseTopic", None) if props is not None else None
@@ -121,7 +129,7 @@ class OperatorDesk:
         if not isinstance(payload, bytes | bytearray) or not payload:
             self._counters["ops.dropped.empty"] += 1
             return
-        request = _Request(bytes(payload), topic if isinstance(topic, str) else "",
+        request = _Request(bytes(payload), sender, topic if isinstance(topic, str) else "",
                            bytes(correlation or b"")[:_MAX_CORRELATION], received_ms)
         try:
             self._requests.put_nowait(request)
@@ -197,7 +205,11 @@ class OperatorDesk:
         if operator is None:
             raise _Refused(Reason.BAD_TOPIC,
                            f"response topic {request.response_topic[:200]!r} is not "
-                           f"{self._reply_prefix}OPERATOR", None)
+                           f"{self._reply_prefix}OPERATOR", request.sender, answer=False)
+        if operator != request.sender:
+            raise _Refused(Reason.SENDER_MISMATCH,
+                           f"{request.sender!r} named {operator!r}'s reply topic",
+                           request.sender, answer=False)
         view = self._registry.get(operator)
         if view is None or view.verify_key is None:
             raise _Refused(Reason.UNKNOWN_SENDER, f"no key for {operator!r}", operator)
@@ -226,7 +238,7 @@ class OperatorDesk:
             detail={"message": "ops_request", "detail": refusal.detail[:200]}))
         # counted once audited: whoever watches the counter then finds the audit row
         self._counters[f"ops.rejected.{refusal.reason.value}"] += 1
-        if refusal.operator is None:
+        if not refusal.answer or refusal.operator is None:
             return  # nowhere the sender alone can read: no answer
         if request_id is None:
             request_id = request.correlation.decode("utf-8", "replace")[:100]

@@ -42,6 +42,9 @@ class StateKey(StrEnum):
     """A pending ``fedmq model rollback`` request."""
     ROLLBACK_APPLIED = "rollback_applied"
     """The id of the last rollback request applied, and the version it made."""
+    FLOODED = "limits.flooded"
+    """JSON ``{device: until_ms}``: senders isolated for flooding and when their cooldown
+    ends (0: only an operator reinstates them)."""
 
 
 class ServerState(Protocol):

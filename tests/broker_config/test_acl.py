@@ -139,16 +139,19 @@ async def test_operator_reads_fleet_sends_requests_and_reads_only_own_replies(
         mqtt_client(fleet, "op-2") as op_2,
     ):
         await orch.publish(f"fl/{fed}/fleet", b"summary", qos=1, retain=True)
-        await orch.subscribe(f"fl/{fed}/ops/request", qos=1)
+        await orch.subscribe(f"fl/{fed}/ops/request/+", qos=1)
         await op_1.subscribe(f"fl/{fed}/fleet", qos=1)
         assert await _receive(op_1, ARRIVES_S, until=1) == [f"fl/{fed}/fleet=b'summary'"]
 
         await op_1.subscribe(f"fl/{fed}/ops/reply/op-1/#", qos=1)
         await op_2.subscribe(f"fl/{fed}/ops/reply/#", qos=1)
-        await op_2.subscribe(f"fl/{fed}/ops/request", qos=1)
-        await op_1.publish(f"fl/{fed}/ops/request", b"status?", qos=1)
+        await op_2.subscribe(f"fl/{fed}/ops/request/+", qos=1)
+        # only on its own request topic: one under op-2's name is dropped by the broker
+        await op_1.publish(f"fl/{fed}/ops/request/op-2", b"forged", qos=1)
+        await op_1.publish(f"fl/{fed}/ops/request", b"shared", qos=1)
+        await op_1.publish(f"fl/{fed}/ops/request/op-1", b"status?", qos=1)
         assert await _receive(orch, ARRIVES_S, until=1) == [
-            f"fl/{fed}/ops/request=b'status?'"
+            f"fl/{fed}/ops/request/op-1=b'status?'"
         ]
         await orch.publish(f"fl/{fed}/ops/reply/op-1/r1", b"reply", qos=1)
         assert await _receive(op_1, ARRIVES_S, until=1) == [

@@ -68,7 +68,7 @@ async def until(condition: Callable[[], Any], within: float = 10) -> None:
 async def raw_request(broker: MosquittoBroker, bundle: Bundle, payload: bytes, *,
                       reply_topic: str | None, listen: str | None = None,
                       correlation: bytes = b"c-1", within: float = 5) -> OperatorResponse | None:
-    """Publish ``payload`` on ops/request as the bundle's MQTT account naming ``reply_topic``;
+    """Publish ``payload`` on the bundle's account's ops/request topic naming ``reply_topic``;
     the verified reply heard on ``listen`` (default: the reply topic), None if none came."""
     async with aiomqtt.Client(broker.host, broker.port, username=bundle.mqtt_username,
                               password=bundle.mqtt_password,
@@ -81,7 +81,8 @@ async def raw_request(broker: MosquittoBroker, bundle: Bundle, payload: bytes, *
         if reply_topic is not None:
             props.ResponseTopic = reply_topic
         props.CorrelationData = correlation
-        await client.publish(f"fl/{bundle.fed}/ops/request", payload, qos=1, properties=props)
+        await client.publish(f"fl/{bundle.fed}/ops/request/{bundle.mqtt_username}", payload,
+                             qos=1, properties=props)
         try:
             async with asyncio.timeout(within):
                 async for message in client.messages:
@@ -208,7 +209,7 @@ async def test_replays_and_foreign_reply_topics_are_refused(
     assert first is not None and first.ok and first.result["pong"] is True
     again = await raw_request(broker, bundle, request, reply_topic=reply)
     assert again is not None and again.error == "duplicate"
-    # naming ops-b's reply topic: checked against ops-b's key, so refused
+    # naming ops-b's reply topic on ops-a's request topic: refused unread, never answered
     other = signed_request(key, bundle, seq=10**16 + 1)
     foreign = await raw_request(broker, bundle, other,
                                 reply_topic=f"fl/{bundle.fed}/ops/reply/ops-b", listen=reply,
@@ -218,8 +219,10 @@ async def test_replays_and_foreign_reply_topics_are_refused(
     assert await raw_request(broker, bundle, other, reply_topic=None, listen=reply,
                              within=1) is None
     await until(lambda: orch.counters["ops.rejected.bad_topic"] == 1)
-    reasons = sorted(e.reason or "" for e in await orch.store.list_audit(event="rejected"))
-    assert reasons == ["bad_signature", "bad_topic", "duplicate"]
+    rejected = await orch.store.list_audit(event="rejected")
+    assert sorted(e.reason or "" for e in rejected) == ["bad_topic", "duplicate",
+                                                         "sender_mismatch"]
+    assert {e.device for e in rejected} == {"ops-a"}  # each on record against the sender
 
 
 async def test_an_operator_cannot_read_another_operators_replies(

@@ -32,18 +32,19 @@ def test_every_built_topic_parses_back(fed: str, dev: str, up: UpKind, down: Dow
     assert parse_topic(t.model_delta) == ParsedTopic(fed, "model", None, "delta")
     assert parse_topic(t.chunk(sha)) == ParsedTopic(fed, "model", None, "chunk")
     assert parse_topic(t.fleet) == ParsedTopic(fed, "fleet")
-    assert parse_topic(t.ops_request) == ParsedTopic(fed, "ops", None, "request")
+    assert parse_topic(t.ops_request(dev)) == ParsedTopic(fed, "ops", dev, "request")
     assert parse_topic(t.ops_reply(dev)) == ParsedTopic(fed, "ops", dev, "reply")
 
 
 def test_topic_layout_is_the_documented_one() -> None:
     t = Topics("f1")
     assert [t.model, t.model_delta, t.model_all, t.chunk("ab"), t.down("d", DownKind.TASK),
-            t.down_all("d"), t.up("d", UpKind.UPDATES), t.up_all, t.fleet, t.ops_request,
-            t.ops_reply("op")] == [
+            t.down_all("d"), t.up("d", UpKind.UPDATES), t.up_all, t.fleet, t.ops_request("op"),
+            t.ops_requests, t.ops_reply("op"), t.ops_reply_prefix] == [
         "fl/f1/model", "fl/f1/model/delta", "fl/f1/model/#", "fl/f1/model/chunks/ab",
         "fl/f1/down/d/task", "fl/f1/down/d/#", "fl/f1/up/d/updates", "fl/f1/up/+/+",
-        "fl/f1/fleet", "fl/f1/ops/request", "fl/f1/ops/reply/op"]
+        "fl/f1/fleet", "fl/f1/ops/request/op", "fl/f1/ops/request/+", "fl/f1/ops/reply/op",
+        "fl/f1/ops/reply/"]
 
 
 @pytest.mark.parametrize(
@@ -52,7 +53,8 @@ def test_topic_layout_is_the_documented_one() -> None:
      "fl/f/up/+/status", "fl/f/up/d/task", "fl/f/down/d/status", "fl/f/up/d/status/x",
      "fl/f/up/d\n/status", "fl/f\n/model", "fl/f/model/chunks/" + "a" * 63,
      "fl/f/model/chunks/" + "A" * 64, "fl/f/model/chunks/" + "a" * 64 + "\n", "fl/f/fleet/x",
-     "fl/f/ops/reply", "fl/f/ops/reply/a/b", "fl/f/model/delta/x", "/fl/f/model",
+     "fl/f/ops/reply", "fl/f/ops/reply/a/b", "fl/f/ops/request", "fl/f/ops/request/+",
+     "fl/f/ops/request/a/b", "fl/f/model/delta/x", "/fl/f/model",
      "fl/" + "a" * 65 + "/model"],
 )
 def test_anything_else_is_bad_topic(topic: str) -> None:

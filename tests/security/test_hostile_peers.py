@@ -401,8 +401,8 @@ async def test_enrollment_with_a_wrong_hmac_is_refused(
 async def test_operator_command_signed_by_a_device_key_is_refused(
     arena: Arena,
 ) -> None:
-    """A device may publish on ops/request (the ACL pattern is shared with operators), so the
-    orchestrator's role check is what refuses it: the key behind the reply topic is a device's."""
+    """A device may publish on its own ops/request topic (the ACL pattern is shared with
+    operators), so the orchestrator's role check is what refuses it: the key is a device's."""
     from paho.mqtt.packettypes import PacketTypes
     from paho.mqtt.properties import Properties
 
@@ -416,8 +416,8 @@ async def test_operator_command_signed_by_a_device_key_is_refused(
     props.ResponseTopic = f"fl/{arena.fed}/ops/reply/dev-victim"
     props.CorrelationData = b"c-1"
     async with arena.raw_client(arena.victim) as client:
-        await client.publish(f"fl/{arena.fed}/ops/request", RawWire.sign(header, arena.victim.key),
-                             qos=1, properties=props)
+        await client.publish(f"fl/{arena.fed}/ops/request/dev-victim",
+                             RawWire.sign(header, arena.victim.key), qos=1, properties=props)
     await until(lambda: orch.counters["ops.rejected.not_authorized"] == 1)
     audit = await orch.store.list_audit(event="rejected", device="dev-victim")
     assert [a.reason for a in audit] == ["not_authorized"]

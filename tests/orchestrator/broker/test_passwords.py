@@ -103,3 +103,18 @@ def test_password_file_set_many_and_missing_file(tmp_path: Path) -> None:
     assert passwords.hash_of("nobody") is None
     with pytest.raises(CredentialError, match="does not exist"):
         PasswordFile(tmp_path / "no-dir" / "passwd").set("a", "b")
+
+
+def test_suspend_and_restore_keep_the_hash_and_the_other_users(tmp_path: Path) -> None:
+    pf = PasswordFile(tmp_path / "passwd")
+    pf.set_many({"dev-a": "pw-a", "dev-b": "pw-b"})
+    hashed = pf.hash_of("dev-a")
+    assert pf.suspend("dev-a")
+    assert pf.users() == ["dev-b"] and pf.suspended() == ["dev-a"]
+    assert not pf.verify("dev-a", "pw-a")
+    assert stat.S_IMODE(os.stat(pf.suspended_path).st_mode) == 0o600
+    assert not pf.suspend("dev-a")  # already suspended: nothing to move
+    assert not pf.restore("dev-b")  # never suspended
+    assert pf.restore("dev-a")
+    assert pf.hash_of("dev-a") == hashed and pf.verify("dev-a", "pw-a")
+    assert sorted(pf.users()) == ["dev-a", "dev-b"] and pf.suspended() == []
