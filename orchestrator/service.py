@@ -10,9 +10,10 @@ through them. Tasks: ``mqtt`` (the link; hands every message to the router), ``i
 and ``ingest-commit`` (intake), ``control`` (enroll, status, eval lanes), ``aggregate``,
 ``publish``, ``evaluate`` (if configured), ``privacy`` (if enabled), ``registry`` (other
 processes' device changes), ``rollback`` (requests from ``fedmq model rollback``),
-``housekeeping`` (deadlines, the wall-clock stopping rule) and ``ops`` (operator requests and
-the fleet summary). One shutdown path: setting the shutdown event (injectable) unwinds the
-TaskGroup; leaving the context closes what was opened, in reverse.
+``housekeeping`` (deadlines, the wall-clock stopping rule), ``ops`` (operator requests and
+the fleet summary) and ``flood`` (rate-limit refusals audited, flooders isolated). One
+shutdown path: setting the shutdown event (injectable) unwinds the TaskGroup; leaving the
+context closes what was opened, in reverse.
 """
 
 from __future__ import annotations

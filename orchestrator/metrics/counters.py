@@ -17,12 +17,14 @@ __all__ = ["MeteredCounter", "observe_group"]
 
 _REJECTED = "rejected."
 _QUARANTINED = "quarantined."
+_RATE_REFUSED = "refused.rate."
 
 
 class MeteredCounter(Counter[str]):
     """A ``Counter`` whose increments of ``accepted``, ``duplicate``, ``rejected.<reason>``
     and ``quarantined.<reason>`` also count as received, accepted, duplicate or rejected
-    updates in ``metrics`` (a quarantined update was received and accepted before).
+    updates in ``metrics`` (a quarantined update was received and accepted before), and of
+    ``refused.rate.<lane>`` as messages the rate limits refused.
 
     Only increments are forwarded (the service never decrements); other keys are counted
     here only.
@@ -52,6 +54,8 @@ class MeteredCounter(Counter[str]):
         elif key.startswith(_QUARANTINED):
             # accepted (and counted as received) first, held out by screening later
             m.rejected(key[len(_QUARANTINED):], n)
+        elif key.startswith(_RATE_REFUSED):
+            m.refused(key[len(_RATE_REFUSED):], n)
 
 
 def observe_group(metrics: Metrics, result: GroupResult, now_ms: int, *,

@@ -28,6 +28,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 from prometheus_client.exposition import choose_encoder, generate_latest
 
 from orchestrator.errors import OrchestratorError
+from orchestrator.link.rates import Lane
 from schemas.errors import Reason
 from schemas.messages import AgentState
 
@@ -80,6 +81,7 @@ class _Instruments:
     accepted: Counter
     rejected: Counter
     duplicates: Counter
+    refused: Counter
     ingest_latency: Histogram
     batch_size: Histogram
     aggregation: Histogram
@@ -108,6 +110,10 @@ class _Instruments:
             duplicates=Counter(
                 "fedmq_updates_duplicate",
                 "Re-sent updates acknowledged again (never applied twice)", registry=reg),
+            refused=Counter(
+                "fedmq_messages_refused",
+                "Messages dropped unread by the per-sender rate limits, by lane", ["lane"],
+                registry=reg),
             ingest_latency=Histogram(
                 "fedmq_ingest_latency_seconds", "Seconds from receipt of a batch to its ack",
                 buckets=INGEST_LATENCY_BUCKETS, registry=reg),
@@ -148,6 +154,8 @@ class _Instruments:
         known yet are NaN."""
         for reason in Reason:
             self.rejected.labels(reason=reason.value)
+        for lane in Lane:
+            self.refused.labels(lane=lane.value)
         for state in AgentState:
             self.by_state.labels(state=state.value).set(0)
         self.version.set(math.nan)
@@ -226,6 +234,10 @@ class Metrics:
         n = _count(n)
         self._m.duplicates.inc(n)
         self._counts["duplicates"] += n
+
+    def refused(self, lane: str, n: int = 1) -> None:
+        """``n`` messages on ``lane`` dropped by the rate limits (before any decoding)."""
+        self._m.refused.labels(lane=lane).inc(_count(n))
 
     def observe_ingest_latency(self, seconds: float) -> None:
         self._m.ingest_latency.observe(seconds)

@@ -133,6 +133,11 @@ class SimDevice:
         await self._client.publish(f"fl/{self.bundle.fed}/up/{self.id}/{kind}", payload,
                                    qos=1, retain=retain)
 
+    async def publish_to(self, topic: str, payload: bytes, *, qos: int = 1) -> None:
+        """Publish on any topic with this device's connection (what the broker allows)."""
+        assert self._client is not None
+        await self._client.publish(topic, payload, qos=qos)
+
     async def send(self, *entries: bytes) -> None:
         await self.publish("updates", pack_batch(UpdateBatch(list(entries))))
 

@@ -51,6 +51,7 @@ def test_counters_gauges_and_histograms_move() -> None:
     m.rejected(Reason.BAD_SIGNATURE)
     m.rejected("norm_outlier", 2)  # screening reasons are free text
     m.duplicate()
+    m.refused("ops", 4)
     m.observe_ingest_latency(0.02)
     m.observe_ingest_latency(0.04)
     m.observe_batch(5)
@@ -72,6 +73,8 @@ def test_counters_gauges_and_histograms_move() -> None:
     assert got[("fedmq_updates_rejected_total", (("reason", "norm_outlier"),))] == 2
     # every known reason is exposed from the start, at zero
     assert got[("fedmq_updates_rejected_total", (("reason", "replay"),))] == 0
+    assert got[("fedmq_messages_refused_total", (("lane", "ops"),))] == 4
+    assert got[("fedmq_messages_refused_total", (("lane", "updates"),))] == 0
     assert got[("fedmq_ingest_latency_seconds_count", ())] == 2
     assert got[("fedmq_ingest_latency_seconds_sum", ())] == pytest.approx(0.06)
     assert got[("fedmq_ingest_latency_seconds_bucket", (("le", "0.025"),))] == 1
