@@ -19,6 +19,7 @@ import aiomqtt
 from nacl.signing import SigningKey
 
 from orchestrator.aggregation import OptimizerStateError, ServerOptimizer
+from orchestrator.broker import PasswordFile
 from orchestrator.clock import Clock
 from orchestrator.config import Config
 from orchestrator.convergence.evaluation import (
@@ -30,11 +31,13 @@ from orchestrator.convergence.fedeval import FederatedEvaluation
 from orchestrator.convergence.stopper import Stopper
 from orchestrator.convergence.stopping import StoppingRules, StoppingState
 from orchestrator.convergence.sync_rounds import SyncRounds
+from orchestrator.devices.commands import reload_broker
 from orchestrator.devices.control import ControlLanes, Handler
 from orchestrator.devices.enrollment import EnrollHandler
 from orchestrator.devices.registry import Registry
 from orchestrator.devices.replay_book import ReplayBook
 from orchestrator.devices.reports import EvalHandler, StatusHandler
+from orchestrator.devices.revocation import Revocations
 from orchestrator.devices.selection import (
     BasicSelection,
     OutstandingTasks,
@@ -148,6 +151,7 @@ async def assemble(o: Opened) -> Parts:
     selection = selection_from_config(cfg, rng=o.rng, device_ok=r.registry.standing)
     standing = Standing(registry=r.registry, outstanding=outstanding, selection=selection,
                         guard=r.guard, outbound=outbound, counters=o.counters)
+    revocations = _revocations(o, r.registry, outbound)
     stopper = Stopper(StoppingRules(cfg.stopping, r.stopping), fed=topics.fed, store=store,
                       head=r.head, registry=r.registry, outbound=outbound, clock=o.clock)
     evaluation = await _evaluation(cfg, r.start.arch.graphs["eval"], r.head, store, stopper,
@@ -165,7 +169,7 @@ async def assemble(o: Opened) -> Parts:
         buffer=r.buffer, outstanding=outstanding, cadence=r.cadence, outbound=outbound,
         aggregate_due=aggregate_due, counters=o.counters, metrics=o.metrics, clock=o.clock,
         group_batches=cfg.ingest.group_batches, queue_batches=cfg.ingest.queue_batches)
-    lanes = _lanes(o, r, outbound, selection, outstanding)
+    lanes = _lanes(o, r, outbound, selection, outstanding, revocations)
     views = OperatorViews(config=cfg, store=store, head=r.head, buffer=r.buffer,
                           outstanding=outstanding, metrics=o.metrics, clock=o.clock)
     desk = OperatorDesk(views, config=cfg, store=store, head=r.head, registry=r.registry,
@@ -184,7 +188,8 @@ async def assemble(o: Opened) -> Parts:
         ("control", lanes.run),
         ("aggregate", aggregator.run),
         ("publish", publication.run),
-        ("registry", RegistryWatch(r.registry, standing, o.clock).run),
+        ("registry", RegistryWatch(r.registry, standing, o.clock,
+                                   revocations=revocations).run),
         ("rollback", RollbackWatch(store, aggregator.rollback_requested, o.clock).run),
         ("housekeeping", Housekeeping(outstanding=outstanding, cadence=r.cadence,
                                       buffer=r.buffer, stopper=stopper,
@@ -199,8 +204,19 @@ async def assemble(o: Opened) -> Parts:
     return Parts(r.head, r.buffer, outstanding, r.registry, loops)
 
 
+def _revocations(o: Opened, registry: Registry, outbound: Outbound) -> Revocations:
+    """Control(revoke) to revoked devices, then their broker credential removed."""
+    cfg = o.config
+    path = cfg.password_file
+    return Revocations(registry=registry, store=o.store, outbound=outbound,
+                       passwords=PasswordFile(path) if path is not None else None,
+                       reload=lambda: reload_broker(cfg),
+                       grace_s=cfg.federation.revoke_grace_s, clock=o.clock,
+                       counters=o.counters)
+
+
 def _lanes(o: Opened, r: _Restored, outbound: Outbound, selection: BasicSelection,
-           outstanding: OutstandingTasks) -> ControlLanes:
+           outstanding: OutstandingTasks, revocations: Revocations) -> ControlLanes:
     """The control lanes with their enroll, status (tasking) and eval handlers."""
     cfg, fed = o.config, o.config.federation
     fedeval = FederatedEvaluation(cfg.evaluation.federated_every,
@@ -215,7 +231,7 @@ def _lanes(o: Opened, r: _Restored, outbound: Outbound, selection: BasicSelectio
             outbound=outbound, counters=o.counters),
         UpKind.STATUS.value: StatusHandler(fed=fed.id, registry=r.registry, book=r.book,
                                            tasker=tasker, outbound=outbound,
-                                           counters=o.counters),
+                                           counters=o.counters, revocations=revocations),
         UpKind.EVAL.value: EvalHandler(fed=fed.id, registry=r.registry, book=r.book,
                                        head=r.head, fedeval=fedeval, store=o.store,
                                        counters=o.counters),

@@ -42,6 +42,9 @@ class StateKey(StrEnum):
     """A pending ``fedmq model rollback`` request."""
     ROLLBACK_APPLIED = "rollback_applied"
     """The id of the last rollback request applied, and the version it made."""
+    REVOCATIONS = "revocations"
+    """JSON ``{device: {sent_ms, done}}``: when each revoked device's ``Control(revoke)`` was
+    published and whether its broker credential is gone (see ``devices.revocation``)."""
 
 
 class ServerState(Protocol):
