@@ -139,10 +139,7 @@ class Revocations:
                  self._grace_ms // 1000)
 
     async def _revoke_reason(self, device: str) -> str:
-        list_audit = getattr(self._audit, "list_audit", None)
-        if list_audit is None:
-            return "revoked"
-        rows = await list_audit(device=device, event="revoked", limit=1)
+        rows = await self._store.list_audit(device=device, event="revoked", limit=1)
         return (rows[0].reason if rows and rows[0].reason else "") or "revoked"
 
     async def _finish(self, device: str, why: str) -> None:
