@@ -2,7 +2,9 @@
 
 A user mistake (missing or malformed bundle, unreadable data, a state file of another device)
 is one readable line on stderr and exit status 2. The agent itself logs to stderr. Exit status
-1 means the orchestrator revoked the device or rejected its enrollment.
+1 means the orchestrator revoked the device or rejected its enrollment. A revoked device
+leaves a tombstone beside its state file; every later run refuses at once with exit status 1
+and one line ("device X was revoked by the orchestrator at T: reason").
 """
 
 from __future__ import annotations
@@ -20,8 +22,9 @@ from schemas import Bundle, FedmqError
 from .agent import Agent
 from .config import AgentConfig
 from .data import LocalData, load_local_data
-from .errors import AgentError, ConfigError
+from .errors import AgentError, ConfigError, RevokedError
 from .probes import DeviceProbe, SimulatedProbe, SysfsProbe
+from .tombstone import Tombstone, tombstone_path
 
 EXIT_OK, EXIT_ENDED, EXIT_USAGE = 0, 1, 2
 
@@ -69,13 +72,19 @@ def main(argv: list[str] | None = None) -> int:
     probe: DeviceProbe = SimulatedProbe() if args.probe == "simulated" else SysfsProbe()
     try:
         finished = asyncio.run(_run(bundle, data, state_path, config, probe, tls))
+    except RevokedError as exc:  # a tombstone: revoked earlier, never runs again
+        print(f"fedmq agent: {exc}", file=sys.stderr)
+        return EXIT_ENDED
     except AgentError as exc:
         print(f"fedmq agent: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         return EXIT_OK
     if finished is not None:
-        print(f"fedmq agent: stopped: {finished}", file=sys.stderr)
+        stone = Tombstone.read(tombstone_path(state_path, bundle.device_id), bundle.device_id)
+        line = stone.line if finished == "revoked" and stone is not None else \
+            f"stopped: {finished}"
+        print(f"fedmq agent: {line}", file=sys.stderr)
         return EXIT_ENDED
     return EXIT_OK
 
