@@ -66,6 +66,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         bundle, data, config, state_path, tls = _prepare(args)
+    except RevokedError as exc:  # a tombstone: revoked earlier, never runs again
+        print(f"fedmq agent: {exc}", file=sys.stderr)
+        return EXIT_ENDED
     except (AgentError, FedmqError, ValueError, OSError) as exc:
         print(f"fedmq agent: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -103,6 +106,10 @@ def _prepare(
         raise ConfigError(f"bad bundle {args.bundle}: {exc}") from None
     if bundle.role != "device":
         raise ConfigError(f"bad bundle {args.bundle}: it is an {bundle.role} bundle")
+    state_path = args.state or args.bundle.with_name(f"{bundle.device_id}.agent.db")
+    stone = Tombstone.read(tombstone_path(state_path, bundle.device_id), bundle.device_id)
+    if stone is not None:
+        raise stone.error()
     label: str | int | None = args.label_column
     if isinstance(label, str) and label.lstrip("-").isdigit():
         label = int(label)
@@ -110,7 +117,6 @@ def _prepare(
     config = AgentConfig(holdout=args.holdout, heartbeat_s=args.heartbeat,
                          ack_timeout_s=args.ack_timeout, device_class=args.device_class,
                          seed=args.seed, exit_on_revoke=True)
-    state_path = args.state or args.bundle.with_name(f"{bundle.device_id}.agent.db")
     tls = None
     if bundle.tls:
         try:

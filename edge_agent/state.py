@@ -279,17 +279,15 @@ class LocalState:
         and ``VACUUM`` rewrites the file, so the key's bytes are not left on disk.
         """
         async with self._lock:
-            db = self._conn
-            await db.execute("PRAGMA secure_delete=ON")
+            await _run(self._conn, "PRAGMA secure_delete=ON")
         async with self.transaction() as tx:
             await tx.execute("DELETE FROM meta WHERE key IN (?, ?)", ("signing_key", _RESIDUAL))
             await tx.execute("DELETE FROM outbox")
             await _meta_set(tx, _REVOKED, line)
         async with self._lock:
-            db = self._conn
-            await db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-            await db.execute("VACUUM")
-            await db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            for sql in ("PRAGMA wal_checkpoint(TRUNCATE)", "VACUUM",
+                        "PRAGMA wal_checkpoint(TRUNCATE)"):
+                await _run(self._conn, sql)
         self._key = None
 
     # -- model -------------------------------------------------------------------------------
@@ -345,6 +343,12 @@ def _create_private_file(path: Path) -> None:
     except OSError as exc:
         raise StateError(f"{path}: cannot create state file ({exc.strerror})",
                          reason="cannot_open") from None
+
+
+async def _run(db: aiosqlite.Connection, sql: str) -> None:
+    """One statement, its rows read and its cursor closed (VACUUM needs none open)."""
+    async with db.execute(sql) as cur:
+        await cur.fetchall()
 
 
 async def _meta_get(db: aiosqlite.Connection, key: str) -> Any:
