@@ -102,7 +102,8 @@ async def _until_removed(orch: Orchestrator, broker: MosquittoBroker, device_id:
     """Wait for the credential to go and its audit row to land; the row's reasons."""
     await until(lambda: not _has_credential(broker, device_id), within=10)
     async with asyncio.timeout(10):
-        while not (reasons := await _removed(orch, device_id)):
+        # polled: the audit row is in the store, with no event to wait on
+        while not (reasons := await _removed(orch, device_id)):  # noqa: ASYNC110
             await asyncio.sleep(0.01)
     return reasons
 
