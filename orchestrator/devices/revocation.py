@@ -117,7 +117,7 @@ class Revocations:
         """The device acknowledged its revocation (a signed status saying so)."""
         entries = await self._load()
         entry = entries.get(device)
-        self._counters["revoke.confirmed"] += 1
+        self._counters["revoke.receipts"] += 1
         if entry is not None and not entry.done and device in self.pending():
             await self._finish(device, CONFIRMED)
 
