@@ -21,6 +21,7 @@ steps run the same and the audit says the credential is not ours to remove.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import Callable, MutableMapping
@@ -69,6 +70,7 @@ class Revocations:
         self._clock = clock
         self._counters = counters
         self._entries: dict[str, _Entry] | None = None
+        self._lock = asyncio.Lock()
 
     async def _load(self) -> dict[str, _Entry]:
         if self._entries is None:
@@ -90,20 +92,22 @@ class Revocations:
                            for d, e in entries.items()}, sort_keys=True).encode()
         await self._store.put_server_state({StateKey.REVOCATIONS: blob})
 
-    def _has_credential(self, device: str) -> bool:
-        if self._passwords is None:
-            return True  # not ours to see: only ``done`` tells
-        return self._passwords.exists() and device in self._passwords.users()
-
     def pending(self) -> list[str]:
         """Revoked devices whose credential is still to be removed (ids, sorted)."""
         entries = self._entries or {}
-        return sorted(v.device_id for v in self._registry.all() if v.status == "revoked"
-                      and not (entries.get(v.device_id) or _Entry(0)).done
-                      and self._has_credential(v.device_id))
+        waiting = [v.device_id for v in self._registry.all() if v.status == "revoked"
+                   and not (entries.get(v.device_id) or _Entry(0)).done]
+        if not waiting or self._passwords is None:
+            return sorted(waiting)  # no password file of ours: only ``done`` tells
+        users = set(self._passwords.users()) if self._passwords.exists() else set()
+        return sorted(d for d in waiting if d in users)
 
     async def sync(self) -> None:
         """Tell every newly revoked device, and finish those whose grace period is over."""
+        async with self._lock:  # the registry task and the control lanes both come here
+            await self._sync()
+
+    async def _sync(self) -> None:
         entries = await self._load()
         now = self._clock.wall_ms()
         for device in self.pending():
@@ -115,11 +119,11 @@ class Revocations:
 
     async def confirmed(self, device: str) -> None:
         """The device acknowledged its revocation (a signed status saying so)."""
-        entries = await self._load()
-        entry = entries.get(device)
         self._counters["revoke.receipts"] += 1
-        if entry is not None and not entry.done and device in self.pending():
-            await self._finish(device, CONFIRMED)
+        async with self._lock:
+            entry = (await self._load()).get(device)
+            if entry is not None and not entry.done and device in self.pending():
+                await self._finish(device, CONFIRMED)
 
     async def _notify(self, device: str) -> None:
         view = self._registry.get(device)
