@@ -13,12 +13,13 @@ import asyncio
 import contextlib
 import dataclasses
 import sqlite3
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import aiomqtt
 import numpy as np
 import pytest
+from nacl.signing import SigningKey
 
 from edge_agent import cli as agent_cli
 from edge_agent.agent import Agent
@@ -28,9 +29,10 @@ from orchestrator.broker import MosquittoBroker, PasswordFile
 from orchestrator.config import Config
 from orchestrator.devices.commands import provision, revoke
 from orchestrator.service import Orchestrator
-from schemas import Bundle, EnrollStatus
+from schemas import AgentState, Bundle, Control, ControlAction, EnrollStatus, Status
 from tests.support.agents import FAST, new_agent
 from tests.support.clock import FakeClock
+from tests.support.sim_device import SimDevice
 from tests.support.waiting import until
 
 GRACE_S = 60.0
@@ -219,3 +221,24 @@ async def test_revoke_now_removes_the_credential_at_once(
     await clock.advance(1.0)  # nothing left for the service to do
     await clock.advance(GRACE_S)
     assert orch.counters["revoke.sent"] == 0 and await _removed(orch, "dev-n") == ["immediate"]
+
+
+async def test_only_a_confirmation_signed_with_the_devices_key_ends_the_grace_period(
+    orch: Orchestrator, broker: MosquittoBroker, clock: FakeClock,
+    devices: Callable[..., Awaitable[SimDevice]],
+) -> None:
+    dev = await devices(orch, "dev-h")
+    await revoke(orch.store, orch.config, "dev-h")
+    await clock.advance(1.0)
+    order = await dev.next("control")
+    assert isinstance(order, Control) and order.action is ControlAction.REVOKE
+    # forged by someone else's key, or signed right but not a confirmation: refused
+    _, forged = dev.sign(Status(state=AgentState.OFFLINE, reason="revoked"),
+                         key=SigningKey.generate())
+    await dev.publish("status", forged)
+    await dev.status(state=AgentState.IDLE)
+    await until(lambda: orch.counters["status.rejected.bad_signature"] == 1
+                and orch.counters["status.rejected.revoked"] == 1)
+    assert _has_credential(broker, "dev-h") and orch.counters["revoke.receipts"] == 0
+    await dev.status(state=AgentState.STOPPED, reason="revoked")
+    assert await _until_removed(orch, broker, "dev-h") == ["confirmed"]
