@@ -26,6 +26,7 @@ from orchestrator.devices.commands import provision
 from orchestrator.service import Orchestrator
 from schemas import AgentState, Defer, Status, Task, message_type, verify
 from schemas.envelope import decode_body
+from tests.support.observer import observer
 from tests.support.waiting import until
 
 PROFILES = {
@@ -86,10 +87,9 @@ async def test_weak_devices_are_spared_caps_hold_and_deferrals_are_followed(
         async with asyncio.timeout(15):
             await agents["low"].wait_until(lambda a: a.last_status is not None, 15)
         wire = _Wire("low", config.federation.id)
-        observer = await stack.enter_async_context(
-            mqtt_client(broker, "orchestrator", broker.orchestrator_password))
+        spy = await stack.enter_async_context(observer(broker))
         watcher = asyncio.create_task(wire.watch(
-            observer, VerifyKey(bytes.fromhex(bundles["low"].orchestrator_key)),
+            spy, VerifyKey(bytes.fromhex(bundles["low"].orchestrator_key)),
             agents["low"].local_state.signing_key.verify_key))
         try:
             # two eligible devices, capped at two tasks each, k = 2: exactly two versions,
@@ -100,6 +100,8 @@ async def test_weak_devices_are_spared_caps_hold_and_deferrals_are_followed(
             # more asks from everyone, all answered "later" (the weak ones once per retry)
             await until(lambda: orch.counters["deferred.battery"] >= 2
                         and orch.counters["deferred.thermal"] >= 2, 30)
+            # the observer joined after the first answers: wait until it saw two of its own
+            await until(lambda: sum(isinstance(m, Defer) for _, m in wire.events) >= 2, 30)
         finally:
             watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):

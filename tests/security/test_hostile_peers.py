@@ -35,6 +35,8 @@ from orchestrator.config import Config
 from orchestrator.devices.registry import bump_generation
 from orchestrator.service import Orchestrator
 from schemas import AckOutcome, Codec, CodecSpec, enroll_mac
+from schemas.topics import Topics
+from tests.support.observer import observer
 from tests.support.raw_wire import RawWire, params_digest
 from tests.support.sim_device import SimDevice, random_delta
 from tests.support.waiting import until
@@ -92,10 +94,8 @@ async def arena(make_config: Callable[..., Config],
     config = make_config(aggregation={"k": 1, "max_staleness": 50},
                          ingest={"max_update_bytes": MAX_UPDATE_BYTES,
                                  "max_body_bytes": MAX_BODY_BYTES})
-    async with Orchestrator(config, store_synchronous="NORMAL") as orch, aiomqtt.Client(
-            broker.host, broker.port, username="orchestrator",
-            password=broker.orchestrator_password, identifier=f"spy-{uuid.uuid4().hex[:6]}",
-            protocol=aiomqtt.ProtocolVersion.V5) as spy:
+    async with Orchestrator(config, store_synchronous="NORMAL") as orch, observer(
+            broker) as spy:
         await spy.subscribe(f"fl/{config.federation.id}/up/#", qos=1)
         spied: list[tuple[str, bytes]] = []
 
@@ -339,6 +339,30 @@ async def test_publishing_under_another_devices_topic_is_never_delivered(
     assert orch.counters["rejected.malformed"] == 1
     assert model_state(orch) == before
     assert [r.reason for r in await orch.store.ledger(sender="dev-victim")] == [None]
+
+
+async def test_a_device_asking_for_the_orchestrators_client_id_gets_its_own_session(
+    arena: Arena,
+) -> None:
+    """With its own valid credentials the victim connects as ``fedmq-orchestrator-{fed}``
+    (predictable) with a clean start, repeatedly: the broker names the session after the
+    account, so the orchestrator stays connected, keeps its session and acks as before."""
+    orch_id = Topics(arena.fed).orchestrator_client_id
+    for _ in range(3):
+        async with aiomqtt.Client(
+                arena.broker.host, arena.broker.port,
+                username=arena.victim.bundle.mqtt_username,
+                password=arena.victim.bundle.mqtt_password, identifier=orch_id,
+                clean_start=True, protocol=aiomqtt.ProtocolVersion.V5):
+            pass
+    seq, ok = arena.witness.update(random_delta(arena.orch.params, seed=3), codec=FLOAT32,
+                                   seal=False)
+    await arena.witness.send(ok)
+    assert (await arena.witness.wait_acks([seq]))[seq].outcome is AckOutcome.ACCEPTED
+    log = arena.broker.log_text()
+    assert log.count(f"as {orch_id} (") == 0
+    assert log.count("as orchestrator (") == 1  # its one connection, never replaced
+    assert "Client orchestrator already connected" not in log
 
 
 async def test_enrollment_with_a_wrong_hmac_is_refused(

@@ -7,10 +7,8 @@ bytes appear in the clear."""
 from __future__ import annotations
 
 import asyncio
-import uuid
 from pathlib import Path
 
-import aiomqtt
 import numpy as np
 import pytest
 from nacl.public import PrivateKey
@@ -25,6 +23,7 @@ from orchestrator.service import Orchestrator
 from schemas import Update
 from schemas.envelope import ENC_SEALED, decode_body, unpack_batch, unseal_key, verify
 from schemas.errors import FedmqError
+from tests.support.observer import observer
 
 pytestmark = pytest.mark.integration  # an embedded Mosquitto
 
@@ -46,10 +45,7 @@ async def test_an_admin_subscriber_sees_only_sealed_update_bodies(tmp_path: Path
     async with Orchestrator(config) as orch:
         broker = orch.broker
         assert broker is not None
-        async with aiomqtt.Client(broker.host, broker.port, username="orchestrator",
-                                  password=broker.orchestrator_password,
-                                  identifier=f"snoop-{uuid.uuid4().hex[:6]}",
-                                  protocol=aiomqtt.ProtocolVersion.V5) as snoop:
+        async with observer(broker) as snoop:
             await snoop.subscribe("fl/+/up/+/updates", qos=1)
             async with Fleet(bundles, data.shards, tmp_path / "agents", spec,
                              agent_config=AgentConfig(heartbeat_s=1.0, holdout=0.0)):

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +34,7 @@ from orchestrator.config import Config, parse_config
 from orchestrator.service import Orchestrator
 from orchestrator.store import LedgerEntry, Store, VersionInfo
 from schemas import Params, Task, Update, decode_body, decode_params, unpack_batch, verify
+from tests.support.observer import observer
 
 FED = "optfed"
 WAIT_S = 90.0
@@ -70,20 +70,18 @@ class WireLog:
     payloads; decode them afterwards with the keys the store holds."""
 
     def __init__(self, broker: MosquittoBroker, fed: str) -> None:
-        self._client = aiomqtt.Client(
-            broker.host, broker.port, username="orchestrator",
-            password=broker.orchestrator_password, identifier=f"wire-{uuid.uuid4().hex[:8]}",
-            protocol=aiomqtt.ProtocolVersion.V5)
+        self._broker = broker
+        self._stack = contextlib.AsyncExitStack()
         self._fed = fed
         self._task: asyncio.Task[None] | None = None
         self.raw: list[tuple[str, bytes]] = []
         """``(topic, payload)`` in arrival order."""
 
     async def __aenter__(self) -> WireLog:
-        await self._client.__aenter__()
-        await self._client.subscribe(f"fl/{self._fed}/up/+/updates", qos=1)
-        await self._client.subscribe(f"fl/{self._fed}/down/+/task", qos=1)
-        self._task = asyncio.create_task(self._receive(), name="wire-log")
+        client = await self._stack.enter_async_context(observer(self._broker))
+        await client.subscribe(f"fl/{self._fed}/up/+/updates", qos=1)
+        await client.subscribe(f"fl/{self._fed}/down/+/task", qos=1)
+        self._task = asyncio.create_task(self._receive(client), name="wire-log")
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -92,10 +90,10 @@ class WireLog:
         with contextlib.suppress(asyncio.CancelledError, aiomqtt.MqttError):
             await self._task
         with contextlib.suppress(aiomqtt.MqttError):
-            await self._client.__aexit__(None, None, None)
+            await self._stack.aclose()
 
-    async def _receive(self) -> None:
-        async for message in self._client.messages:
+    async def _receive(self, client: aiomqtt.Client) -> None:
+        async for message in client.messages:
             assert isinstance(message.payload, bytes), message.topic
             self.raw.append((str(message.topic), message.payload))
 

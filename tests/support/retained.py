@@ -3,23 +3,18 @@
 from __future__ import annotations
 
 import asyncio
-import uuid
-
-import aiomqtt
 
 from orchestrator.broker import MosquittoBroker
+from tests.support.observer import observer
 from tests.support.service_config import FED
 
 
 async def retained_models(broker: MosquittoBroker, *, fed: str = FED, expect: int = 2,
                           within: float = 10) -> dict[str, bytes]:
-    """Retained ``fl/{fed}/model/#`` messages as a fresh subscriber (the orchestrator account)
+    """Retained ``fl/{fed}/model/#`` messages as a fresh subscriber (an observer account)
     sees them: ``{topic: payload}``, once ``expect`` non-empty ones arrived."""
     got: dict[str, bytes] = {}
-    async with aiomqtt.Client(broker.host, broker.port, username="orchestrator",
-                              password=broker.orchestrator_password,
-                              identifier=f"sub-{uuid.uuid4().hex[:6]}",
-                              protocol=aiomqtt.ProtocolVersion.V5) as client:
+    async with observer(broker) as client:
         await client.subscribe(f"fl/{fed}/model/#", qos=1)
         async with asyncio.timeout(within):
             async for message in client.messages:
@@ -35,10 +30,7 @@ async def all_retained(broker: MosquittoBroker, *, fed: str = FED, quiet: float 
     """Every non-empty retained ``fl/{fed}/model/#`` message: subscribe and collect until
     nothing arrives for ``quiet`` seconds."""
     got: dict[str, bytes] = {}
-    async with aiomqtt.Client(broker.host, broker.port, username="orchestrator",
-                              password=broker.orchestrator_password,
-                              identifier=f"sub-{uuid.uuid4().hex[:6]}",
-                              protocol=aiomqtt.ProtocolVersion.V5) as client:
+    async with observer(broker) as client:
         await client.subscribe(f"fl/{fed}/model/#", qos=1)
         messages = aiter(client.messages)
         while True:
