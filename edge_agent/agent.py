@@ -6,8 +6,10 @@ TaskGroup: ``session`` (the MQTT connection, handing messages to the ``Downlink`
 ``heartbeat``, ``flusher`` (the outbox) and ``worker`` (tasks). What the device is doing lives
 in one ``ActivityTracker``; the parts share small objects (``shared``) and events instead of
 calling back into the agent. Leaving (or ``stop()``) publishes a retained offline status when
-it can, cancels the tasks and closes the state file: one shutdown path. Several agents run in
-one process by entering several ``Agent`` contexts; each logs as ``edge_agent.<device_id>``.
+it can, cancels the tasks and closes the state file: one shutdown path. A revoked agent also
+destroys its key and outbox on the way out, and never enters again: its tombstone
+(:mod:`.tombstone`) makes entering raise ``RevokedError``. Several agents run in one process
+by entering several ``Agent`` contexts; each logs as ``edge_agent.<device_id>``.
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ from .shared import AgentStats, Offload, Pace, ProbeReader, Pulse, Settings, Shu
 from .signer import Signer
 from .state import Enrollment, LocalState
 from .supervision import keep_running
+from .tombstone import Tombstone, tombstone_path
 from .tracker import ActivityTracker
 from .training import train_update  # looked up here at build time: tests wrap it
 from .worker import Worker
@@ -154,6 +157,15 @@ class Agent:
         return self._shutdown.finished
 
     @property
+    def tombstone_path(self) -> Path:
+        """Where this device's tombstone is written once it is revoked."""
+        return tombstone_path(self._state_path, self.device_id)
+
+    def tombstone(self) -> Tombstone | None:
+        """The tombstone, once the orchestrator revoked this device."""
+        return Tombstone.read(self.tombstone_path, self.device_id)
+
+    @property
     def last_status(self) -> Status | None:
         return self._parts.heartbeat.last_status if self._parts is not None else None
 
@@ -200,6 +212,9 @@ class Agent:
     async def __aenter__(self) -> Agent:
         if self._main is not None:
             raise RuntimeError("an Agent runs once")
+        stone = await asyncio.to_thread(Tombstone.read, self.tombstone_path, self.device_id)
+        if stone is not None:
+            raise stone.error()
         try:
             self._parts = await self._open()
         except BaseException:
@@ -271,8 +286,18 @@ class Agent:
                 # the goodbye is the last status: nothing else may publish after it
                 await parts.heartbeat.goodbye(self.finished or "shutdown")
                 session.cancel()
+            if parts.tracker.current.revoked is not None:
+                await self._destroy(parts)
         finally:
             self._changed.fire()
+
+    async def _destroy(self, parts: _Parts) -> None:
+        """Revoked: the outbox (anything a late task put there) and the key, for good."""
+        await parts.outbox.destroy()
+        stone = await asyncio.to_thread(Tombstone.read, self.tombstone_path, self.device_id)
+        line = stone.line if stone is not None else f"device {self.device_id} was revoked"
+        await parts.state.destroy_secrets(line)
+        self.log.info("signing key and outbox destroyed")
 
     # -- building the parts ---------------------------------------------------------------------
 
@@ -318,7 +343,7 @@ class Agent:
             state=state, window=await state.replay_window(), models=models, tracker=tracker,
             tasks=tasks, outbox=outbox, settings=settings, shutdown=self._shutdown,
             status_due=status_due, outbox_due=outbox_due, exit_on_revoke=config.exit_on_revoke,
-            logger=self.log, **common)
+            tombstone=self.tombstone_path, logger=self.log, **common)
         session = self._session(downlink, reporter, signal_all(status_due, outbox_due, changed))
         flusher = Flusher(outbox, session, self.topics.up(self.device_id, UpKind.UPDATES),
                           batch_entries=config.batch_entries, batch_bytes=config.batch_bytes,
@@ -349,5 +374,6 @@ class Agent:
             on_message=downlink.deliver, will_topic=topics.up(self.device_id, UpKind.STATUS),
             will=reporter.will, on_connect=on_connect, on_disconnect=self._changed.fire,
             link_up=self._probe.link_up, backoff=self._backoff, keepalive_s=c.keepalive_s,
-            session_expiry_s=c.session_expiry_s, link_poll_s=c.link_poll_s, clock=self._clock,
+            session_expiry_s=c.session_expiry_s, link_poll_s=c.link_poll_s,
+            auth_retry_s=c.auth_retry_s, clock=self._clock,
             logger=self.log)

@@ -50,6 +50,13 @@ class Backoff:
         await self._sleep(delay)
         return delay
 
+    async def hold(self, seconds: float) -> float:
+        """Sleep a long, fixed-order wait: uniform in ``[seconds/2, seconds]`` (jittered, so
+        a fleet refused at once does not come back at once); returns it."""
+        delay = self._rng.uniform(seconds / 2, seconds)
+        await self._sleep(delay)
+        return delay
+
     def reset(self) -> None:
         """After a success: the next failure starts again from ``base_s``."""
         self.attempt = 0

@@ -2,7 +2,9 @@
 
 A user mistake (missing or malformed bundle, unreadable data, a state file of another device)
 is one readable line on stderr and exit status 2. The agent itself logs to stderr. Exit status
-1 means the orchestrator revoked the device or rejected its enrollment.
+1 means the orchestrator revoked the device or rejected its enrollment. A revoked device
+leaves a tombstone beside its state file; every later run refuses at once with exit status 1
+and one line ("device X was revoked by the orchestrator at T: reason").
 """
 
 from __future__ import annotations
@@ -20,8 +22,9 @@ from schemas import Bundle, FedmqError
 from .agent import Agent
 from .config import AgentConfig
 from .data import LocalData, load_local_data
-from .errors import AgentError, ConfigError
+from .errors import AgentError, ConfigError, RevokedError
 from .probes import DeviceProbe, SimulatedProbe, SysfsProbe
+from .tombstone import Tombstone, tombstone_path
 
 EXIT_OK, EXIT_ENDED, EXIT_USAGE = 0, 1, 2
 
@@ -63,19 +66,28 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         bundle, data, config, state_path, tls = _prepare(args)
+    except RevokedError as exc:  # a tombstone: revoked earlier, never runs again
+        print(f"fedmq agent: {exc}", file=sys.stderr)
+        return EXIT_ENDED
     except (AgentError, FedmqError, ValueError, OSError) as exc:
         print(f"fedmq agent: {exc}", file=sys.stderr)
         return EXIT_USAGE
     probe: DeviceProbe = SimulatedProbe() if args.probe == "simulated" else SysfsProbe()
     try:
         finished = asyncio.run(_run(bundle, data, state_path, config, probe, tls))
+    except RevokedError as exc:  # a tombstone: revoked earlier, never runs again
+        print(f"fedmq agent: {exc}", file=sys.stderr)
+        return EXIT_ENDED
     except AgentError as exc:
         print(f"fedmq agent: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         return EXIT_OK
     if finished is not None:
-        print(f"fedmq agent: stopped: {finished}", file=sys.stderr)
+        stone = Tombstone.read(tombstone_path(state_path, bundle.device_id), bundle.device_id)
+        line = stone.line if finished == "revoked" and stone is not None else \
+            f"stopped: {finished}"
+        print(f"fedmq agent: {line}", file=sys.stderr)
         return EXIT_ENDED
     return EXIT_OK
 
@@ -94,6 +106,10 @@ def _prepare(
         raise ConfigError(f"bad bundle {args.bundle}: {exc}") from None
     if bundle.role != "device":
         raise ConfigError(f"bad bundle {args.bundle}: it is an {bundle.role} bundle")
+    state_path = args.state or args.bundle.with_name(f"{bundle.device_id}.agent.db")
+    stone = Tombstone.read(tombstone_path(state_path, bundle.device_id), bundle.device_id)
+    if stone is not None:
+        raise stone.error()
     label: str | int | None = args.label_column
     if isinstance(label, str) and label.lstrip("-").isdigit():
         label = int(label)
@@ -101,7 +117,6 @@ def _prepare(
     config = AgentConfig(holdout=args.holdout, heartbeat_s=args.heartbeat,
                          ack_timeout_s=args.ack_timeout, device_class=args.device_class,
                          seed=args.seed, exit_on_revoke=True)
-    state_path = args.state or args.bundle.with_name(f"{bundle.device_id}.agent.db")
     tls = None
     if bundle.tls:
         try:

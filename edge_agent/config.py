@@ -32,6 +32,8 @@ class AgentConfig:
     exit_on_revoke: bool = False
     backoff_base_s: float = 0.5
     backoff_cap_s: float = 30.0
+    auth_retry_s: float = 600.0
+    """After 3 refusals as not authorized in a row, try the broker only about this often."""
     keepalive_s: int = 30
     session_expiry_s: int = 24 * 3600
     intra_op_threads: int = 1
@@ -56,6 +58,7 @@ class AgentConfig:
             "batch_bytes": self.batch_bytes, "model_wait_s": self.model_wait_s,
             "publish_wait_s": self.publish_wait_s, "max_queued_tasks": self.max_queued_tasks,
             "backoff_base_s": self.backoff_base_s, "keepalive_s": self.keepalive_s,
+            "auth_retry_s": self.auth_retry_s,
             "session_expiry_s": self.session_expiry_s,
             "intra_op_threads": self.intra_op_threads,
             "probe_interval_s": self.probe_interval_s, "link_poll_s": self.link_poll_s,

@@ -6,7 +6,8 @@ orchestrator key, name this federation, the orchestrator as sender and this devi
 recipient, be of a type the orchestrator sends to devices, and be fresh in the replay window
 (a duplicate is ignored, one below the window refused) — in that order, before the body is
 decoded. Then ``Task`` goes to the worker's queue, ``Defer``, ``Control`` and ``Enrolled``
-change the activity, and ``Ack`` removes entries from the outbox.
+change the activity, and ``Ack`` removes entries from the outbox. A ``Control(revoke)`` writes
+the tombstone, stops the agent's work and destroys the outbox (see ``_on_revoke``).
 
 Nothing forged or malformed raises out of ``deliver``: it is refused, logged and counted.
 """
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from pathlib import Path
 from typing import Any
 
 from nacl.signing import VerifyKey
@@ -51,6 +53,7 @@ from .outbox import Outbox
 from .records import Enrollment
 from .shared import AgentStats, Pulse, Settings, Shutdown
 from .state import LocalState
+from .tombstone import Tombstone
 from .tracker import ActivityTracker
 
 __all__ = ["Downlink"]
@@ -64,7 +67,7 @@ class Downlink:
                  tracker: ActivityTracker, tasks: asyncio.Queue[Task], outbox: Outbox,
                  settings: Settings, shutdown: Shutdown, stats: AgentStats, changed: Pulse,
                  status_due: asyncio.Event, outbox_due: asyncio.Event, clock: Clock,
-                 exit_on_revoke: bool, logger: logging.Logger) -> None:
+                 exit_on_revoke: bool, tombstone: Path, logger: logging.Logger) -> None:
         self._device_id = device_id
         self._fed = fed
         self._key = orchestrator_key
@@ -82,6 +85,7 @@ class Downlink:
         self._outbox_due = outbox_due
         self._clock = clock
         self._exit_on_revoke = exit_on_revoke
+        self._tombstone = tombstone
         self._log = logger
 
     async def deliver(self, topic: str, payload: bytes) -> None:
@@ -189,8 +193,26 @@ class Downlink:
             self._log.warning("control %s is not supported by %s; ignored", action.value,
                               AGENT_VERSION)
             return
+        if action is ControlAction.REVOKE:
+            await self._on_revoke(control)
+            return
         await self._tracker.commit(lambda a: a.on_order(action, control.reason) or a)
-        if action is ControlAction.REVOKE and self._exit_on_revoke:
+
+    async def _on_revoke(self, control: Control) -> None:
+        """The tombstone first (a restart refuses from now on), then the stop, then the
+        outbox; the key goes when the agent ends (it signs the confirming status first)."""
+        if self._tracker.current.revoked is not None and self._tombstone.exists():
+            return  # already done (a second copy under a fresh seq)
+        stone = Tombstone(self._device_id, self._fed, wall_ms(self._clock),
+                          control.reason or "revoked")
+        await asyncio.to_thread(stone.write, self._tombstone)
+        await self._tracker.commit(lambda a: a.on_order(ControlAction.REVOKE, control.reason)
+                                   or a)
+        dropped = await self._outbox.destroy()
+        self._log.error("%s; %d pending update(s) destroyed", stone.line, dropped)
+        self._status_due.set()  # a status saying so confirms the revocation
+        self._changed.fire()
+        if self._exit_on_revoke:
             self._shutdown.finish("revoked")
 
     async def _reconfigure(self, params: dict[str, Any]) -> None:

@@ -19,6 +19,7 @@ __all__ = [
     "ModelRunError",
     "NotConnectedError",
     "OversizedUpdateError",
+    "RevokedError",
     "StateError",
     "storage_full",
 ]
@@ -65,6 +66,11 @@ class ModelRunError(AgentError, RuntimeError):
 
 class OversizedUpdateError(AgentError):
     """A signed update is larger than one ``updates`` batch may be (``seq`` names it)."""
+
+
+class RevokedError(AgentError):
+    """The orchestrator revoked this device: it must not run again (``str(exc)`` is the line
+    to show; see :mod:`edge_agent.tombstone`)."""
 
 
 def storage_full(exc: BaseException) -> bool:

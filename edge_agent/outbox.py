@@ -139,6 +139,14 @@ class Outbox:
         self._bytes -= freed
         return removed
 
+    async def destroy(self) -> int:
+        """Drop every entry unsent (the device was revoked: its updates are worthless and
+        could leak); returns how many there were."""
+        async with self._state.transaction() as tx:
+            await tx.execute("DELETE FROM outbox")
+        dropped, self._len, self._bytes = self._len, 0, 0
+        return dropped
+
     async def rows(self) -> list[OutboxRow]:
         """Every entry's bookkeeping (attempts, when last sent), oldest first."""
         async with self._state.reading() as db, db.execute(

@@ -6,7 +6,10 @@ connects with exponential backoff and full jitter, keeps an MQTT 5 persistent se
 briefly away are still delivered, sets a pre-signed Last Will (``Status(offline)``, retained),
 subscribes, and hands every message to ``on_message``. When the link drops it starts over.
 ``publish`` fails fast with ``NotConnectedError`` while there is no connection — durability
-is the outbox's job, not the MQTT client's.
+is the outbox's job, not the MQTT client's. A broker that keeps refusing the credentials
+(not authorized: revoked, or a wrong password) is tried only about every ``auth_retry_s``
+after ``auth_refusals_before_hold`` refusals in a row, with one error line
+(``refused_credentials``).
 """
 
 from __future__ import annotations
@@ -27,7 +30,24 @@ from .backoff import Backoff
 from .clock import Clock, SystemClock, wall_ms
 from .errors import ConfigError, NotConnectedError, storage_full
 
-__all__ = ["PUBLISH_RETRY_S", "BrokerAddress", "Session"]
+__all__ = ["AUTH_REFUSALS_BEFORE_HOLD", "AUTH_RETRY_S", "PUBLISH_RETRY_S", "BrokerAddress",
+           "Session", "auth_refused"]
+
+AUTH_RETRY_S = 600.0
+"""After repeated "not authorized" refusals, try the broker only about this often."""
+AUTH_REFUSALS_BEFORE_HOLD = 3
+"""How many refusals in a row (and no connection between) make the session hold back."""
+_AUTH_CODES_V5 = frozenset({0x86, 0x87, 0x8C})  # bad user/password, not authorized, bad auth
+_AUTH_CODES_V3 = frozenset({4, 5})  # MQTT 3.1.1 CONNACK: bad user/password, not authorized
+
+
+def auth_refused(exc: MqttConnectError) -> bool:
+    """The broker refused the connection for the credentials (not for load or a bad id)."""
+    rc = exc.rc
+    if isinstance(rc, int):
+        return rc in _AUTH_CODES_V3
+    value = getattr(rc, "value", None)
+    return isinstance(value, int) and value in _AUTH_CODES_V5
 
 PUBLISH_RETRY_S = 0.2
 """Pause before publishing again after a publish failed while the session looked connected."""
@@ -67,6 +87,8 @@ class Session:
         operation_timeout_s: float = 10.0,
         link_poll_s: float = 1.0,
         max_queued_messages: int = 1000,
+        auth_retry_s: float = AUTH_RETRY_S,
+        auth_refusals_before_hold: int = AUTH_REFUSALS_BEFORE_HOLD,
         clock: Clock | None = None,
         logger: logging.Logger | None = None,
     ) -> None:
@@ -90,6 +112,8 @@ class Session:
         self._timeout_s = operation_timeout_s
         self._link_poll_s = link_poll_s
         self._max_queued = max_queued_messages
+        self._auth_retry_s = auth_retry_s
+        self._auth_hold_after = auth_refusals_before_hold
         self._log = logger or logging.getLogger(__name__)
         # paho logs an expected link cut at ERROR; the session reports it itself, so paho's
         # own lines are shown only when this session logs at DEBUG.
@@ -103,6 +127,8 @@ class Session:
         self.connections = 0
         """How many times a connection was established (tests watch it)."""
         self.last_error: str = ""
+        self.auth_refusals = 0
+        """Connections refused as not authorized since the last one that succeeded."""
 
     # -- state -------------------------------------------------------------------------------
 
@@ -130,6 +156,8 @@ class Session:
             except MqttConnectError as exc:
                 # the broker answered and said no (bad credentials, revoked): worth a warning
                 self.last_error = str(exc) or type(exc).__name__
+                if auth_refused(exc):
+                    self.auth_refusals += 1
                 self._log.warning("mqtt: connection refused by the broker: %s", self.last_error)
             except aiomqtt.MqttError as exc:
                 self.last_error = str(exc) or type(exc).__name__
@@ -138,8 +166,25 @@ class Session:
                 self._log.info("mqtt: link down, disconnected")
             finally:
                 self._mark_lost()
-            delay = await self.backoff.wait()
+            if self.refused_credentials:
+                delay = await self._hold()
+            else:
+                delay = await self.backoff.wait()
             self._log.debug("mqtt: reconnecting after %.2fs", delay)
+
+    @property
+    def refused_credentials(self) -> bool:
+        """The broker keeps refusing our credentials: the session tries only every
+        ``auth_retry_s`` (the device may have been revoked, or its password is wrong)."""
+        return self.auth_refusals >= self._auth_hold_after
+
+    async def _hold(self) -> float:
+        if self.auth_refusals == self._auth_hold_after:
+            self._log.error(
+                "mqtt: the broker refused this device's credentials %d times in a row (%s); "
+                "the device may have been revoked or its bundle is wrong; trying again about "
+                "every %.0f s", self.auth_refusals, self.last_error, self._auth_retry_s)
+        return await self.backoff.hold(self._auth_retry_s)
 
     async def _wait_for_link(self) -> None:
         assert self._link_up is not None
@@ -167,6 +212,7 @@ class Session:
                 self._lost = asyncio.Event()
                 self.connections += 1
                 self.backoff.reset()
+                self.auth_refusals = 0
                 self._connected.set()
                 self._log.info("mqtt: connected to %s:%d", self._address.host,
                                self._address.port)

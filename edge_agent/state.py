@@ -29,7 +29,7 @@ from nacl.signing import SigningKey
 
 from schemas import EnrollStatus, Params, ReplayWindow
 
-from .errors import StateError
+from .errors import RevokedError, StateError
 from .records import (
     Enrollment,
     OutboxEntry,
@@ -46,6 +46,7 @@ _log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
 _RESIDUAL = "residual"
+_REVOKED = "revoked"
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BLOB NOT NULL);
@@ -121,6 +122,10 @@ class LocalState:
                              reason="malformed") from None
         async with self.transaction() as tx:
             await self._check_owner(tx)
+            revoked = await _meta_get(tx, _REVOKED)
+            if revoked is not None:  # the key is gone: never make a new one
+                raise RevokedError(f"{self._path}: {revoked}", device=self._device_id,
+                                   reason="revoked")
             seed = await _meta_get(tx, "signing_key")
             if seed is None:
                 self._key = SigningKey.generate()
@@ -264,6 +269,27 @@ class LocalState:
             raw = await _meta_get(db, _RESIDUAL)
         return params_from_blob(raw) if isinstance(raw, bytes) else {}
 
+    # -- revocation ----------------------------------------------------------------------------
+
+    async def destroy_secrets(self, line: str) -> None:
+        """The device was revoked: erase its signing key, outbox and residual for good and
+        mark the file, so that opening it again raises :class:`RevokedError` with ``line``.
+
+        ``secure_delete`` overwrites the freed pages, the WAL is checkpointed and truncated,
+        and ``VACUUM`` rewrites the file, so the key's bytes are not left on disk.
+        """
+        async with self._lock:
+            await _run(self._conn, "PRAGMA secure_delete=ON")
+        async with self.transaction() as tx:
+            await tx.execute("DELETE FROM meta WHERE key IN (?, ?)", ("signing_key", _RESIDUAL))
+            await tx.execute("DELETE FROM outbox")
+            await _meta_set(tx, _REVOKED, line)
+        async with self._lock:
+            for sql in ("PRAGMA wal_checkpoint(TRUNCATE)", "VACUUM",
+                        "PRAGMA wal_checkpoint(TRUNCATE)"):
+                await _run(self._conn, sql)
+        self._key = None
+
     # -- model -------------------------------------------------------------------------------
 
     async def load_model(self) -> StoredModel | None:
@@ -317,6 +343,12 @@ def _create_private_file(path: Path) -> None:
     except OSError as exc:
         raise StateError(f"{path}: cannot create state file ({exc.strerror})",
                          reason="cannot_open") from None
+
+
+async def _run(db: aiosqlite.Connection, sql: str) -> None:
+    """One statement, its rows read and its cursor closed (VACUUM needs none open)."""
+    async with db.execute(sql) as cur:
+        await cur.fetchall()
 
 
 async def _meta_get(db: aiosqlite.Connection, key: str) -> Any:

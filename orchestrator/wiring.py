@@ -33,9 +33,11 @@ from orchestrator.convergence.sync_rounds import SyncRounds
 from orchestrator.devices.control import ControlLanes, Handler
 from orchestrator.devices.enrollment import EnrollHandler
 from orchestrator.devices.flood import FloodWatch
+from orchestrator.devices.logins import password_file, reload_broker
 from orchestrator.devices.registry import Registry
 from orchestrator.devices.replay_book import ReplayBook
 from orchestrator.devices.reports import EvalHandler, StatusHandler
+from orchestrator.devices.revocation import Revocations
 from orchestrator.devices.selection import (
     BasicSelection,
     OutstandingTasks,
@@ -152,6 +154,7 @@ async def assemble(o: Opened) -> Parts:
     standing = Standing(registry=r.registry, outstanding=outstanding, selection=selection,
                         reinstated=(r.guard, limiter), outbound=outbound, counters=o.counters)
     floods = await _flood_watch(o, r, limiter, standing)
+    revocations = _revocations(o, r.registry, outbound)
     stopper = Stopper(StoppingRules(cfg.stopping, r.stopping), fed=topics.fed, store=store,
                       head=r.head, registry=r.registry, outbound=outbound, clock=o.clock)
     evaluation = await _evaluation(cfg, r.start.arch.graphs["eval"], r.head, store, stopper,
@@ -169,7 +172,7 @@ async def assemble(o: Opened) -> Parts:
         buffer=r.buffer, outstanding=outstanding, cadence=r.cadence, outbound=outbound,
         aggregate_due=aggregate_due, counters=o.counters, metrics=o.metrics, clock=o.clock,
         group_batches=cfg.ingest.group_batches, queue_batches=cfg.ingest.queue_batches)
-    lanes = _lanes(o, r, outbound, selection, outstanding)
+    lanes = _lanes(o, r, outbound, selection, outstanding, revocations)
     views = OperatorViews(config=cfg, store=store, head=r.head, buffer=r.buffer,
                           outstanding=outstanding, metrics=o.metrics, clock=o.clock)
     desk = OperatorDesk(views, config=cfg, store=store, head=r.head, registry=r.registry,
@@ -188,7 +191,8 @@ async def assemble(o: Opened) -> Parts:
         ("control", lanes.run),
         ("aggregate", aggregator.run),
         ("publish", publication.run),
-        ("registry", RegistryWatch(r.registry, standing, o.clock).run),
+        ("registry", RegistryWatch(r.registry, standing, o.clock,
+                                   revocations=revocations).run),
         ("rollback", RollbackWatch(store, aggregator.rollback_requested, o.clock).run),
         ("housekeeping", Housekeeping(outstanding=outstanding, cadence=r.cadence,
                                       buffer=r.buffer, stopper=stopper,
@@ -212,8 +216,18 @@ async def _flood_watch(o: Opened, r: _Restored, limiter: RateLimiter,
     return floods
 
 
+def _revocations(o: Opened, registry: Registry, outbound: Outbound) -> Revocations:
+    """Control(revoke) to revoked devices, then their broker credential removed."""
+    cfg = o.config
+    return Revocations(registry=registry, store=o.store, outbound=outbound,
+                       passwords=password_file(cfg),
+                       reload=lambda: reload_broker(cfg),
+                       grace_s=cfg.federation.revoke_grace_s, clock=o.clock,
+                       counters=o.counters)
+
+
 def _lanes(o: Opened, r: _Restored, outbound: Outbound, selection: BasicSelection,
-           outstanding: OutstandingTasks) -> ControlLanes:
+           outstanding: OutstandingTasks, revocations: Revocations) -> ControlLanes:
     """The control lanes with their enroll, status (tasking) and eval handlers."""
     cfg, fed = o.config, o.config.federation
     fedeval = FederatedEvaluation(cfg.evaluation.federated_every,
@@ -228,7 +242,7 @@ def _lanes(o: Opened, r: _Restored, outbound: Outbound, selection: BasicSelectio
             outbound=outbound, counters=o.counters),
         UpKind.STATUS.value: StatusHandler(fed=fed.id, registry=r.registry, book=r.book,
                                            tasker=tasker, outbound=outbound,
-                                           counters=o.counters),
+                                           counters=o.counters, revocations=revocations),
         UpKind.EVAL.value: EvalHandler(fed=fed.id, registry=r.registry, book=r.book,
                                        head=r.head, fedeval=fedeval, store=o.store,
                                        counters=o.counters),

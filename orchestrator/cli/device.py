@@ -2,15 +2,18 @@
 
     fedmq device add ID --config FILE [-o BUNDLE] [--role device|operator]
     fedmq device approve ID --config FILE
-    fedmq device revoke ID --config FILE [--reason TEXT]
+    fedmq device revoke ID --config FILE [--reason TEXT] [--now]
     fedmq device list --config FILE [--json]
     fedmq device reinstate ID --config FILE [--reason TEXT]
 
 ``add`` writes the enrollment bundle (default ``ID.bundle.json``; ``-o -`` for stdout) with
-mode 0600 and adds the device's broker credential; ``revoke`` removes it. Both reload a running
-broker. ``reinstate`` makes a device that screening isolated active again. A running
-orchestrator notices every change within about a second. Every mistake is one line on stderr
-and a non-zero exit status: 2 for bad usage, 1 for failures.
+mode 0600 and adds the device's broker credential (reloading a running broker). ``revoke``
+disables the key at once and leaves the credential to the orchestrator, which removes it once
+the device has been told (``Control(revoke)``) and confirmed, or after
+``federation.revoke_grace_s``; ``--now`` removes it at once. ``reinstate`` makes a device that
+screening isolated active again. A running orchestrator notices every change within about a
+second. Every mistake is one line on stderr and a non-zero exit status: 2 for bad usage, 1 for
+failures.
 """
 
 from __future__ import annotations
@@ -64,6 +67,10 @@ def _parser() -> argparse.ArgumentParser:
         cmd.add_argument("--config", required=True, metavar="FILE")
         if name in ("revoke", "reinstate"):
             cmd.add_argument("--reason", default="", help="recorded in the audit log")
+        if name == "revoke":
+            cmd.add_argument("--now", action="store_true",
+                             help="remove the broker credential at once (the device is not "
+                                  "told; it only sees refused connections)")
 
     list_ = commands.add_parser("list", help="list devices")
     list_.add_argument("--config", required=True, metavar="FILE")
@@ -102,8 +109,16 @@ async def _approve(config: Config, args: argparse.Namespace) -> int:
 
 async def _revoke(config: Config, args: argparse.Namespace) -> int:
     async with _open_store(config) as store:
-        await revoke(store, config, args.device_id, reason=args.reason)
-    print(f"{PROG}: revoked {args.device_id!r}", file=sys.stderr)
+        await revoke(store, config, args.device_id, reason=args.reason, immediate=args.now)
+    if args.now:
+        print(f"{PROG}: revoked {args.device_id!r}; its key is refused and its broker "
+              "credential removed", file=sys.stderr)
+    else:
+        grace = config.federation.revoke_grace_s
+        print(f"{PROG}: revoked {args.device_id!r}; its key is refused now; the running "
+              f"orchestrator tells the device and removes its broker credential when it "
+              f"confirms or after {grace:g} s (at its next start if it is not running; "
+              "--now removes it at once)", file=sys.stderr)
     return 0
 
 

@@ -82,6 +82,9 @@ class FederationConfig:
     enrollment: Annotated[Enrollment, '"auto": enrolled keys are active; "manual": '
                           "each waits for `fedmq device approve`"] = "auto"
     heartbeat_s: Annotated[float, gt(0), "told to agents in the enrollment answer"] = 10.0
+    revoke_grace_s: Annotated[float, ge(0), "a revoked device's broker credential is removed "
+                              "when it confirms its Control(revoke), or this long after the "
+                              "order went out"] = 600.0
 
     @property
     def store_path(self) -> Path:

@@ -89,17 +89,26 @@ async def approve(store: Store, device_id: str, *, actor: str = "cli") -> Device
 
 
 async def revoke(store: Store, config: Config, device_id: str, *, actor: str = "cli",
-                 reason: str = "") -> Device:
-    """Disable the device's key and remove its broker credential (then reload the broker)."""
+                 reason: str = "", immediate: bool = False) -> Device:
+    """Disable the device's key (ingest refuses it from the next registry poll, about a
+    second). Its broker credential stays until the service has told the device
+    (``Control(revoke)``) and the device confirmed, or ``federation.revoke_grace_s`` passed
+    (see :mod:`orchestrator.devices.revocation`); with no service running that happens at its
+    next start. ``immediate``: remove the credential now (and reload the broker) — the device
+    is then never told and sees only refused connections."""
     device = await _existing(store, device_id)
     if device.status == "revoked":
         raise DeviceCommandError(f"device {device_id!r} is already revoked")
     await store.set_status(device_id, "revoked", audit=AuditEvent(
-        "revoked", actor, device=device_id, reason=reason or None))
-    passwords = _password_file(config)
-    if passwords is not None and passwords.exists():
-        passwords.remove(device_id)
-        reload_broker(config)
+        "revoked", actor, device=device_id, reason=reason or None,
+        detail={"credential": "removed" if immediate else "after_notice"}))
+    if immediate:
+        passwords = _password_file(config)
+        if passwords is not None and passwords.exists():
+            passwords.remove(device_id)
+            reload_broker(config)
+            await store.append_audit(AuditEvent("credential_removed", actor, device=device_id,
+                                                reason="immediate"))
     await bump_generation(store)
     return await _existing(store, device_id)
 

@@ -7,7 +7,9 @@ from __future__ import annotations
 import dataclasses
 import json
 from collections.abc import MutableMapping
-from typing import Any
+from typing import Any, Protocol
+
+from nacl.signing import VerifyKey
 
 from orchestrator.convergence.fedeval import FederatedEvaluation
 from orchestrator.devices.registry import Registry
@@ -22,7 +24,14 @@ from schemas.messages import EvalReport, Status
 from schemas.replay import Verdict
 from schemas.topics import DownKind
 
-__all__ = ["EvalHandler", "StatusHandler", "open_signed", "status_reason"]
+__all__ = ["EvalHandler", "RevocationReceipts", "StatusHandler", "open_signed",
+           "status_reason"]
+
+
+class RevocationReceipts(Protocol):
+    """Told when a revoked device confirms its revocation (see ``devices.revocation``)."""
+
+    async def confirmed(self, device: str) -> None: ...
 
 
 def status_reason(status: str) -> Reason:
@@ -53,15 +62,22 @@ class StatusHandler:
     with what :class:`~orchestrator.devices.tasking.Tasker` decides."""
 
     def __init__(self, *, fed: str, registry: Registry, book: ReplayBook, tasker: Tasker,
-                 outbound: Outbound, counters: MutableMapping[str, int]) -> None:
+                 outbound: Outbound, counters: MutableMapping[str, int],
+                 revocations: RevocationReceipts | None = None) -> None:
         self._fed = fed
         self._registry = registry
         self._book = book
         self._tasker = tasker
         self._outbound = outbound
         self._counters = counters
+        self._revocations = revocations
 
     async def handle(self, device_id: str, payload: bytes, received_ms: int) -> None:
+        view = self._registry.get(device_id)
+        if (self._revocations is not None and view is not None and view.status == "revoked"
+                and view.verify_key is not None):
+            await self._receipt(device_id, payload, received_ms, view.verify_key)
+            return
         opened, fresh = open_signed(payload, device_id, received_ms, fed=self._fed,
                                     registry=self._registry, book=self._book)
         if not fresh:
@@ -74,6 +90,21 @@ class StatusHandler:
         answer = await self._tasker.answer(device_id, status)
         if answer is not None:
             await self._outbound.send(device_id, DownKind.TASK, answer)
+
+
+    async def _receipt(self, device_id: str, payload: bytes, received_ms: int,
+                       key: VerifyKey) -> None:
+        """A revoked device's one useful word: a status signed with its (revoked) key saying
+        it is revoked confirms that ``Control(revoke)`` arrived. Anything else is refused."""
+        assert self._revocations is not None
+        opened = verify(payload, key)
+        check_header(opened.header, fed=self._fed, sender=device_id, now_ms=received_ms)
+        if self._book.classify(device_id, opened.header.seq) is Verdict.REPLAY:
+            raise FedmqError(Reason.REPLAY, f"seq {opened.header.seq}")
+        status = decode_body(opened, Status)
+        if status.reason != "revoked":
+            raise FedmqError(Reason.REVOKED, "device is revoked")
+        await self._revocations.confirmed(device_id)
 
 
 class EvalHandler:

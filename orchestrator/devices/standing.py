@@ -3,7 +3,8 @@
 Screening isolates a device (:meth:`Standing.isolated`); another process revokes, deletes or
 reinstates one, which :class:`RegistryWatch` notices by polling the registry generation about
 once a second (:meth:`Standing.changed`). Either way the device's outstanding task and its
-selection state are forgotten, and the device is told (``Control``).
+selection state are forgotten, and the device is told (``Control``); a revoked device is told
+by :class:`~orchestrator.devices.revocation.Revocations`, which each poll drives.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Protocol
 
 from orchestrator.clock import Clock
 from orchestrator.devices.registry import DeviceView, Registry
+from orchestrator.devices.revocation import Revocations
 from orchestrator.devices.selection import BasicSelection, OutstandingTasks
 from orchestrator.link.sender import Outbound
 from schemas.messages import Control, ControlAction
@@ -77,11 +79,14 @@ class RegistryWatch:
     """The ``registry`` task: picks up other processes' device changes."""
 
     def __init__(self, registry: Registry, standing: Standing, clock: Clock,
-                 interval_s: float = _POLL_S) -> None:
+                 interval_s: float = _POLL_S, *, revocations: Revocations | None = None) -> None:
+        """``revocations``: told on every poll (sends ``Control(revoke)``, removes the
+        credentials whose time has come)."""
         self._registry = registry
         self._standing = standing
         self._clock = clock
         self._interval_s = interval_s
+        self._revocations = revocations
 
     async def run(self) -> None:
         while True:
@@ -91,3 +96,5 @@ class RegistryWatch:
     async def poll(self) -> None:
         for before, after in await self._registry.refresh():
             await self._standing.changed(before, after)
+        if self._revocations is not None:
+            await self._revocations.sync()

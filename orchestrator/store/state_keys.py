@@ -45,6 +45,9 @@ class StateKey(StrEnum):
     FLOODED = "limits.flooded"
     """JSON ``{device: until_ms}``: senders isolated for flooding and when their cooldown
     ends (0: only an operator reinstates them)."""
+    REVOCATIONS = "revocations"
+    """JSON ``{device: {sent_ms, done}}``: when each revoked device's ``Control(revoke)`` was
+    published and whether its broker credential is gone (see ``devices.revocation``)."""
 
 
 class ServerState(Protocol):

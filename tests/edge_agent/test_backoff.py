@@ -110,3 +110,54 @@ async def test_session_keeps_retrying_when_the_broker_refuses_its_credentials(
     assert session.connections == 0
     assert "not authorized" in session.last_error.lower() or "bad user" in \
         session.last_error.lower(), session.last_error
+
+
+async def test_repeated_not_authorized_refusals_hold_back_to_the_long_interval(
+    broker: MosquittoBroker, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Three refusals as not authorized in a row, then only about every ``auth_retry_s``
+    (jittered in its upper half), with one error line — not a retry at full speed forever."""
+    sleep = RecordingSleep(limit=6)
+
+    async def ignore(topic: str, payload: bytes) -> None:
+        raise AssertionError("nothing can arrive")
+
+    address = BrokerAddress(broker.host, broker.port, "nobody", "wrong", "c-held")
+    session = Session(address, subscriptions=["a/#"], on_message=ignore, auth_retry_s=600.0,
+                      backoff=Backoff(0.1, 1.0, rng=random.Random(5), sleep=sleep))
+    runner = asyncio.create_task(session.run())
+    async with asyncio.timeout(20):
+        await sleep.enough.wait()
+    runner.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await runner
+    assert session.refused_credentials and session.auth_refusals >= 6
+    assert all(d <= 1.0 for d in sleep.delays[:2])
+    assert all(300.0 <= d <= 600.0 for d in sleep.delays[2:6])
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1 and "refused this device's credentials 3 times" in errors[0]
+    assert "revoked" in errors[0]
+
+
+def test_only_credential_refusals_count_as_not_authorized() -> None:
+    from aiomqtt.exceptions import MqttConnectError
+    from paho.mqtt.packettypes import PacketTypes
+    from paho.mqtt.reasoncodes import ReasonCode
+
+    from edge_agent.session import auth_refused
+
+    def v5(code: int) -> MqttConnectError:
+        return MqttConnectError(ReasonCode(PacketTypes.CONNACK, identifier=code))  # type: ignore[no-untyped-call]
+
+    assert all(auth_refused(v5(c)) for c in (0x86, 0x87, 0x8C))
+    assert not any(auth_refused(v5(c)) for c in (0x85, 0x88, 0x89, 0x97))  # id, busy, load
+    assert auth_refused(MqttConnectError(4)) and auth_refused(MqttConnectError(5))
+    assert not auth_refused(MqttConnectError(3))  # server unavailable
+
+
+async def test_hold_is_jittered_in_the_upper_half() -> None:
+    sleep = RecordingSleep()
+    backoff = Backoff(rng=random.Random(2), sleep=sleep)
+    for _ in range(50):
+        await backoff.hold(100.0)
+    assert all(50.0 <= d <= 100.0 for d in sleep.delays) and len(set(sleep.delays)) > 1

@@ -101,12 +101,17 @@ async def test_manual_policy_holds_the_key_until_approved(
         assert task.TYPE == "task"
 
 
-async def test_revoked_device_enroll_is_refused_and_its_credential_removed(
+async def test_revoke_marks_the_device_and_leaves_the_credential_to_the_service(
     orchestrator: Orchestrator, devices: Callable[..., Any], broker: MosquittoBroker,
 ) -> None:
+    """The credential stays until the service has told the device (see
+    test_service_revocation); ``immediate`` removes it at once."""
     dev = await devices(orchestrator, "dev-r")
     await revoke(orchestrator.store, orchestrator.config, "dev-r", reason="stolen")
-    assert "dev-r" not in broker.password_file.read_text()
+    assert "dev-r" in broker.password_file.read_text()
+    await devices(orchestrator, "dev-s")
+    await revoke(orchestrator.store, orchestrator.config, "dev-s", immediate=True)
+    assert "dev-s" not in broker.password_file.read_text()
     await broker.reload()
     stored = await orchestrator.store.get_device("dev-r")
     assert stored is not None and stored.status == "revoked"

@@ -310,7 +310,7 @@ async def test_valid_signature_from_a_revoked_key_is_refused(
 async def test_revoked_device_cannot_connect(arena: Arena) -> None:
     from orchestrator.devices.commands import revoke
 
-    await revoke(arena.orch.store, arena.orch.config, "dev-victim")
+    await revoke(arena.orch.store, arena.orch.config, "dev-victim", immediate=True)
     await arena.broker.reload()
     with pytest.raises(aiomqtt.MqttError):
         async with arena.raw_client(arena.victim):

@@ -90,6 +90,8 @@ class SimDevice:
         assert self._client is not None
         async for message in self._client.messages:
             kind = str(message.topic).rsplit("/", 1)[-1]
+            if not message.payload:  # a retained message cleared (a revocation's order)
+                continue
             opened = verify(bytes(message.payload), self.orch_key)  # type: ignore[arg-type]
             check_header(opened.header, fed=self.bundle.fed, sender="orchestrator",
                          now_ms=int(time.time() * 1000), recipient=self.id)

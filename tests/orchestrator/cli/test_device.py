@@ -124,8 +124,9 @@ async def test_approve_revoke_and_list(
 
     assert await _connects(broker, bundle)
     reloads = broker.log_text().count("Reloading config.")
-    code, _, err = await _cli(capsys, "revoke", "d", "--config", str(config), "--reason", "lost")
-    assert code == 0
+    code, _, err = await _cli(capsys, "revoke", "d", "--config", str(config), "--reason", "lost",
+                              "--now")
+    assert code == 0 and "credential removed" in err and err.count("\n") == 1
     assert "d" not in PasswordFile(broker.password_file).users()
     await _reloaded(broker, reloads)
     assert not await _connects(broker, bundle)
@@ -137,6 +138,21 @@ async def test_approve_revoke_and_list(
     assert code == 1 and "already revoked" in err
     code, _, err = await _cli(capsys, "revoke", "nobody", "--config", str(config))
     assert code == 1 and err == "fedmq device: error: no device 'nobody'\n"
+
+
+async def test_revoke_leaves_the_credential_to_the_orchestrator_and_says_so(
+    tmp_path: Path, broker: MosquittoBroker, capsys: pytest.CaptureFixture[str],
+) -> None:
+    config = _write_config(tmp_path, broker)
+    assert (await _cli(capsys, "add", "e", "--config", str(config), "-o",
+                       str(tmp_path / "e.json")))[0] == 0
+    code, _, err = await _cli(capsys, "revoke", "e", "--config", str(config))
+    assert code == 0 and err.count("\n") == 1
+    assert "its key is refused now" in err and "after 600 s" in err and "--now" in err
+    assert "e" in PasswordFile(broker.password_file).users()
+    async with Store.open(tmp_path / "state" / "orchestrator.db") as store:
+        (row,) = await store.list_audit(device="e", event="revoked")
+    assert row.detail == {"credential": "after_notice"}
 
 
 @pytest.mark.parametrize(("argv", "needle"), [
