@@ -22,6 +22,7 @@ from .config import AgentConfig
 from .data import LocalData, load_local_data
 from .errors import AgentError, ConfigError
 from .probes import DeviceProbe, SimulatedProbe, SysfsProbe
+from .tls import tls_context
 
 EXIT_OK, EXIT_ENDED, EXIT_USAGE = 0, 1, 2
 
@@ -102,12 +103,10 @@ def _prepare(
                          ack_timeout_s=args.ack_timeout, device_class=args.device_class,
                          seed=args.seed, exit_on_revoke=True)
     state_path = args.state or args.bundle.with_name(f"{bundle.device_id}.agent.db")
-    tls = None
-    if bundle.tls:
-        try:
-            tls = ssl.create_default_context(cafile=bundle.ca_file or None)
-        except (OSError, ssl.SSLError) as exc:
-            raise ConfigError(f"cannot load CA file {bundle.ca_file!r}: {exc}") from None
+    try:
+        tls = tls_context(bundle, state_path)
+    except ConfigError as exc:
+        raise ConfigError(f"bad bundle {args.bundle}: {exc}") from None
     return bundle, data, config, state_path, tls
 
 
