@@ -8,6 +8,7 @@ agent's state file, where they stay as the device's copy of its credential.
 from __future__ import annotations
 
 import os
+import re
 import ssl
 from pathlib import Path
 
@@ -66,8 +67,9 @@ def _trusting(bundle: Bundle) -> ssl.SSLContext:
 
 def _why(exc: Exception) -> str:
     if isinstance(exc, ssl.SSLError) and exc.reason:
-        return exc.reason.lower().replace("_", " ")
-    return getattr(exc, "strerror", None) or str(exc)
+        return str(exc.reason).lower().replace("_", " ")
+    text = getattr(exc, "strerror", None) or str(exc)
+    return re.sub(r" \(_ssl\.c:\d+\)$", "", text)
 
 
 def _write_private(path: Path, text: str) -> None:

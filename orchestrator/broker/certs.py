@@ -10,6 +10,7 @@ username the ACL's ``%u`` patterns see.
 from __future__ import annotations
 
 import os
+import re
 import secrets
 import shutil
 import ssl
@@ -70,15 +71,19 @@ def issue_client_certificate(common_name: str, *, ca_file: Path, ca_key_file: Pa
         ext.write_text(_CLIENT_EXT)
         _openssl("make a key", "req", "-new", *_EC_KEY, "-keyout", str(key), "-out", str(csr),
                  "-subj", f"/CN={common_name}")
-        _openssl(f"sign with the CA key {ca_key_file}", "x509", "-req", "-in", str(csr),
-                 "-CA", str(ca_file), "-CAkey", str(ca_key_file),
-                 "-set_serial", f"0x{secrets.token_hex(16)}", "-days", str(days),
-                 "-extfile", str(ext), "-out", str(crt))
+        mismatch = BrokerError(f"the CA key {ca_key_file} does not belong to the CA "
+                               f"certificate {ca_file}")
         try:
+            _openssl(f"sign with the CA key {ca_key_file}", "x509", "-req", "-in", str(csr),
+                     "-CA", str(ca_file), "-CAkey", str(ca_key_file),
+                     "-set_serial", f"0x{secrets.token_hex(16)}", "-days", str(days),
+                     "-extfile", str(ext), "-out", str(crt))
+        except BrokerError as exc:
+            raise (mismatch if "key values mismatch" in str(exc) else exc) from None
+        try:  # older openssl signs with any key: the certificate must chain to ca_file
             _openssl("verify", "verify", "-CAfile", str(ca_file), str(crt))
         except BrokerError:
-            raise BrokerError(f"the CA key {ca_key_file} does not belong to the CA "
-                              f"certificate {ca_file}") from None
+            raise mismatch from None
         return ClientCertificate(crt.read_text(encoding="ascii"),
                                  key.read_text(encoding="ascii"))
 
@@ -131,7 +136,17 @@ def _openssl(what: str, *args: str) -> None:
                        timeout=60)
     except subprocess.CalledProcessError as exc:
         lines = [ln for ln in (exc.stderr or "").splitlines() if ln.strip()]
-        detail = lines[-1] if lines else f"exit status {exc.returncode}"
+        detail = _reason(lines[-1]) if lines else f"exit status {exc.returncode}"
         raise BrokerError(f"openssl could not {what}: {detail}") from None
     except subprocess.TimeoutExpired:
         raise BrokerError(f"openssl could not {what}: timed out") from None
+
+
+_OPENSSL_ERROR = re.compile(r"^[0-9A-F]+:error:[0-9A-F]+:[^:]*:[^:]*:([^:]+)")
+
+
+def _reason(line: str) -> str:
+    """OpenSSL 3's ``40C7…:error:05800074:x509 certificate routines:FUNC:reason:file:line``
+    reduced to its reason; other lines as they are."""
+    m = _OPENSSL_ERROR.match(line)
+    return m[1] if m else line.strip()
