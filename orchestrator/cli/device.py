@@ -7,10 +7,12 @@
     fedmq device reinstate ID --config FILE [--reason TEXT]
 
 ``add`` writes the enrollment bundle (default ``ID.bundle.json``; ``-o -`` for stdout) with
-mode 0600 and adds the device's broker credential; ``revoke`` removes it. Both reload a running
-broker. ``reinstate`` makes a device that screening isolated active again. A running
-orchestrator notices every change within about a second. Every mistake is one line on stderr
-and a non-zero exit status: 2 for bad usage, 1 for failures.
+mode 0600 and adds the device's broker credential (with TLS the bundle embeds the CA
+certificate, and in client-certificate mode a certificate and key issued for the device);
+``revoke`` removes it. Both reload a running broker. ``reinstate`` makes a device that
+screening isolated active again. A running orchestrator notices every change within about a
+second. Every mistake is one line on stderr and a non-zero exit status: 2 for bad usage, 1
+for failures.
 """
 
 from __future__ import annotations
