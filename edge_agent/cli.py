@@ -24,6 +24,7 @@ from .config import AgentConfig
 from .data import LocalData, load_local_data
 from .errors import AgentError, ConfigError, RevokedError
 from .probes import DeviceProbe, SimulatedProbe, SysfsProbe
+from .tls import tls_context
 from .tombstone import Tombstone, tombstone_path
 
 EXIT_OK, EXIT_ENDED, EXIT_USAGE = 0, 1, 2
@@ -117,12 +118,10 @@ def _prepare(
     config = AgentConfig(holdout=args.holdout, heartbeat_s=args.heartbeat,
                          ack_timeout_s=args.ack_timeout, device_class=args.device_class,
                          seed=args.seed, exit_on_revoke=True)
-    tls = None
-    if bundle.tls:
-        try:
-            tls = ssl.create_default_context(cafile=bundle.ca_file or None)
-        except (OSError, ssl.SSLError) as exc:
-            raise ConfigError(f"cannot load CA file {bundle.ca_file!r}: {exc}") from None
+    try:
+        tls = tls_context(bundle, state_path)
+    except ConfigError as exc:
+        raise ConfigError(f"bad bundle {args.bundle}: {exc}") from None
     return bundle, data, config, state_path, tls
 
 

@@ -30,6 +30,7 @@ from edge_agent.probes import (
     intervals,
     periodic,
 )
+from edge_agent.tls import tls_context
 from orchestrator.config import Config
 from orchestrator.convergence.datasets import (
     Dataset,
@@ -199,8 +200,9 @@ class Fleet:
                 config = replace(self._base, device_class=sim.device_class,
                                  seed=self._spec.seed * 10_000 + i,
                                  simulated_step_ms=sim.step_ms / self._spec.time_scale)
-                agent = Agent(bundle, data, self._workdir / f"{bundle.device_id}.db",
-                              config=config, probe=probe)
+                state = self._workdir / f"{bundle.device_id}.db"
+                agent = Agent(bundle, data, state, config=config, probe=probe,
+                              tls_context=tls_context(bundle, state))
                 await self._stack.enter_async_context(agent)
                 self.agents.append(agent)
                 self.probes.append(probe)

@@ -24,6 +24,7 @@ import logging
 import random
 from collections import Counter
 from collections.abc import Callable
+from pathlib import Path
 from types import TracebackType
 from typing import Literal
 
@@ -31,6 +32,7 @@ import aiomqtt
 from nacl.signing import SigningKey
 
 from orchestrator.broker import ORCHESTRATOR_USER, MosquittoBroker
+from orchestrator.broker.certs import ensure_client_certificate
 from orchestrator.broker.embedded import embedded_broker
 from orchestrator.clock import Clock, SystemClock
 from orchestrator.config import Config
@@ -261,12 +263,13 @@ class Orchestrator:
             host, port = cfg.broker.host, cfg.broker.port
             username, password = cfg.broker.username, cfg.broker.password
         topics = Topics(cfg.federation.id)
+        cert_file, key_file = await asyncio.to_thread(_own_certificate, cfg)
         return MqttSettings(
             host=host, port=port, username=username, password=password,
             client_id=topics.orchestrator_client_id,
             subscriptions=[topics.up_all, topics.ops_requests], tls=cfg.broker.tls,
-            ca_file=cfg.broker.ca_file, keepalive_s=cfg.broker.keepalive_s,
-            session_expiry_s=cfg.broker.session_expiry_s)
+            ca_file=cfg.broker.ca_file, cert_file=cert_file, key_file=key_file,
+            keepalive_s=cfg.broker.keepalive_s, session_expiry_s=cfg.broker.session_expiry_s)
 
     async def _wait_connected(self, link: MqttLink) -> None:
         assert self._runner is not None
@@ -307,3 +310,16 @@ def _ingest_policy(cfg: Config) -> IngestPolicy:
         max_staleness=cfg.aggregation.max_staleness,
         max_update_norm=cfg.aggregation.max_update_norm,
     )
+
+
+def _own_certificate(cfg: Config) -> tuple[Path | None, Path | None]:
+    """Our client certificate and key when the broker requires one: the configured pair, or
+    one issued (once) into ``data_dir/tls`` with the CN of our broker account."""
+    b = cfg.broker
+    if not b.client_certificates:
+        return None, None
+    if b.cert_file is not None:
+        return b.cert_file, b.key_file
+    assert b.ca_file is not None and b.ca_key_file is not None  # the config checks both
+    return ensure_client_certificate(cfg.federation.tls_dir, b.username, ca_file=b.ca_file,
+                                     ca_key_file=b.ca_key_file, days=b.client_cert_days)

@@ -1,6 +1,9 @@
 """The enrollment bundle: everything a device needs for its first boot, as one JSON document.
 
-Written by ``fedmq device add`` (mode 0600) and read by ``fedmq agent run --bundle``.
+Written by ``fedmq device add`` (mode 0600) and read by ``fedmq agent run --bundle``. With
+TLS it carries the CA certificate itself (PEM), and with a broker that requires client
+certificates also the device's own certificate and private key (PEM), so the file alone is
+enough to connect: it is a secret.
 """
 
 from __future__ import annotations
@@ -30,8 +33,17 @@ class Bundle:
     """Hex one-time secret; the device MACs its new public key with it."""
     tls: bool = False
     ca_file: str = ""
+    """Legacy (older bundles): a path to the CA file on the device. New bundles embed
+    ``ca_pem`` instead and leave this empty."""
     role: str = "device"
     format: int = BUNDLE_FORMAT
+    ca_pem: str = ""
+    """The CA certificate(s) that signed the broker's certificate (PEM)."""
+    client_cert_pem: str = ""
+    """The device's client certificate (PEM; CN = ``mqtt_username``), for a broker that
+    requires one; empty otherwise."""
+    client_key_pem: str = ""
+    """The private key of ``client_cert_pem`` (PEM)."""
 
     def __post_init__(self) -> None:
         # JSON gives any type: "tls": "false" would be truthy, "broker_port": true would be 1
@@ -49,6 +61,20 @@ class Bundle:
             raise ValueError("enroll_secret must be 32 bytes of hex")
         if self.role not in ("device", "operator"):
             raise ValueError(f"role must be device or operator, not {self.role!r}")
+        self._check_tls()
+
+    def _check_tls(self) -> None:
+        if self.ca_pem and _CERT_BEGIN not in self.ca_pem:
+            raise ValueError("ca_pem must hold a PEM certificate")
+        if bool(self.client_cert_pem) != bool(self.client_key_pem):
+            raise ValueError("client_cert_pem and client_key_pem go together")
+        if self.client_cert_pem:
+            if not self.tls:
+                raise ValueError("a client certificate needs tls = true")
+            if _CERT_BEGIN not in self.client_cert_pem:
+                raise ValueError("client_cert_pem must hold a PEM certificate")
+            if "PRIVATE KEY-----" not in self.client_key_pem:
+                raise ValueError("client_key_pem must hold a PEM private key")
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2) + "\n"
@@ -77,5 +103,7 @@ class Bundle:
 _FIELD_KINDS: dict[str, type] = {
     "device_id": str, "fed": str, "broker_host": str, "broker_port": int, "mqtt_username": str,
     "mqtt_password": str, "orchestrator_key": str, "enroll_secret": str, "tls": bool,
-    "ca_file": str, "role": str, "format": int,
+    "ca_file": str, "role": str, "format": int, "ca_pem": str, "client_cert_pem": str,
+    "client_key_pem": str,
 }
+_CERT_BEGIN = "-----BEGIN CERTIFICATE-----"

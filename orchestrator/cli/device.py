@@ -7,7 +7,9 @@
     fedmq device reinstate ID --config FILE [--reason TEXT]
 
 ``add`` writes the enrollment bundle (default ``ID.bundle.json``; ``-o -`` for stdout) with
-mode 0600 and adds the device's broker credential (reloading a running broker). ``revoke``
+mode 0600 and adds the device's broker credential (reloading a running broker; with TLS the
+bundle embeds the CA certificate, and in client-certificate mode a certificate and key issued
+for the device). ``revoke``
 disables the key at once and leaves the credential to the orchestrator, which removes it once
 the device has been told (``Control(revoke)``) and confirmed, or after
 ``federation.revoke_grace_s``; ``--now`` removes it at once. ``reinstate`` makes a device that

@@ -103,6 +103,7 @@ def _broker(b: dict[str, Any]) -> BrokerConfig:
         raise ConfigError("broker.password: required when broker.embedded = false")
     if broker.ca_file is not None and not broker.tls:
         raise ConfigError("broker.ca_file: set broker.tls = true to use a CA file")
+    _client_certificates(broker)
     if broker.embedded and broker.host not in _LOOPBACK:
         raise ConfigError(f"broker.host: an embedded broker listens on loopback only, "
                           f"got {broker.host!r}")
@@ -116,6 +117,26 @@ def _limits(raw: dict[str, Any], ingest: IngestConfig) -> LimitsConfig:
         raise ConfigError(f"limits.bytes_burst: must be >= ingest.max_update_bytes "
                           f"({ingest.max_update_bytes}), got {limits.bytes_burst}")
     return limits
+
+
+def _client_certificates(broker: BrokerConfig) -> None:
+    if not broker.client_certificates:
+        for key in ("ca_key_file", "cert_file", "key_file"):
+            if getattr(broker, key) is not None:
+                raise ConfigError(f"broker.{key}: set broker.client_certificates = true to "
+                                  "use it")
+        return
+    if not broker.tls or broker.embedded:
+        raise ConfigError("broker.client_certificates: needs broker.tls = true and an "
+                          "external broker (embedded = false)")
+    if broker.ca_file is None:
+        raise ConfigError("broker.client_certificates: needs broker.ca_file (the CA that "
+                          "signs the client certificates)")
+    if broker.ca_key_file is None:
+        raise ConfigError("broker.client_certificates: needs broker.ca_key_file (the CA key "
+                          "that signs the devices' certificates)")
+    if (broker.cert_file is None) != (broker.key_file is None):
+        raise ConfigError("broker.cert_file: give broker.key_file with it (or neither)")
 
 
 def _aggregation(a: dict[str, Any]) -> AggregationConfig:

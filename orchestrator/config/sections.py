@@ -98,6 +98,11 @@ class FederationConfig:
     def broker_dir(self) -> Path:
         return self.data_dir / "broker"
 
+    @property
+    def tls_dir(self) -> Path:
+        """Our own client certificate, when the broker requires one and none is configured."""
+        return self.data_dir / "tls"
+
 
 @dataclass(frozen=True)
 class BrokerConfig:
@@ -119,7 +124,16 @@ class BrokerConfig:
                         "changes"] = None
     tls: Annotated[bool, "connect with TLS"] = False
     ca_file: Annotated[Path | None, "the CA that signed the broker's certificate (needs "
-                       "tls)"] = None
+                       "tls); `device add` embeds it in bundles"] = None
+    client_certificates: Annotated[bool, "the broker requires client certificates (prod.conf's "
+                                   "variant): `device add` issues one per device"] = False
+    ca_key_file: Annotated[Path | None, "the key of ca_file, which signs the client "
+                           "certificates (needs client_certificates)"] = None
+    cert_file: Annotated[Path | None, "our own client certificate (default: issued at start "
+                         "into data_dir/tls/)"] = None
+    key_file: Annotated[Path | None, "the key of cert_file"] = None
+    client_cert_days: Annotated[int, gt(0), "validity of the client certificates we issue"] = (
+        825)
     max_message_bytes: Annotated[int, ge(2048), "larger model messages go out as chunks"] = (
         8 * _MiB - 64 * 1024)
     keepalive_s: Annotated[int, gt(0), "MQTT keepalive"] = 30

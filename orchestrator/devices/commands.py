@@ -6,11 +6,14 @@ which notices through the registry generation (see :mod:`orchestrator.devices.re
 
 from __future__ import annotations
 
+import asyncio
 import os
 import secrets
+from dataclasses import dataclass
 from pathlib import Path
 
-from orchestrator.broker import generate_password
+from orchestrator.broker import BrokerError, generate_password
+from orchestrator.broker.certs import issue_client_certificate, read_ca_pem
 from orchestrator.config import Config
 from orchestrator.devices.logins import password_file as _password_file
 from orchestrator.devices.logins import reload_broker, restore_login
@@ -49,6 +52,7 @@ async def provision(
     its bundle. Refuses an existing id."""
     if await store.get_device(device_id) is not None:
         raise DeviceCommandError(f"device {device_id!r} already exists")
+    tls = await asyncio.to_thread(_bundle_tls, config, device_id)  # before anything is stored
     secret = secrets.token_bytes(ENROLL_SECRET_BYTES)
     password = generate_password()
     passwords = _password_file(config)
@@ -68,9 +72,39 @@ async def provision(
         broker_host=broker.advertised_host or broker.host,
         broker_port=broker.advertised_port or broker.port,
         mqtt_username=device_id, mqtt_password=password, orchestrator_key=orchestrator_key,
-        enroll_secret=secret.hex(), tls=broker.tls,
-        ca_file=str(broker.ca_file) if broker.ca_file else "", role=role,
+        enroll_secret=secret.hex(), tls=broker.tls, role=role, ca_pem=tls.ca_pem,
+        client_cert_pem=tls.cert_pem, client_key_pem=tls.key_pem,
     )
+
+
+@dataclass(frozen=True, slots=True)
+class _BundleTls:
+    ca_pem: str = ""
+    cert_pem: str = ""
+    key_pem: str = ""
+
+
+def _bundle_tls(config: Config, username: str) -> _BundleTls:
+    """The TLS material a new bundle embeds: the CA certificate itself (never a path on
+    this host) and, when the broker requires client certificates, a fresh certificate
+    (CN = the device's MQTT username) and key. Blocking (file reads, openssl)."""
+    broker = config.broker
+    if not broker.tls:
+        return _BundleTls()
+    if broker.ca_file is None:
+        raise DeviceCommandError("broker.tls is on but broker.ca_file is not set: a bundle "
+                                 "must carry the CA that signed the broker's certificate")
+    try:
+        ca_pem = read_ca_pem(broker.ca_file)
+        if not broker.client_certificates:
+            return _BundleTls(ca_pem)
+        assert broker.ca_key_file is not None  # the config checks it
+        issued = issue_client_certificate(username, ca_file=broker.ca_file,
+                                          ca_key_file=broker.ca_key_file,
+                                          days=broker.client_cert_days)
+    except BrokerError as exc:
+        raise DeviceCommandError(str(exc)) from None
+    return _BundleTls(ca_pem, issued.cert_pem, issued.key_pem)
 
 
 async def approve(store: Store, device_id: str, *, actor: str = "cli") -> Device:

@@ -77,6 +77,9 @@ class MqttSettings:
     subscriptions: Sequence[str]
     tls: bool = False
     ca_file: Path | None = None
+    cert_file: Path | None = None
+    """Our client certificate (and ``key_file``), for a broker that requires one."""
+    key_file: Path | None = None
     keepalive_s: int = 30
     session_expiry_s: int = 7 * 24 * 3600
     publish_timeout_s: float = 30.0
@@ -164,10 +167,7 @@ class MqttLink:
         properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         properties.SessionExpiryInterval = s.session_expiry_s
         properties.ReceiveMaximum = s.receive_maximum
-        tls_context = None
-        if s.tls:
-            tls_context = await asyncio.to_thread(
-                ssl.create_default_context, cafile=str(s.ca_file) if s.ca_file else None)
+        tls_context = await asyncio.to_thread(_tls_context, s) if s.tls else None
         client = aiomqtt.Client(
             s.host, s.port, username=s.username, password=s.password, identifier=s.client_id,
             protocol=aiomqtt.ProtocolVersion.V5, clean_start=False, properties=properties,
@@ -197,3 +197,10 @@ class MqttLink:
             finally:
                 self._client = None
                 self._connected.clear()
+
+
+def _tls_context(s: MqttSettings) -> ssl.SSLContext:
+    context = ssl.create_default_context(cafile=str(s.ca_file) if s.ca_file else None)
+    if s.cert_file is not None:
+        context.load_cert_chain(s.cert_file, s.key_file)
+    return context

@@ -35,6 +35,8 @@ from nacl.signing import SigningKey, VerifyKey
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from orchestrator.broker import BrokerError
+from orchestrator.broker.certs import client_context
 from orchestrator.devices.commands import write_private
 from orchestrator.errors import OrchestratorError
 from orchestrator.link.mqtt import publish_keeping_cancellation
@@ -172,10 +174,7 @@ class OperatorClient:
         self._identity = await asyncio.to_thread(_load_identity, self._identity_file,
                                                  self.operator)
         b = self.bundle
-        tls_context = None
-        if b.tls:
-            tls_context = await asyncio.to_thread(
-                ssl.create_default_context, cafile=b.ca_file or None)
+        tls_context = await asyncio.to_thread(_tls_context, b) if b.tls else None
         client = aiomqtt.Client(
             b.broker_host, b.broker_port, username=b.mqtt_username, password=b.mqtt_password,
             identifier=f"{self.operator}-ops-{uuid.uuid4().hex[:8]}",
@@ -357,3 +356,13 @@ class OperatorClient:
                 future.set_result(response)
         elif topic == self._topics.down(self.operator, DownKind.ENROLLED):
             self._enrolled.put_nowait(decode_body(opened, Enrolled))
+
+
+def _tls_context(b: Bundle) -> ssl.SSLContext:
+    """Trust the bundle's CA (a legacy bundle: its CA file), present its certificate."""
+    if not b.ca_pem:
+        return ssl.create_default_context(cafile=b.ca_file or None)
+    try:
+        return client_context(b.ca_pem, b.client_cert_pem, b.client_key_pem)
+    except BrokerError as exc:
+        raise OpsClientError(f"the bundle's TLS material: {exc}") from None

@@ -20,6 +20,9 @@ _JSON = st.recursive(
     max_leaves=6,
 )
 
+_CERT = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
+_KEY = "-----BEGIN PRIVATE KEY-----\nMIGH\n-----END PRIVATE KEY-----\n"
+
 
 def _bundle(**kw: Any) -> Bundle:
     fields: dict[str, Any] = {
@@ -28,6 +31,11 @@ def _bundle(**kw: Any) -> Bundle:
         "enroll_secret": "cd" * 32}
     fields.update(kw)
     return Bundle(**fields)
+
+
+def test_tls_material_round_trips() -> None:
+    bundle = _bundle(tls=True, ca_pem=_CERT, client_cert_pem=_CERT, client_key_pem=_KEY)
+    assert Bundle.from_json(bundle.to_json()) == bundle
 
 
 @settings(max_examples=60, deadline=None)
@@ -55,6 +63,13 @@ def test_bundle_json_round_trips(device_id: str, fed: str, port: int, password: 
         ({"role": "admin"}, "role must be device or operator"),
         ({"mqtt_password": None}, "mqtt_password must be of type str"),
         ({"surprise": 1}, "unexpected keyword argument 'surprise'"),
+        ({"ca_pem": "/etc/ca.crt"}, "ca_pem must hold a PEM certificate"),
+        ({"tls": True, "client_cert_pem": _CERT}, "go together"),
+        ({"client_cert_pem": _CERT, "client_key_pem": _KEY}, "needs tls = true"),
+        ({"tls": True, "client_cert_pem": _KEY, "client_key_pem": _KEY},
+         "client_cert_pem must hold a PEM certificate"),
+        ({"tls": True, "client_cert_pem": _CERT, "client_key_pem": _CERT},
+         "client_key_pem must hold a PEM private key"),
     ],
 )
 def test_bad_bundles_are_validation_errors(change: dict[str, Any], match: str) -> None:

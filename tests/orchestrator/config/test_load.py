@@ -15,6 +15,9 @@ BASE: dict[str, Any] = {
     "model": {"kind": "softmax", "n_features": 4, "n_classes": 3},
 }
 
+_EXTERNAL_TLS: dict[str, Any] = {"embedded": False, "password": "pw", "tls": True,
+                                 "ca_file": "ca.crt"}
+
 
 def _with(**sections: dict[str, Any]) -> dict[str, Any]:
     data = {k: dict(v) for k, v in BASE.items()}
@@ -33,6 +36,13 @@ def test_defaults(tmp_path: Path) -> None:
     assert config.training.codec_spec.codec.value == "topk"
     assert config.training.codec_spec.topk_fraction == 0.05
     assert not config.stopping.enabled
+
+
+def test_client_certificate_mode(tmp_path: Path) -> None:
+    config = parse_config(_with(broker={**_EXTERNAL_TLS, "client_certificates": True,
+                                        "ca_key_file": "ca.key"}), base_dir=tmp_path)
+    assert config.broker.ca_key_file == tmp_path / "ca.key"
+    assert config.broker.cert_file is None and config.federation.tls_dir == tmp_path / "data/tls"
 
 
 def test_the_example_file_is_valid() -> None:
@@ -61,6 +71,19 @@ def test_the_example_file_is_valid() -> None:
     ({"aggregation": {"quorum": 99}}, "aggregation.quorum: must be <= selection.concurrency"),
     ({"aggregation": {"max_per_version": 5}}, "aggregation.max_per_version: must be >= "),
     ({"surprise": {"x": 1}}, "[surprise]: unknown section"),
+    ({"broker": {**_EXTERNAL_TLS, "client_certificates": True}},
+     "broker.client_certificates: needs broker.ca_key_file"),
+    ({"broker": {"embedded": False, "password": "pw", "tls": True,
+                 "client_certificates": True}}, "broker.client_certificates: needs broker.ca_file"),
+    ({"broker": {"embedded": False, "password": "pw", "client_certificates": True,
+                 "ca_key_file": "ca.key"}}, "broker.client_certificates: needs broker.tls"),
+    ({"broker": {"client_certificates": True, "tls": True, "ca_file": "ca.crt",
+                 "ca_key_file": "ca.key"}}, "broker.client_certificates: needs broker.tls = "
+     "true and an external broker"),
+    ({"broker": {**_EXTERNAL_TLS, "ca_key_file": "ca.key"}},
+     "broker.ca_key_file: set broker.client_certificates = true"),
+    ({"broker": {**_EXTERNAL_TLS, "client_certificates": True, "ca_key_file": "ca.key",
+                 "cert_file": "o.crt"}}, "broker.cert_file: give broker.key_file with it"),
 ])
 def test_mistakes_name_the_key(tmp_path: Path, sections: dict[str, Any], message: str) -> None:
     with pytest.raises(ConfigError) as caught:
