@@ -79,8 +79,14 @@ async def test_a_second_orchestrator_fails_on_the_lock_and_spares_the_first(
 
         second = await start_service(config, second_log)
         assert second.stdout is not None
-        assert await second.stdout.read() == b""  # never ready
-        assert await second.wait() == 1
+        try:
+            async with asyncio.timeout(60):  # a bound, not a measurement
+                assert await second.stdout.readline() == b"", tail(second_log)  # never ready
+                assert await second.wait() == 1
+        finally:
+            if second.returncode is None:
+                second.kill()
+                await second.wait()
         data = config.parent / "data"
         assert second_log.read_text().splitlines() == [
             f"fedmq orchestrator: error: data_dir {data} is in use by another orchestrator "
