@@ -1,7 +1,8 @@
 """One ``fedmq orchestrator run`` per data_dir, with the embedded broker, as real processes: a
 second one fails on the lock with one line and leaves the first's broker alone; the broker a
 SIGKILLed orchestrator left behind is stopped by the next one; a pid file naming an unrelated
-process is not acted on. Reading the store beside a running service still works."""
+process is not acted on. Reading the store beside a running service still works. In one
+process, a second ``Orchestrator`` on a data_dir in use is refused the same way."""
 
 from __future__ import annotations
 
@@ -11,13 +12,15 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from orchestrator.broker import pick_free_port, read_pid_file
-from orchestrator.data_lock import LOCK_NAME
+from orchestrator.config import Config
+from orchestrator.data_lock import LOCK_NAME, DataDirLock, DataDirLockedError
+from orchestrator.service import Orchestrator
 from tests.support.service_config import FED, MODEL
 from tests.support.service_process import service, start_service, tail, wait_ready
 
@@ -138,3 +141,18 @@ async def test_a_pid_file_naming_an_unrelated_process_is_left_alone(
         # process would show here
         assert unrelated.poll() is None
     assert f"names pid {unrelated.pid}, which is not our broker" in log.read_text()
+
+
+async def test_in_one_process_a_second_service_is_refused_and_the_first_keeps_its_lock(
+    orchestrator: Orchestrator, make_config: Callable[..., Config],
+) -> None:
+    data = orchestrator.config.federation.data_dir
+    with pytest.raises(DataDirLockedError) as caught:
+        async with Orchestrator(make_config(), store_synchronous="NORMAL"):
+            pass
+    assert caught.value.data_dir == data and caught.value.pid == os.getpid()
+    # the refused one released nothing of the first's: a third is refused the same way
+    with pytest.raises(DataDirLockedError):
+        DataDirLock(data).acquire()
+    async with asyncio.timeout(20):  # and the first still serves
+        await orchestrator.wait_for_version(0, published=True)
