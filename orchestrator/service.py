@@ -13,7 +13,10 @@ processes' device changes), ``rollback`` (requests from ``fedmq model rollback``
 ``housekeeping`` (deadlines, the wall-clock stopping rule), ``ops`` (operator requests and
 the fleet summary) and ``flood`` (rate-limit refusals audited, flooders isolated). One
 shutdown path: setting the shutdown event (injectable) unwinds the TaskGroup; leaving the
-context closes what was opened, in reverse.
+context closes what was opened, in reverse. The first thing opened (and so the last released)
+is the ``data_dir`` lock (:mod:`orchestrator.data_lock`): a second service on the same
+``data_dir`` fails with :class:`~orchestrator.data_lock.DataDirLockedError` before it touches
+the key, the store or the broker.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from orchestrator.broker.certs import ensure_client_certificate
 from orchestrator.broker.embedded import embedded_broker
 from orchestrator.clock import Clock, SystemClock
 from orchestrator.config import Config
+from orchestrator.data_lock import DataDirLock
 from orchestrator.devices.registry import Registry
 from orchestrator.errors import OrchestratorError
 from orchestrator.ingest.decode_pool import DecodePool
@@ -107,6 +111,7 @@ class Orchestrator:
         self._broker: MosquittoBroker | None = None
         self._key: SigningKey | None = None
         self._parts: Parts | None = None
+        self._data_lock: DataDirLock | None = None
 
     # -- public API -------------------------------------------------------------------------
 
@@ -221,14 +226,16 @@ class Orchestrator:
                 await self._runner
             except BaseException as exc:  # reported to the caller
                 error = exc
-        await self._stack.aclose()
+        await self._stack.aclose()  # the data_dir lock last
         self._store = None
+        self._data_lock = None
         return error
 
     async def _start(self) -> None:
         cfg = self.config
-        await asyncio.to_thread(cfg.federation.data_dir.mkdir, mode=0o700, parents=True,
-                                exist_ok=True)
+        # first, and synchronously (a cancellation cannot leave it taken but unowned): the
+        # key, the store and the broker of this data_dir are ours alone until the stack closes
+        self._data_lock = self._stack.enter_context(DataDirLock(cfg.federation.data_dir))
         key = self._key = await asyncio.to_thread(load_or_create_key, cfg.federation.key_path)
         decoder = await self._stack.enter_async_context(
             DecodePool(cfg.ingest.decode_workers, _ingest_policy(cfg), unseal_key(key)))
@@ -255,7 +262,9 @@ class Orchestrator:
         """Starts the embedded broker, if configured, and says where the broker is."""
         cfg = self.config
         if cfg.broker.embedded:
-            self._broker = await self._stack.enter_async_context(embedded_broker(cfg))
+            assert self._data_lock is not None  # taken first in _start
+            self._broker = await self._stack.enter_async_context(
+                embedded_broker(cfg, self._data_lock))
             host, port = self._broker.host, self._broker.port
             username: str | None = ORCHESTRATOR_USER
             password: str | None = self._broker.orchestrator_password

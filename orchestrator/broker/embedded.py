@@ -5,22 +5,27 @@ possibly while no broker runs). ``MosquittoBroker`` rewrites the file at start w
 accounts it knows, so the entries found before the start are merged back right after it, and
 the broker reloads before anyone is told it is up. A broker left running by an orchestrator
 that was killed (SIGKILL leaves children behind) is stopped first: it holds the port and the
-persistence database.
+persistence database. That happens only under the data_dir lock (so its orchestrator is dead:
+a live one would hold the lock) and only to a process that really is our mosquitto on this
+data_dir's config (see :func:`stop_stale_broker`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
+import logging
 import os
+import select
 import signal
 import tempfile
-import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 from orchestrator.broker import ORCHESTRATOR_USER, BrokerError, MosquittoBroker, read_pid_file
 from orchestrator.config import Config
+from orchestrator.data_lock import DataDirLock
 
 __all__ = ["embedded_broker", "stop_stale_broker"]
 
@@ -28,12 +33,15 @@ __all__ = ["embedded_broker", "stop_stale_broker"]
 _PACKET_MARGIN = 64 * 1024
 _DEFAULT_PACKET = 8 * 1024 * 1024
 
+log = logging.getLogger(__name__)
+
 
 @contextlib.asynccontextmanager
-async def embedded_broker(config: Config) -> AsyncIterator[MosquittoBroker]:
-    """Start (and on exit stop) the federation's own Mosquitto."""
+async def embedded_broker(config: Config, lock: DataDirLock) -> AsyncIterator[MosquittoBroker]:
+    """Start (and on exit stop) the federation's own Mosquitto; ``lock`` is this process's
+    held lock on the data_dir (a leftover broker is stopped only under it)."""
     workdir = config.federation.broker_dir
-    await asyncio.to_thread(stop_stale_broker, workdir)
+    await asyncio.to_thread(stop_stale_broker, workdir, lock)
     saved = await asyncio.to_thread(_entries, workdir / "passwd")
     broker = MosquittoBroker(
         workdir, port=config.broker.port,
@@ -46,31 +54,85 @@ async def embedded_broker(config: Config) -> AsyncIterator[MosquittoBroker]:
         yield broker
 
 
-def stop_stale_broker(workdir: Path, timeout_s: float = 5.0) -> bool:
-    """Stop a Mosquitto still running from ``workdir``'s config; True if there was one."""
-    pid_file = workdir / "mosquitto.pid"
-    if not pid_file.exists():
+def stop_stale_broker(workdir: Path, lock: DataDirLock, *, timeout_s: float = 5.0) -> bool:
+    """Stop the Mosquitto that a dead orchestrator of ``lock``'s data_dir left running from
+    ``workdir``; True if there was one.
+
+    Only with ``lock`` held, so no live orchestrator owns that broker; only the process that
+    ``workdir/mosquitto.pid`` names; and only if it is, by its ``/proc`` entry, a mosquitto of
+    our user running on ``workdir/mosquitto.conf`` (a recycled pid or someone else's broker is
+    left alone, and the port then says why our broker cannot start). The process is pinned
+    with a pidfd before it is checked, so the signal cannot reach a process that took the pid
+    after the check. SIGTERM first (the broker saves its persistence database), SIGKILL if it
+    is still there after ``timeout_s``.
+    """
+    if not lock.held or not workdir.is_relative_to(lock.data_dir):
+        raise BrokerError(f"refusing to stop a broker in {workdir}: this process does not "
+                          f"hold the lock on its data_dir")
+    pid = _recorded_pid(workdir / "mosquitto.pid")
+    if pid is None:
         return False
     try:
-        pid = read_pid_file(pid_file)
+        pidfd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return False  # gone already
+    except OSError as exc:  # no pidfds here: no safe way to signal it
+        log.warning("not stopping the broker pid %d left in %s: %s", pid, workdir, exc)
+        return False
+    try:
+        if not _is_our_broker(pid, workdir / "mosquitto.conf"):
+            log.warning("%s names pid %d, which is not our broker on this data_dir; "
+                        "left alone", workdir / "mosquitto.pid", pid)
+            return False
+        log.warning("stopping the broker (pid %d) that a dead orchestrator left in %s",
+                    pid, workdir)
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            try:
+                signal.pidfd_send_signal(pidfd, sig)
+            except ProcessLookupError:
+                break  # exited between the two
+            if _exited(pidfd, timeout_s):
+                break
+        return True
+    finally:
+        os.close(pidfd)
+
+
+def _recorded_pid(pid_file: Path) -> int | None:
+    try:
+        return read_pid_file(pid_file)
     except BrokerError:
-        return False
+        return None  # missing or garbled: nothing we could safely stop
+
+
+def _is_our_broker(pid: int, config: Path) -> bool:
+    """``pid`` is a live mosquitto of our user started as ``mosquitto -c CONFIG`` with CONFIG
+    being ``config`` (a zombie's command line is empty)."""
+    proc = Path(f"/proc/{pid}")
     try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        if proc.stat().st_uid != os.getuid():
+            return False
+        argv = (proc / "cmdline").read_bytes().split(b"\0")
     except OSError:
-        return False  # no such process
-    # only ever a mosquitto started on this very config: a recycled pid is left alone
-    config = str(workdir / "mosquitto.conf").encode()
-    if not any(arg.endswith(b"mosquitto") for arg in cmdline[:1]) or config not in cmdline:
         return False
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGTERM)  # it saves its persistence database on SIGTERM
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            os.kill(pid, 0)
-            time.sleep(0.05)
-        os.kill(pid, signal.SIGKILL)
-    return True
+    if not argv or Path(os.fsdecode(argv[0])).name != "mosquitto":
+        return False
+    for flag, value in itertools.pairwise(argv):
+        if flag in (b"-c", b"--config-file"):
+            given = Path(os.fsdecode(value))
+            try:
+                return os.path.samefile(given if given.is_absolute() else proc / "cwd" / given,
+                                        config)
+            except OSError:
+                return False
+    return False
+
+
+def _exited(pidfd: int, timeout_s: float) -> bool:
+    """Wait until the process behind ``pidfd`` has exited (the pidfd turns readable)."""
+    poller = select.poll()
+    poller.register(pidfd, select.POLLIN)
+    return bool(poller.poll(max(0, int(timeout_s * 1000))))
 
 
 def _entries(path: Path) -> dict[str, str]:
