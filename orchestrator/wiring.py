@@ -185,7 +185,7 @@ async def assemble(o: Opened) -> Parts:
     router = Router(topics, updates=intake.submit, control=lanes.submit, ops=desk,
                     limiter=limiter, counters=o.counters, clock=o.clock, tap=o.tap)
     loops: list[Loop] = [
-        ("mqtt", lambda: o.link.run(router.route, publication.republish)),
+        ("mqtt", lambda: o.link.run(router.route, publication.republish, router.dropped)),
         ("ingest-decode", intake.decode),
         ("ingest-commit", intake.commit),
         ("control", lanes.run),

@@ -93,6 +93,36 @@ class MqttSettings:
 
 OnMessage = Callable[[aiomqtt.Message], Awaitable[None]]
 
+QOS0_BACKLOG = 256
+"""Received QoS 0 messages beyond this many waiting are dropped (see :class:`_Inbound`)."""
+
+
+class _Inbound(asyncio.Queue[aiomqtt.Message]):
+    """aiomqtt's queue of received messages, bounded for QoS 0.
+
+    Receive Maximum and the manual acks bound the QoS 1 messages waiting here, but nothing
+    makes the broker hold back QoS 0: a client publishing QoS 0 as fast as it can would pile
+    messages up in this queue (about 4 KB each) faster than the router can refuse them. No
+    fedmq sender publishes upstream at QoS 0, so beyond :data:`QOS0_BACKLOG` waiting
+    messages a QoS 0 one is dropped here, counted in ``dropped`` and shown to ``on_drop``
+    (the router charges it to its sender); QoS 1 ones always wait."""
+
+    dropped = 0
+    on_drop: Callable[[aiomqtt.Message], None] | None = None
+
+    def put_nowait(self, item: aiomqtt.Message) -> None:
+        if item.qos == 0 and self.qsize() >= QOS0_BACKLOG:
+            self.dropped += 1
+            if self.on_drop is not None:
+                self.on_drop(item)
+            return
+        super().put_nowait(item)
+
+
+def _dropped(client: aiomqtt.Client) -> int:
+    queue = client._queue
+    return queue.dropped if isinstance(queue, _Inbound) else 0
+
 
 class MqttLink:
     """Run :meth:`run` as a task; it connects, subscribes, calls ``on_connect`` (which must
@@ -115,6 +145,7 @@ class MqttLink:
         """How many times the link has connected (tests watch reconnects)."""
         self.last_error: str | None = None
         """Why the last connection attempt or session ended (None: never failed)."""
+        self._dropped_before = 0
 
     @property
     def host(self) -> str:
@@ -123,6 +154,12 @@ class MqttLink:
     @property
     def port(self) -> int:
         return self._settings.port
+
+    @property
+    def dropped_qos0(self) -> int:
+        """QoS 0 messages dropped unread because too many were waiting (all sessions)."""
+        client = self._client
+        return self._dropped_before + (_dropped(client) if client is not None else 0)
 
     @property
     def connected(self) -> bool:
@@ -145,12 +182,14 @@ class MqttLink:
             raise NotConnectedError(f"publish to {topic} failed: {exc}") from exc
 
     async def run(self, on_message: OnMessage,
-                  on_connect: Callable[[], None] | None = None) -> None:
+                  on_connect: Callable[[], None] | None = None,
+                  on_drop: Callable[[aiomqtt.Message], None] | None = None) -> None:
+        """``on_drop`` sees each QoS 0 message dropped unread (it must not block)."""
         delay = self._settings.backoff_initial_s
         while True:
             before = self.connections
             try:
-                await self._session(on_message, on_connect)
+                await self._session(on_message, on_connect, on_drop)
             except aiomqtt.MqttError as exc:
                 self.last_error = str(exc) or type(exc).__name__
                 log.warning("MQTT link to %s:%d down: %s", self._settings.host,
@@ -161,8 +200,8 @@ class MqttLink:
             await self._clock.sleep(delay * self._rng.uniform(0.5, 1.0))
             delay = min(delay * 2, self._settings.backoff_max_s)
 
-    async def _session(self, on_message: OnMessage,
-                       on_connect: Callable[[], None] | None) -> None:
+    async def _session(self, on_message: OnMessage, on_connect: Callable[[], None] | None,
+                       on_drop: Callable[[aiomqtt.Message], None] | None) -> None:
         s = self._settings
         properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         properties.SessionExpiryInterval = s.session_expiry_s
@@ -172,9 +211,11 @@ class MqttLink:
             s.host, s.port, username=s.username, password=s.password, identifier=s.client_id,
             protocol=aiomqtt.ProtocolVersion.V5, clean_start=False, properties=properties,
             keepalive=s.keepalive_s, tls_context=tls_context,
-            # never drop: Receive Maximum and the manual acks below bound this queue
-            max_queued_incoming_messages=0,
+            # Receive Maximum and the manual acks below bound QoS 1 messages; _Inbound QoS 0
+            max_queued_incoming_messages=0, queue_type=_Inbound,
         )
+        if isinstance(client._queue, _Inbound):
+            client._queue.on_drop = on_drop
         # paho would PUBACK on receipt, and the broker would keep sending however far behind
         # the handler is; aiomqtt exposes no switch for this, hence its paho client
         client._client.manual_ack_set(True)
@@ -197,6 +238,7 @@ class MqttLink:
             finally:
                 self._client = None
                 self._connected.clear()
+                self._dropped_before += _dropped(client)
 
 
 def _tls_context(s: MqttSettings) -> ssl.SSLContext:

@@ -51,29 +51,52 @@ class Router:
         if self._tap is not None:
             self._tap(message)
         now = self._clock.wall_ms()
-        try:
-            parsed = parse_topic(str(message.topic))
-        except FedmqError:
-            self._counters["dropped.bad_topic"] += 1
+        sent = self._sender_lane(message)
+        if sent is None:
             return
-        payload = message.payload
-        if parsed.fed != self._topics.fed or parsed.device is None or not isinstance(
-                payload, bytes | bytearray) or not payload:
-            self._counters["dropped.ignored"] += 1
-            return
-        if parsed.area == "ops" and parsed.kind == "request":
-            lane = Lane.OPS
-        elif parsed.area == "up" and parsed.kind is not None:
-            lane = Lane.UPDATES if parsed.kind == UpKind.UPDATES else Lane.CONTROL
-        else:
-            self._counters["dropped.ignored"] += 1
-            return
-        if not self._limiter.admit(parsed.device, lane, len(payload)):
+        sender, lane, parsed_kind = sent
+        assert isinstance(message.payload, bytes | bytearray)  # checked by _sender_lane
+        payload = bytes(message.payload)
+        if not self._limiter.admit(sender, lane, len(payload)):
             self._counters[f"refused.rate.{lane.value}"] += 1
             return
         if lane is Lane.OPS:
-            self._ops.submit(message, parsed.device, now)
+            self._ops.submit(message, sender, now)
         elif lane is Lane.UPDATES:
-            await self._updates(RawBatch(parsed.device, bytes(payload), now))
+            await self._updates(RawBatch(sender, payload, now))
         else:
-            await self._control(ControlItem(parsed.device, parsed.kind, bytes(payload), now))
+            await self._control(ControlItem(sender, parsed_kind, payload, now))
+
+    def dropped(self, message: aiomqtt.Message) -> None:
+        """The link dropped ``message`` unread (its QoS 0 backlog was full): charged to its
+        sender as a refusal, so a QoS 0 flood is isolated like any other."""
+        sent = self._sender_lane(message, count=False)
+        if sent is not None:
+            sender, lane, _ = sent
+            payload = message.payload
+            self._limiter.refuse(sender, lane, len(payload) if isinstance(payload, bytes) else 0)
+            self._counters[f"refused.rate.{lane.value}"] += 1
+
+    def _sender_lane(self, message: aiomqtt.Message, *, count: bool = True
+                     ) -> tuple[str, Lane, str] | None:
+        """The account that published ``message``, its lane and kind; None (counted) for
+        anything not ours to route."""
+        try:
+            parsed = parse_topic(str(message.topic))
+        except FedmqError:
+            if count:
+                self._counters["dropped.bad_topic"] += 1
+            return None
+        payload = message.payload
+        lane: Lane | None = None
+        if (parsed.fed == self._topics.fed and parsed.device is not None and parsed.kind
+                and isinstance(payload, bytes | bytearray) and payload):
+            if parsed.area == "ops" and parsed.kind == "request":
+                lane = Lane.OPS
+            elif parsed.area == "up":
+                lane = Lane.UPDATES if parsed.kind == UpKind.UPDATES else Lane.CONTROL
+        if lane is None or parsed.device is None or parsed.kind is None:
+            if count:
+                self._counters["dropped.ignored"] += 1
+            return None
+        return parsed.device, lane, parsed.kind
