@@ -16,8 +16,8 @@ _MiB = 1024 * 1024
 class LimitsConfig:
     """Token buckets per sender (a device or operator account): a message over its lane's
     rate, or over the sender's byte rate, is dropped unread and counted; its refusals are
-    audited coalesced, and a sender refused for ``flood_after_s`` on end is isolated and its
-    broker login suspended.
+    audited coalesced, and a sender refused for ``flood_after_s`` on end (or
+    ``flood_after_refused`` times on end) is isolated and its broker login suspended.
 
     The defaults leave honest traffic far below the limits: a device sends an update batch
     per task and a status per heartbeat (10 s); a whole offline outbox goes in a few batches
@@ -36,6 +36,8 @@ class LimitsConfig:
                            "ingest.max_update_bytes)"] = 32 * _MiB
     flood_after_s: Annotated[float, gt(0), "refused without a pause of 1 s this long: "
                              "isolated, broker login suspended"] = 3.0
+    flood_after_refused: Annotated[int, ge(1), "or refused this many times without such a "
+                                   "pause, however quickly"] = 1000
     flood_cooldown_s: Annotated[float, ge(0), "a flooder is reinstated after this long "
                                 "(0: only by fedmq device reinstate)"] = 3600.0
     audit_interval_s: Annotated[float, gt(0), "refusals are written to the audit log as one "

@@ -5,7 +5,8 @@ The broker's ACL guarantees that a message on ``fl/{fed}/up/{dev}/…`` (or
 before a byte of the payload is read. Each sender has a token bucket per :class:`Lane` and one
 for its bytes over all lanes; a message that finds either empty is dropped unread. Refusals
 are coalesced per sender and lane for the audit log (:meth:`RateLimiter.take_refusals`), and a
-sender refused for ``flood_after_s`` without a pause is reported once as a :class:`Flood`.
+sender refused for ``flood_after_s``, or ``flood_after_refused`` times, without a pause is
+reported once as a :class:`Flood`.
 
 State is bounded: at most ``max_senders`` senders are kept, the least recently heard
 forgotten first (a forgotten sender starts again with full buckets, which is harmless).
@@ -72,7 +73,8 @@ class Refusals:
 
 @dataclass(frozen=True)
 class Flood:
-    """A sender refused without a pause for at least ``flood_after_s``."""
+    """A sender refused without a pause for ``flood_after_s`` or ``flood_after_refused``
+    times."""
 
     sender: str
     lane: Lane
@@ -124,6 +126,11 @@ class RateLimiter:
         self._refused(sender, state, lane, nbytes, now)
         return False
 
+    def refuse(self, sender: str, lane: Lane, nbytes: int) -> None:
+        """Record a message of ``sender`` dropped before its turn (the link's QoS 0 backlog
+        was full): a refusal like any other, towards a flood."""
+        self._refused(sender, self._sender(sender), lane, nbytes, self._clock.monotonic())
+
     def take_refusals(self) -> list[Refusals]:
         """The refusals since the last call, one record per sender and lane."""
         out, self._refusals = list(self._refusals.values()), {}
@@ -163,6 +170,7 @@ class RateLimiter:
             state.flooded = False
         state.last_refused = now
         state.streak_count += 1
-        if not state.flooded and now - state.streak >= self._limits.flood_after_s:
+        if not state.flooded and (now - state.streak >= self._limits.flood_after_s
+                                  or state.streak_count >= self._limits.flood_after_refused):
             state.flooded = True
             self._floods.append(Flood(sender, lane, state.streak_ms, state.streak_count))

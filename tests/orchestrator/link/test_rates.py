@@ -115,3 +115,19 @@ def test_a_bucket_never_exceeds_its_rate(steps: list[tuple[float, float]]) -> No
             taken += cost
         assert 0 <= bucket.tokens <= 5.0
     assert taken <= 5.0 + 2.0 * now + 1e-9
+
+
+def test_a_burst_of_refusals_is_a_flood_however_short_and_drops_count() -> None:
+    clock = FakeClock()
+    limiter = RateLimiter(replace(LIMITS, flood_after_refused=300), clock)
+    for _ in range(200):
+        limiter.admit("dev-a", Lane.CONTROL, 1)
+    for _ in range(100):  # dropped by the link before their turn: refusals too
+        limiter.refuse("dev-a", Lane.CONTROL, 1)
+    assert limiter.take_floods() == []  # 195 + 100 refused (the first 5 were the burst)
+    for _ in range(5):
+        limiter.admit("dev-a", Lane.CONTROL, 1)
+    (flood,) = limiter.take_floods()
+    assert flood.refused == 300
+    (record,) = limiter.take_refusals()
+    assert record.count == flood.refused
