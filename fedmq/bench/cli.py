@@ -26,6 +26,7 @@ BENCHMARKS: dict[str, str] = {
     "wire": "fedmq.bench.wire",
     "async-vs-sync": "fedmq.bench.async_vs_sync",
     "fleet": "fedmq.bench.fleet",
+    "flood": "fedmq.bench.flood",
 }
 
 
@@ -79,6 +80,7 @@ def _parser(name: str, module: Any) -> argparse.ArgumentParser:
 _QUICK_ARGS: dict[str, list[str]] = {
     "agent": ["--steps", "20", "--warmup", "5"],
     "ingest": ["--batches", "5"],
+    "flood": ["--lane", "updates", "--messages", "5000", "--window", "4"],
 }
 
 

@@ -23,10 +23,8 @@ import asyncio
 import contextlib
 import json
 import os
-import signal
-import sys
 import tempfile
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,6 +34,8 @@ from nacl.signing import SigningKey, VerifyKey
 
 from fedmq.bench import BenchError
 from fedmq.bench._ingest_kernel import kernel_updates_per_s
+from fedmq.bench._proc import STEP_S, child, expect_ready, stop, tail
+from fedmq.bench._proc import service as service_process
 from orchestrator.broker import BrokerError, MosquittoBroker
 from orchestrator.config import Config, load_config
 from orchestrator.devices.commands import provision
@@ -52,7 +52,6 @@ RATIO_TARGET = 0.5
 N_FEATURES, N_CLASSES = 9999, 10  # 99,990 weights + 10 biases = 100,000 parameters
 FED = "bench"
 _LOAD = "fedmq.bench._ingest_load"
-_STEP_S = 120.0
 
 
 def _at_least(minimum: int) -> Callable[[str], int]:
@@ -162,15 +161,15 @@ async def _bench(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         bundles = await _provision(config, key, args.devices)
         await broker.reload()
         log = work / "orchestrator.log"
-        async with _service(config_path, log) as service:
-            await _expect_ready(service, log)
+        async with service_process(config_path, log) as service:
+            await expect_ready(service, log)
             async with Store.open(config.federation.store_path) as store:
                 params = (await store.get_version(0)).params
             shapes = {name: list(p.shape) for name, p in params.items()}
             specs = _generator_specs(args, work, broker, key, bundles, shapes)
             results = await _load(specs, work)
             drain_s = await _drain(config, args.k)
-            await _stop(service, log)
+            await stop(service, log)
         outcome = await _check_ledger(config, results)
     kernel, timed = await asyncio.to_thread(
         kernel_updates_per_s, _samples(specs), unseal_key(key), _limits(config),
@@ -225,14 +224,6 @@ async def _load(specs: Sequence[Mapping[str, Any]], work: Path) -> list[dict[str
             gen.stdin.write(b"go\n")
             await gen.stdin.drain()
         return [await _read_json(gen, "done", work) for gen in generators]
-
-
-async def _stop(service: asyncio.subprocess.Process, log: Path) -> None:
-    service.send_signal(signal.SIGTERM)
-    async with asyncio.timeout(_STEP_S):
-        code = await service.wait()
-    if code != 0:
-        raise BenchError(f"the service exited with {code}: {_tail(log)}")
 
 
 async def _check_ledger(config: Config, results: Sequence[Mapping[str, Any]]) -> _Outcome:
@@ -304,7 +295,7 @@ async def _drain(config: Config, k: int) -> float | None:
     loop = asyncio.get_running_loop()
     started = loop.time()
     async with Store.open(config.federation.store_path) as store:
-        while loop.time() - started < _STEP_S:
+        while loop.time() - started < STEP_S:
             if await store.buffered_count() < k:
                 return round(loop.time() - started, 3)
             await asyncio.sleep(0.05)
@@ -323,52 +314,19 @@ def _limits(config: Config) -> Limits:
                   max_body_bytes=config.ingest.max_body_bytes)
 
 
-def _service(config: Path, log: Path) -> contextlib.AbstractAsyncContextManager[
-        asyncio.subprocess.Process]:
-    return _child(log, "-m", "fedmq.cli", "orchestrator", "run", "--config", str(config),
-                  "--log-level", "warning")
-
-
-@contextlib.asynccontextmanager
-async def _child(log: Path, *args: str) -> AsyncIterator[asyncio.subprocess.Process]:
-    """A Python child with piped stdin/stdout and stderr to ``log``, killed on exit."""
-    with log.open("ab") as err:
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, *args, stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE, stderr=err,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    try:
-        yield proc
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-        await proc.wait()
-
-
-async def _expect_ready(proc: asyncio.subprocess.Process, log: Path) -> None:
-    assert proc.stdout is not None
-    try:
-        async with asyncio.timeout(_STEP_S):
-            line = await proc.stdout.readline()
-    except TimeoutError:
-        raise BenchError(f"the service did not start: {_tail(log)}") from None
-    if b"ready" not in line:
-        raise BenchError(f"the service did not start: {_tail(log)}")
-
-
 def _generator(spec: Path, log: Path) -> contextlib.AbstractAsyncContextManager[
         asyncio.subprocess.Process]:
-    return _child(log, "-m", _LOAD, str(spec))
+    return child(log, "-m", _LOAD, str(spec))
 
 
 async def _read_json(proc: asyncio.subprocess.Process, key: str, work: Path) -> Any:
     """The generator's next stdout object, which must hold ``key``."""
     assert proc.stdout is not None
     try:
-        async with asyncio.timeout(_STEP_S):
+        async with asyncio.timeout(STEP_S):
             line = await proc.stdout.readline()
     except TimeoutError:
-        raise BenchError(f"a load generator gave no {key!r} within {_STEP_S:g}s") from None
+        raise BenchError(f"a load generator gave no {key!r} within {STEP_S:g}s") from None
     try:
         obj = json.loads(line)
     except json.JSONDecodeError:
@@ -380,11 +338,4 @@ async def _read_json(proc: asyncio.subprocess.Process, key: str, work: Path) -> 
 
 
 def _generator_logs(work: Path) -> str:
-    return " | ".join(_tail(p) for p in sorted(work.glob("load-*.log")))
-
-
-def _tail(path: Path, lines: int = 5) -> str:
-    try:
-        return " / ".join(path.read_text(errors="replace").strip().splitlines()[-lines:])
-    except OSError:
-        return "(no log)"
+    return " | ".join(tail(p) for p in sorted(work.glob("load-*.log")))
