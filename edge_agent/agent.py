@@ -150,6 +150,10 @@ class Agent:
         return self._running().flusher
 
     @property
+    def rotator(self) -> KeyRotator:
+        return self._running().rotator
+
+    @property
     def local_state(self) -> LocalState:
         return self._running().state
 
