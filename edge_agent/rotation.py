@@ -124,6 +124,7 @@ class KeyRotator:
                        key_id(public_key), resigned, "y" if resigned == 1 else "ies")
         self._status_due.set()
         self._outbox_due.set()
+        self.wake.set()  # the schedule starts again from now
         self._changed.fire()
 
     async def run(self, session: Session) -> None:
