@@ -39,7 +39,6 @@ __all__ = ["KeyRotator"]
 
 _PENDING = "pending_key"
 _ROTATED_MS = "key_rotated_ms"
-_IDLE_S = 3600.0  # how long to sleep when no rotation is scheduled (woken on demand anyway)
 
 
 class KeyRotator:
@@ -130,21 +129,21 @@ class KeyRotator:
     async def run(self, session: Session) -> None:
         while True:
             await session.wait_connected()
+            # only a registered, active key rotates (not before enrollment, not once revoked)
+            await self._tracker.wait_for(lambda a: a.may_send_updates and a.revoked is None)
             self.wake.clear()
             wait = await self._step(session)
             with contextlib.suppress(TimeoutError):
                 await wait_for(self._clock, self.wake.wait(), wait)
 
-    async def _step(self, session: Session) -> float:
+    async def _step(self, session: Session) -> float | None:
         """One look: start a scheduled rotation, send a pending one; returns how long to
-        wait before the next look."""
-        if not self._tracker.current.may_send_updates or self._tracker.current.revoked:
-            return self._retry_s  # not (yet, or any more) a registered, active key
+        wait before the next look (None: until woken)."""
         due = self.due_in_s(wall_ms(self._clock))
         if self.pending is None and due is not None and due <= 0:
             await self.begin("scheduled")
         if self.pending is None:
-            return min(due, _IDLE_S) if due is not None else _IDLE_S
+            return due
         try:
             await self._send(session, self.pending)
         except NotConnectedError:

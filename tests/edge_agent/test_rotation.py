@@ -147,8 +147,8 @@ async def test_an_orchestrator_request_starts_a_rotation_at_once(
     async for rig in _rig(tmp_path / "s.db", clock, None):  # no schedule
         loop = asyncio.create_task(rig.rotator.run(rig.session))  # type: ignore[arg-type]
         try:
-            await clock.sleeper()
-            assert rig.session.published == []
+            await asyncio.sleep(0)  # the loop is up and waiting, untimed: nothing scheduled
+            assert clock.sleepers() == [] and rig.session.published == []
             await rig.rotator.on_control(Control(ControlAction.ROTATE_KEY, "operator"))
             assert (await _sent(rig, 1)).new_public_key == bytes(
                 rig.rotator.pending.verify_key)  # type: ignore[union-attr]
