@@ -43,6 +43,7 @@ from .keeper import ModelKeeper
 from .models import ModelReceiver
 from .outbox import Outbox, ResendPolicy
 from .probes import DeviceProbe, SysfsProbe
+from .rotation import KeyRotator
 from .session import BrokerAddress, Session
 from .shared import AgentStats, Offload, Pace, ProbeReader, Pulse, Settings, Shutdown, signal_all
 from .signer import Signer
@@ -69,6 +70,7 @@ class _Parts:
     heartbeat: Heartbeat
     downlink: Downlink
     worker: Worker
+    rotator: KeyRotator
 
 
 class Agent:
@@ -146,6 +148,10 @@ class Agent:
     @property
     def flusher(self) -> Flusher:
         return self._running().flusher
+
+    @property
+    def rotator(self) -> KeyRotator:
+        return self._running().rotator
 
     @property
     def local_state(self) -> LocalState:
@@ -270,6 +276,7 @@ class Agent:
             ("heartbeat", parts.heartbeat.run),
             ("flusher", parts.flusher.run),
             ("worker", parts.worker.run),
+            ("rotation", lambda: parts.rotator.run(parts.session)),
         ]
         guard: dict[str, Any] = {"clock": self._clock, "logger": self.log}
         try:
@@ -338,13 +345,19 @@ class Agent:
                             outbox=outbox, pace=self._pace)
         tasks: asyncio.Queue[Task] = asyncio.Queue(config.max_queued_tasks)
         common: dict[str, Any] = {"clock": clock, "stats": self.stats, "changed": changed}
+        rotator = KeyRotator(state=state, signer=signer, outbox=outbox, tracker=tracker,
+                             topic=self.topics.up(self.device_id, UpKind.ROTATE), config=config,
+                             status_due=status_due, outbox_due=outbox_due, logger=self.log,
+                             **common)
+        await rotator.load()
         downlink = Downlink(
             device_id=self.device_id, fed=self.fed, orchestrator_key=self._orch_key,
             state=state, window=await state.replay_window(), models=models, tracker=tracker,
             tasks=tasks, outbox=outbox, settings=settings, shutdown=self._shutdown,
             status_due=status_due, outbox_due=outbox_due, exit_on_revoke=config.exit_on_revoke,
-            tombstone=self.tombstone_path, logger=self.log, **common)
-        session = self._session(downlink, reporter, signal_all(status_due, outbox_due, changed))
+            tombstone=self.tombstone_path, logger=self.log, rotation=rotator, **common)
+        session = self._session(downlink, reporter,
+                                signal_all(status_due, outbox_due, rotator.wake, changed))
         flusher = Flusher(outbox, session, self.topics.up(self.device_id, UpKind.UPDATES),
                           batch_entries=config.batch_entries, batch_bytes=config.batch_bytes,
                           ready=tracker.may_send_updates, wake=outbox_due, logger=self.log,
@@ -360,7 +373,7 @@ class Agent:
             eval_topic=self.topics.up(self.device_id, UpKind.EVAL), config=config,
             logger=self.log, train=train_update, **common)
         return _Parts(state, outbox, tracker, models, session, flusher, heartbeat, downlink,
-                      worker)
+                      worker, rotator)
 
     def _session(self, downlink: Downlink, reporter: Reporter,
                  on_connect: Callable[[], None]) -> Session:

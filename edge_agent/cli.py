@@ -44,6 +44,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--unlabeled", action="store_true",
                      help="the data has no labels (autoencoder models)")
     run.add_argument("--heartbeat", type=float, help="heartbeat seconds (overrides enrollment)")
+    run.add_argument("--key-rotation", type=float, metavar="SECONDS",
+                     help="rotate the device key this often (default: only when asked)")
     run.add_argument("--ack-timeout", type=float, default=10.0,
                      help="seconds before an unacked update is sent again (default 10)")
     run.add_argument("--device-class", default="", help="free-form class reported in updates")
@@ -117,7 +119,8 @@ def _prepare(
     data = load_local_data(args.data, label_column=label, supervised=not args.unlabeled)
     config = AgentConfig(holdout=args.holdout, heartbeat_s=args.heartbeat,
                          ack_timeout_s=args.ack_timeout, device_class=args.device_class,
-                         seed=args.seed, exit_on_revoke=True)
+                         seed=args.seed, exit_on_revoke=True,
+                         key_rotation_s=args.key_rotation)
     try:
         tls = tls_context(bundle, state_path)
     except ConfigError as exc:

@@ -45,6 +45,10 @@ class AgentConfig:
     """Seed for shuffling and stochastic rounding (never for the DP noise)."""
     client_id: str | None = None
     """MQTT client id; default ``fedmq-{device_id}`` (stable: the broker keeps the session)."""
+    key_rotation_s: float | None = None
+    """Rotate the device key this long after the last rotation (None: only on request)."""
+    key_rotation_retry_s: float = 30.0
+    """Send a pending ``KeyRotation`` again this often until the orchestrator confirms it."""
     simulated_step_ms: float = 0.0
     """Simulation only: stretch each training step to this many wall-clock ms (a slower
     device); 0 = run at this machine's speed."""
@@ -62,12 +66,15 @@ class AgentConfig:
             "session_expiry_s": self.session_expiry_s,
             "intra_op_threads": self.intra_op_threads,
             "probe_interval_s": self.probe_interval_s, "link_poll_s": self.link_poll_s,
+            "key_rotation_retry_s": self.key_rotation_retry_s,
         }
         for name, value in positive.items():
             if not value > 0:
                 raise ConfigError(f"{name} must be positive, got {value!r}")
         if self.heartbeat_s is not None and not self.heartbeat_s > 0:
             raise ConfigError(f"heartbeat_s must be positive, got {self.heartbeat_s!r}")
+        if self.key_rotation_s is not None and not self.key_rotation_s > 0:
+            raise ConfigError(f"key_rotation_s must be positive, got {self.key_rotation_s!r}")
         if self.backoff_cap_s < self.backoff_base_s:
             raise ConfigError("backoff_cap_s must be >= backoff_base_s")
         if self.batch_bytes > 8 * MiB:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from nacl.signing import VerifyKey
 
@@ -58,6 +58,13 @@ from .tracker import ActivityTracker
 
 __all__ = ["Downlink"]
 
+class Rotation(Protocol):
+    """What handles ``Control(rotate_key)`` and ``Control(key_rotated)`` (``KeyRotator``)."""
+
+    async def on_control(self, control: Control) -> None: ...
+
+
+_ROTATION = (ControlAction.ROTATE_KEY, ControlAction.KEY_ROTATED)
 _DOWN_TYPES: tuple[type[Message], ...] = (Task, Defer, Ack, Control, Enrolled)
 
 
@@ -67,7 +74,8 @@ class Downlink:
                  tracker: ActivityTracker, tasks: asyncio.Queue[Task], outbox: Outbox,
                  settings: Settings, shutdown: Shutdown, stats: AgentStats, changed: Pulse,
                  status_due: asyncio.Event, outbox_due: asyncio.Event, clock: Clock,
-                 exit_on_revoke: bool, tombstone: Path, logger: logging.Logger) -> None:
+                 exit_on_revoke: bool, tombstone: Path, logger: logging.Logger,
+                 rotation: Rotation | None = None) -> None:
         self._device_id = device_id
         self._fed = fed
         self._key = orchestrator_key
@@ -87,6 +95,7 @@ class Downlink:
         self._exit_on_revoke = exit_on_revoke
         self._tombstone = tombstone
         self._log = logger
+        self._rotation = rotation
 
     async def deliver(self, topic: str, payload: bytes) -> None:
         """Handle one message as if it had arrived on ``topic``. Never raises for bad input:
@@ -188,6 +197,9 @@ class Downlink:
                        f": {control.reason}" if control.reason else "")
         if action is ControlAction.RECONFIGURE:
             await self._reconfigure(control.params)
+            return
+        if action in _ROTATION and self._rotation is not None:
+            await self._rotation.on_control(control)
             return
         if self._tracker.current.on_order(action, control.reason) is None:
             self._log.warning("control %s is not supported by %s; ignored", action.value,

@@ -15,7 +15,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from schemas import Params
+import aiosqlite
+from nacl.signing import SigningKey
+
+from schemas import Params, resign
 
 from .records import OutboxEntry, OutboxRow
 from .state import LocalState, write_residual
@@ -63,11 +66,17 @@ class Outbox:
         return self._bytes
 
     async def put(
-        self, seq: int, envelope: bytes, *, created_ms: int, residual: Params | None = None
+        self, seq: int, envelope: bytes, *, created_ms: int, residual: Params | None = None,
+        signed_with: SigningKey | None = None,
     ) -> None:
         """Durably add an entry (committed when this returns), with the residual that the
-        encoding of this update left behind, in the same transaction."""
+        encoding of this update left behind, in the same transaction. ``signed_with``: the
+        key that signed ``envelope``; if the device key rotated meanwhile, the entry is
+        re-signed with the current one first."""
         async with self._state.transaction() as tx:
+            current = self._state.signing_key
+            if signed_with is not None and signed_with is not current:
+                envelope = resign(envelope, current)
             await tx.execute(
                 "INSERT INTO outbox (seq, envelope, created_ms) VALUES (?, ?, ?)",
                 (seq, envelope, created_ms),
@@ -138,6 +147,18 @@ class Outbox:
         self._len -= removed
         self._bytes -= freed
         return removed
+
+    @staticmethod
+    async def resign_all(tx: aiosqlite.Connection, key: SigningKey) -> int:
+        """Re-sign every entry with ``key`` inside the caller's transaction (the device key
+        is rotating) and make each due at once; returns how many. Seqs stay: an entry the
+        orchestrator already accepted is answered ``duplicate``, never counted twice."""
+        async with tx.execute("SELECT seq, envelope FROM outbox") as cur:
+            rows = list(await cur.fetchall())
+        await tx.executemany(
+            "UPDATE outbox SET envelope = ?, last_sent_ms = NULL WHERE seq = ?",
+            [(resign(bytes(r[1]), key), int(r[0])) for r in rows])
+        return len(rows)
 
     async def destroy(self) -> int:
         """Drop every entry unsent (the device was revoked: its updates are worthless and

@@ -40,6 +40,8 @@ class AgentStats:
     statuses_sent: int = 0
     enrolls_sent: int = 0
     models_adopted: int = 0
+    rotations_sent: int = 0
+    keys_rotated: int = 0
     paused: collections.Counter[str] = field(default_factory=collections.Counter)
 
 

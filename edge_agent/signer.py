@@ -8,7 +8,7 @@ with the residual its encoding left behind before anything is sent.
 
 from __future__ import annotations
 
-from nacl.signing import VerifyKey
+from nacl.signing import SigningKey, VerifyKey
 
 from schemas import Message, Params, Update, pack, seal_key
 
@@ -39,10 +39,13 @@ class Signer:
         """The device's public key (what ``Enroll`` registers)."""
         return self._state.signing_key.verify_key
 
-    def pack(self, message: Message, seq: int, *, seal: bool = False) -> bytes:
-        """Sign ``message`` under ``seq`` (thread-safe: CPU only)."""
-        return pack(message, key=self._state.signing_key, fed=self._fed, sender=self._device_id,
-                    seq=seq, ts_ms=wall_ms(self._clock), seal_to=self._seal_to if seal else None)
+    def pack(self, message: Message, seq: int, *, seal: bool = False,
+             key: SigningKey | None = None) -> bytes:
+        """Sign ``message`` under ``seq`` (thread-safe: CPU only) with ``key`` (default: the
+        device key)."""
+        return pack(message, key=key or self._state.signing_key, fed=self._fed,
+                    sender=self._device_id, seq=seq, ts_ms=wall_ms(self._clock),
+                    seal_to=self._seal_to if seal else None)
 
     async def sign(self, message: Message) -> bytes:
         """A small message (status, enroll, eval report) under the next seq."""
@@ -54,11 +57,13 @@ class Signer:
         ``residual``; returns the seq and the envelope's size. ``OversizedUpdateError`` when
         the envelope would not fit in one batch (nothing is committed then)."""
         seq = await self._state.reserve_seq()
-        envelope = await self._offload.run(self.pack, update, seq, seal=seal)
+        key = self._state.signing_key  # put() re-signs if it rotates while we encode
+        envelope = await self._offload.run(self.pack, update, seq, seal=seal, key=key)
         if len(envelope) > self._max_update_bytes:
             raise OversizedUpdateError(
                 f"update of {len(envelope)} bytes exceeds the {self._max_update_bytes}-byte "
                 "batch limit; use a compressing codec", device=self._device_id, seq=seq,
                 reason="too_large")
-        await self._outbox.put(seq, envelope, created_ms=wall_ms(self._clock), residual=residual)
+        await self._outbox.put(seq, envelope, created_ms=wall_ms(self._clock), residual=residual,
+                               signed_with=key)
         return seq, len(envelope)

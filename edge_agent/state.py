@@ -204,6 +204,16 @@ class LocalState:
         """The highest seq ever reserved (0 before the first)."""
         return self._last_seq
 
+    @asynccontextmanager
+    async def rekeying(self, key: SigningKey) -> AsyncIterator[aiosqlite.Connection]:
+        """A transaction that makes ``key`` the signing key, with whatever the caller writes in
+        it (the outbox re-signed); the key is adopted once it commits, before any other task
+        runs (no await in between), so nothing is signed with the old key after the commit."""
+        async with self.transaction() as tx:
+            await _meta_set(tx, "signing_key", bytes(key))
+            yield tx
+        self._key = key
+
     async def reserve_seq(self) -> int:
         """The next seq, durably reserved before it is returned (so never handed out twice)."""
         async with self.transaction() as tx:
@@ -281,7 +291,8 @@ class LocalState:
         async with self._lock:
             await _run(self._conn, "PRAGMA secure_delete=ON")
         async with self.transaction() as tx:
-            await tx.execute("DELETE FROM meta WHERE key IN (?, ?)", ("signing_key", _RESIDUAL))
+            await tx.execute("DELETE FROM meta WHERE key IN (?, ?, ?)",
+                             ("signing_key", _RESIDUAL, "v:pending_key"))
             await tx.execute("DELETE FROM outbox")
             await _meta_set(tx, _REVOKED, line)
         async with self._lock:

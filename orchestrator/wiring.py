@@ -38,6 +38,7 @@ from orchestrator.devices.registry import Registry
 from orchestrator.devices.replay_book import ReplayBook
 from orchestrator.devices.reports import EvalHandler, StatusHandler
 from orchestrator.devices.revocation import Revocations
+from orchestrator.devices.rotation import RESEND_S, KeyRotationHandler, RotationRequests
 from orchestrator.devices.selection import (
     BasicSelection,
     OutstandingTasks,
@@ -155,6 +156,8 @@ async def assemble(o: Opened) -> Parts:
                         reinstated=(r.guard, limiter), outbound=outbound, counters=o.counters)
     floods = await _flood_watch(o, r, limiter, standing)
     revocations = _revocations(o, r.registry, outbound)
+    rotations = RotationRequests(store=store, outbound=outbound, registry=r.registry,
+                                 resend_s=RESEND_S, clock=o.clock, counters=o.counters)
     stopper = Stopper(StoppingRules(cfg.stopping, r.stopping), fed=topics.fed, store=store,
                       head=r.head, registry=r.registry, outbound=outbound, clock=o.clock)
     evaluation = await _evaluation(cfg, r.start.arch.graphs["eval"], r.head, store, stopper,
@@ -172,7 +175,7 @@ async def assemble(o: Opened) -> Parts:
         buffer=r.buffer, outstanding=outstanding, cadence=r.cadence, outbound=outbound,
         aggregate_due=aggregate_due, counters=o.counters, metrics=o.metrics, clock=o.clock,
         group_batches=cfg.ingest.group_batches, queue_batches=cfg.ingest.queue_batches)
-    lanes = _lanes(o, r, outbound, selection, outstanding, revocations)
+    lanes = _lanes(o, r, outbound, selection, outstanding, revocations, rotations)
     views = OperatorViews(config=cfg, store=store, head=r.head, buffer=r.buffer,
                           outstanding=outstanding, metrics=o.metrics, clock=o.clock)
     desk = OperatorDesk(views, config=cfg, store=store, head=r.head, registry=r.registry,
@@ -192,7 +195,7 @@ async def assemble(o: Opened) -> Parts:
         ("aggregate", aggregator.run),
         ("publish", publication.run),
         ("registry", RegistryWatch(r.registry, standing, o.clock,
-                                   revocations=revocations).run),
+                                   revocations=revocations, rotations=rotations).run),
         ("rollback", RollbackWatch(store, aggregator.rollback_requested, o.clock).run),
         ("housekeeping", Housekeeping(outstanding=outstanding, cadence=r.cadence,
                                       buffer=r.buffer, stopper=stopper,
@@ -227,8 +230,9 @@ def _revocations(o: Opened, registry: Registry, outbound: Outbound) -> Revocatio
 
 
 def _lanes(o: Opened, r: _Restored, outbound: Outbound, selection: BasicSelection,
-           outstanding: OutstandingTasks, revocations: Revocations) -> ControlLanes:
-    """The control lanes with their enroll, status (tasking) and eval handlers."""
+           outstanding: OutstandingTasks, revocations: Revocations,
+           rotations: RotationRequests) -> ControlLanes:
+    """The control lanes with their enroll, status (tasking), eval and rotate handlers."""
     cfg, fed = o.config, o.config.federation
     fedeval = FederatedEvaluation(cfg.evaluation.federated_every,
                                   cfg.evaluation.federated_devices)
@@ -246,6 +250,9 @@ def _lanes(o: Opened, r: _Restored, outbound: Outbound, selection: BasicSelectio
         UpKind.EVAL.value: EvalHandler(fed=fed.id, registry=r.registry, book=r.book,
                                        head=r.head, fedeval=fedeval, store=o.store,
                                        counters=o.counters),
+        UpKind.ROTATE.value: KeyRotationHandler(fed=fed.id, store=o.store, registry=r.registry,
+                                                book=r.book, outbound=outbound,
+                                                counters=o.counters, requests=rotations),
     }
     return ControlLanes(handlers, counters=o.counters, queue_size=cfg.ingest.queue_batches)
 

@@ -15,6 +15,7 @@ from .envelope import (
     open_enroll,
     pack,
     pack_batch,
+    resign,
     seal_key,
     split,
     unpack_batch,
@@ -107,6 +108,6 @@ __all__ = [
     "check_enroll_mac", "check_header", "check_id", "check_rotation_proof", "compress",
     "decode", "decode_body", "decode_params", "decode_tensor", "decompress", "encode_params",
     "encode_tensor", "enroll_mac", "key_id", "message_type", "new_signing_key", "open_enroll",
-    "pack", "pack_batch", "params_digest", "parse_topic", "rotation_proof", "seal_key",
+    "pack", "pack_batch", "params_digest", "parse_topic", "resign", "rotation_proof", "seal_key",
     "split", "unpack_batch", "unseal_key", "valid_id", "verify", "xor_delta",
 ]

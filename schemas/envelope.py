@@ -101,6 +101,14 @@ def pack(
     return out
 
 
+def resign(data: bytes, key: SigningKey, limits: Limits = DEFAULT_LIMITS) -> bytes:
+    """The same envelope signed by ``key`` instead (a device whose key rotated re-signs what
+    is still in its outbox: the signed bytes — sender, seq, sealed body — stay as they are)."""
+    signed, _ = split(data, limits)
+    out: bytes = msgpack.packb([signed, key.sign(signed).signature], use_bin_type=True)
+    return out
+
+
 def split(data: bytes, limits: Limits = DEFAULT_LIMITS) -> tuple[bytes, bytes]:
     """The outer frame: ``(signed_bytes, signature)``. Nothing inside is looked at yet."""
     if not isinstance(data, bytes | bytearray | memoryview):

@@ -54,7 +54,8 @@ class ControlAction(StrEnum):
     ISOLATE = "isolate"
     REINSTATE = "reinstate"
     RECONFIGURE = "reconfigure"
-    ROTATE_KEY = "rotate_key"
+    ROTATE_KEY = "rotate_key"  # orchestrator asks the device to rotate its key now
+    KEY_ROTATED = "key_rotated"  # the new key (params["public_key"]) is registered: switch
     STOP = "stop"  # the federation has converged or was stopped: go idle
     RESUME = "resume"
 

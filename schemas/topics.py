@@ -5,7 +5,8 @@
 ``fl/{fed}/model/delta``        orch → all retained lossless delta
 ``fl/{fed}/model/chunks/{sha}`` orch → all retained chunk of an oversized model message
 ``fl/{fed}/down/{dev}/{kind}``  orch → dev  task, ack, control, enrolled
-``fl/{fed}/up/{dev}/{kind}``    dev → orch  enroll, status (retained), updates, eval
+``fl/{fed}/up/{dev}/{kind}``    dev → orch  enroll, status (retained), updates, eval,
+                                           rotate
 ``fl/{fed}/fleet``              orch → ops  retained fleet summary
 ``fl/{fed}/ops/request/{op}``   op → orch   signed operator commands
 ``fl/{fed}/ops/reply/{op}``     orch → op   replies (also named as MQTT 5 response topic)
@@ -32,6 +33,7 @@ class UpKind(StrEnum):
     STATUS = "status"
     UPDATES = "updates"
     EVAL = "eval"
+    ROTATE = "rotate"
 
 
 class DownKind(StrEnum):

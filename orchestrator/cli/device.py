@@ -5,6 +5,7 @@
     fedmq device revoke ID --config FILE [--reason TEXT] [--now]
     fedmq device list --config FILE [--json]
     fedmq device reinstate ID --config FILE [--reason TEXT]
+    fedmq device rotate ID --config FILE
 
 ``add`` writes the enrollment bundle (default ``ID.bundle.json``; ``-o -`` for stdout) with
 mode 0600 and adds the device's broker credential (reloading a running broker; with TLS the
@@ -13,7 +14,9 @@ for the device). ``revoke``
 disables the key at once and leaves the credential to the orchestrator, which removes it once
 the device has been told (``Control(revoke)``) and confirmed, or after
 ``federation.revoke_grace_s``; ``--now`` removes it at once. ``reinstate`` makes a device that
-screening isolated active again. A running orchestrator notices every change within about a
+screening isolated active again. ``rotate`` asks a device to rotate its key: the running
+orchestrator sends it ``Control(rotate_key)`` (again every minute until it has rotated). A
+running orchestrator notices every change within about a
 second. Every mistake is one line on stderr and a non-zero exit status: 2 for bad usage, 1 for
 failures.
 """
@@ -41,6 +44,7 @@ from orchestrator.devices.commands import (
     revoke,
     write_private,
 )
+from orchestrator.devices.rotation import request_rotation
 from orchestrator.link.keys import load_or_create_key, public_key_hex
 from orchestrator.store import Device, Store
 from schemas.signing import key_id
@@ -63,7 +67,9 @@ def _parser() -> argparse.ArgumentParser:
 
     for name, text in (("approve", "activate a device whose key awaits approval"),
                        ("revoke", "disable a device's key and broker credential"),
-                       ("reinstate", "make a device isolated by screening active again")):
+                       ("reinstate", "make a device isolated by screening active again"),
+                       ("rotate", "ask a device to rotate its key (a running orchestrator "
+                                  "sends the request)")):
         cmd = commands.add_parser(name, help=text)
         cmd.add_argument("device_id", metavar="ID")
         cmd.add_argument("--config", required=True, metavar="FILE")
@@ -167,8 +173,18 @@ async def _reinstate(config: Config, args: argparse.Namespace) -> int:
     return 0
 
 
+async def _rotate(config: Config, args: argparse.Namespace) -> int:
+    now_ms = int(datetime.now(UTC).timestamp() * 1000)
+    async with _open_store(config) as store:
+        await request_rotation(store, args.device_id, now_ms=now_ms)
+    print(f"{PROG}: key rotation of {args.device_id!r} requested; the running orchestrator "
+          "asks the device (at its next start if it is not running); `fedmq device list` "
+          "shows the new key once the device has rotated", file=sys.stderr)
+    return 0
+
+
 _COMMANDS = {"add": _add, "approve": _approve, "revoke": _revoke, "list": _list,
-             "reinstate": _reinstate}
+             "reinstate": _reinstate, "rotate": _rotate}
 
 
 @one_line_errors(PROG)

@@ -75,18 +75,25 @@ class Standing:
                  after.status if after else None)
 
 
+class Syncing(Protocol):
+    async def sync(self) -> None: ...
+
+
 class RegistryWatch:
     """The ``registry`` task: picks up other processes' device changes."""
 
     def __init__(self, registry: Registry, standing: Standing, clock: Clock,
-                 interval_s: float = _POLL_S, *, revocations: Revocations | None = None) -> None:
+                 interval_s: float = _POLL_S, *, revocations: Revocations | None = None,
+                 rotations: Syncing | None = None) -> None:
         """``revocations``: told on every poll (sends ``Control(revoke)``, removes the
-        credentials whose time has come)."""
+        credentials whose time has come); ``rotations``: likewise (sends
+        ``Control(rotate_key)`` for ``fedmq device rotate`` requests)."""
         self._registry = registry
         self._standing = standing
         self._clock = clock
         self._interval_s = interval_s
         self._revocations = revocations
+        self._rotations = rotations
 
     async def run(self) -> None:
         while True:
@@ -98,3 +105,5 @@ class RegistryWatch:
             await self._standing.changed(before, after)
         if self._revocations is not None:
             await self._revocations.sync()
+        if self._rotations is not None:
+            await self._rotations.sync()

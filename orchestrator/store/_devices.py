@@ -114,6 +114,21 @@ class DeviceMethods(StoreBase):
             audit,
         )
 
+    async def replace_key(
+        self, device_id: str, old_key: bytes, new_key: bytes, *, audit: AuditEvent
+    ) -> bool:
+        """Key rotation: swap an active device's ``old_key`` for ``new_key`` with ``audit``,
+        atomically; False (nothing changed) if the device is not active under ``old_key``."""
+        now = self._clock()
+        async with self._tx() as conn:
+            cur = await conn.execute(
+                "UPDATE devices SET public_key = ? WHERE device_id = ? AND public_key = ? "
+                "AND status = 'active'", (bytes(new_key), device_id, bytes(old_key)))
+            if cur.rowcount == 0:
+                return False
+            await conn.execute(INSERT_AUDIT, audit_row(audit, now))
+        return True
+
     async def set_status(
         self, device_id: str, status: DeviceStatus, *, audit: AuditEvent | None = None
     ) -> None:

@@ -49,6 +49,13 @@ class StateKey(StrEnum):
     """JSON ``{device: {sent_ms, done}}``: when each revoked device's ``Control(revoke)`` was
     published and whether its broker credential is gone (see ``devices.revocation``)."""
 
+    ROTATE_REQUESTS = "rotate.requests"
+    """JSON ``{device: requested_ms}``: ``fedmq device rotate`` asked for a key rotation
+    (written by the CLI only; see ``devices.rotation``)."""
+    ROTATIONS = "rotate.handled"
+    """JSON ``{device: {requested_ms, sent_ms, done}}``: the service's progress on each
+    request (``Control(rotate_key)`` sent when, and whether the device rotated since)."""
+
 
 class ServerState(Protocol):
     """The part of the store that holds server-state values (:class:`~.store.Store` has it;

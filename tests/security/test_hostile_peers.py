@@ -307,6 +307,27 @@ async def test_valid_signature_from_a_revoked_key_is_refused(
         ledger_reason="revoked")
 
 
+async def test_an_update_signed_with_a_rotated_out_key_is_refused(arena: Arena) -> None:
+    # the victim rotates its key (signed by the old one, proven by the new one); whoever
+    # kept the old key can no longer be heard: bad_signature, no ack, model unchanged
+    from schemas import Control, ControlAction, KeyRotation, rotation_proof
+
+    old, new = arena.victim.key, SigningKey.generate()
+    _, rotation = arena.victim.sign(KeyRotation(
+        bytes(new.verify_key), rotation_proof(new, bytes(old.verify_key))))
+    await arena.victim.publish("rotate", rotation)
+    answer = await arena.victim.next("control")
+    assert isinstance(answer, Control) and answer.action is ControlAction.KEY_ROTATED
+    assert answer.params["public_key"] == bytes(new.verify_key)
+    arena.victim.key = new
+    entry = resigned(arena, key=old)
+    await expect_refused(
+        arena, "rejected.bad_signature",
+        lambda: arena.publish_raw(arena.topic("dev-victim"), RawWire.batch(entry)),
+        ledger_reason="bad_signature")
+    assert arena.victim.acks.get(arena.victim.seq) is None  # unauthenticated: no answer
+
+
 async def test_revoked_device_cannot_connect(arena: Arena) -> None:
     from orchestrator.devices.commands import revoke
 

@@ -165,3 +165,23 @@ def test_usage_errors_are_one_line(capsys: pytest.CaptureFixture[str], argv: lis
     assert device_cli.main(argv) == 2
     err: Any = capsys.readouterr().err
     assert needle in err and err.count("\n") == 1
+
+
+async def test_rotate_records_the_request_for_an_enrolled_device_only(
+    tmp_path: Path, broker: MosquittoBroker, capsys: pytest.CaptureFixture[str],
+) -> None:
+    config = _write_config(tmp_path, broker)
+    assert (await _cli(capsys, "add", "r", "--config", str(config), "-o",
+                       str(tmp_path / "r.json")))[0] == 0
+    code, _, err = await _cli(capsys, "rotate", "r", "--config", str(config))
+    assert code == 1 and err.count("\n") == 1 and "is pending" in err  # never enrolled
+    async with Store.open(tmp_path / "state" / "orchestrator.db") as store:
+        await store.set_key("r", bytes(32))
+    code, _, err = await _cli(capsys, "rotate", "r", "--config", str(config))
+    assert code == 0 and err.count("\n") == 1 and "key rotation of 'r' requested" in err
+    async with Store.open(tmp_path / "state" / "orchestrator.db") as store:
+        raw = await store.get_server_state("rotate.requests")
+        (row,) = await store.list_audit(device="r", event="rotate_requested")
+    assert raw is not None and list(json.loads(raw)) == ["r"] and row.actor == "cli"
+    code, _, err = await _cli(capsys, "rotate", "nobody", "--config", str(config))
+    assert code == 1 and err == "fedmq device: error: no device 'nobody'\n"
