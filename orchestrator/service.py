@@ -11,7 +11,8 @@ and ``ingest-commit`` (intake), ``control`` (enroll, status, eval lanes), ``aggr
 ``publish``, ``evaluate`` (if configured), ``privacy`` (if enabled), ``registry`` (other
 processes' device changes), ``rollback`` (requests from ``fedmq model rollback``),
 ``housekeeping`` (deadlines, the wall-clock stopping rule), ``ops`` (operator requests and
-the fleet summary) and ``flood`` (rate-limit refusals audited, flooders isolated). One
+the fleet summary), ``flood`` (rate-limit refusals audited, flooders isolated) and ``keys``
+(rotation of the orchestrator's own key, see :mod:`orchestrator.link.rotation`). One
 shutdown path: setting the shutdown event (injectable) unwinds the TaskGroup; leaving the
 context closes what was opened, in reverse.
 """
@@ -40,13 +41,13 @@ from orchestrator.devices.registry import Registry
 from orchestrator.errors import OrchestratorError
 from orchestrator.ingest.decode_pool import DecodePool
 from orchestrator.ingest.pipeline import IngestPolicy
-from orchestrator.link.keys import load_or_create_key
+from orchestrator.link.keyring import settle
+from orchestrator.link.rotation import load_rotation
 from orchestrator.link.mqtt import MqttLink, MqttSettings
 from orchestrator.metrics.counters import MeteredCounter
 from orchestrator.metrics.prometheus import Metrics, MetricsEndpoint, MetricsServerError
 from orchestrator.store import Store
 from orchestrator.wiring import Opened, Parts, assemble
-from schemas.envelope import unseal_key
 from schemas.limits import DEFAULT_LIMITS, Limits
 from schemas.tensors import Params
 from schemas.topics import Topics
@@ -123,6 +124,10 @@ class Orchestrator:
 
     @property
     def public_key(self) -> bytes:
+        """The public half of the key the service signs with now (it changes when a
+        rotation is announced)."""
+        if self._parts is not None:
+            return bytes(self._parts.keys.keys.current.verify_key)
         if self._key is None:
             raise OrchestratorError("the orchestrator is not running")
         return bytes(self._key.verify_key)
@@ -229,15 +234,18 @@ class Orchestrator:
         cfg = self.config
         await asyncio.to_thread(cfg.federation.data_dir.mkdir, mode=0o700, parents=True,
                                 exist_ok=True)
-        key = self._key = await asyncio.to_thread(load_or_create_key, cfg.federation.key_path)
-        decoder = await self._stack.enter_async_context(
-            DecodePool(cfg.ingest.decode_workers, _ingest_policy(cfg), unseal_key(key)))
         store = self._store = await self._stack.enter_async_context(
             Store.open(cfg.federation.store_path, clock=self._clock.wall_ms,
                        synchronous=self._synchronous))
+        # a rotation of our own key may be half done: finish its file switch first
+        keys = await asyncio.to_thread(settle, cfg.federation.key_path,
+                                       await load_rotation(store))
+        key = self._key = keys.current
+        decoder = await self._stack.enter_async_context(
+            DecodePool(cfg.ingest.decode_workers, _ingest_policy(cfg), keys.unseal))
         link = MqttLink(await self._link_settings(), rng=self._rng, clock=self._clock)
         self._parts = await assemble(Opened(
-            config=cfg, store=store, key=key, decoder=decoder, link=link, metrics=self.metrics,
+            config=cfg, store=store, key=key, keys=keys, decoder=decoder, link=link, metrics=self.metrics,
             counters=self.counters, clock=self._clock, rng=self._rng, tap=self._tap))
         if cfg.metrics.port is not None:
             try:
