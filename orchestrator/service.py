@@ -42,8 +42,8 @@ from orchestrator.errors import OrchestratorError
 from orchestrator.ingest.decode_pool import DecodePool
 from orchestrator.ingest.pipeline import IngestPolicy
 from orchestrator.link.keyring import settle
-from orchestrator.link.rotation import load_rotation
 from orchestrator.link.mqtt import MqttLink, MqttSettings
+from orchestrator.link.rotation import load_rotation
 from orchestrator.metrics.counters import MeteredCounter
 from orchestrator.metrics.prometheus import Metrics, MetricsEndpoint, MetricsServerError
 from orchestrator.store import Store
@@ -245,8 +245,9 @@ class Orchestrator:
             DecodePool(cfg.ingest.decode_workers, _ingest_policy(cfg), keys.unseal))
         link = MqttLink(await self._link_settings(), rng=self._rng, clock=self._clock)
         self._parts = await assemble(Opened(
-            config=cfg, store=store, key=key, keys=keys, decoder=decoder, link=link, metrics=self.metrics,
-            counters=self.counters, clock=self._clock, rng=self._rng, tap=self._tap))
+            config=cfg, store=store, key=key, keys=keys, decoder=decoder, link=link,
+            metrics=self.metrics, counters=self.counters, clock=self._clock, rng=self._rng,
+            tap=self._tap))
         if cfg.metrics.port is not None:
             try:
                 self.metrics_endpoint = await self._stack.enter_async_context(

@@ -49,8 +49,8 @@ from orchestrator.housekeeping import Housekeeping
 from orchestrator.ingest.buffer_cache import Buffer
 from orchestrator.ingest.decode_pool import DecodePool
 from orchestrator.ingest.intake import Intake
-from orchestrator.link.mqtt import MqttLink
 from orchestrator.link.keyring import KeySet
+from orchestrator.link.mqtt import MqttLink
 from orchestrator.link.rates import RateLimiter
 from orchestrator.link.rotation import KeyWatch
 from orchestrator.link.router import Router
