@@ -27,7 +27,6 @@ from types import TracebackType
 from typing import Any
 
 import numpy as np
-from nacl.signing import VerifyKey
 
 from schemas import AgentState, Bundle, ErrorFeedback, Status, Task, Topics, UpKind
 
@@ -41,6 +40,7 @@ from .flusher import Flusher
 from .heartbeat import Heartbeat, Profile, Reporter
 from .keeper import ModelKeeper
 from .models import ModelReceiver
+from .orchkeys import OrchestratorKeys
 from .outbox import Outbox, ResendPolicy
 from .probes import DeviceProbe, SysfsProbe
 from .rotation import KeyRotator
@@ -114,7 +114,7 @@ class Agent:
         self._offload = Offload(executor)
         self._probe = ProbeReader(probe if probe is not None else SysfsProbe(), self._offload)
         self._tls = tls_context
-        self._orch_key = VerifyKey(bytes.fromhex(bundle.orchestrator_key))
+        self._bundle_key = bytes.fromhex(bundle.orchestrator_key)
         if self.config.holdout > 0:
             self.train_data, self.holdout_data = split_holdout(
                 data, self.config.holdout, np.random.default_rng(self.config.seed))
@@ -128,6 +128,7 @@ class Agent:
         self._pace = Pace()
         self._stack = AsyncExitStack()
         self._parts: _Parts | None = None
+        self._keys: OrchestratorKeys | None = None
         self._main: asyncio.Task[None] | None = None
 
     # -- public view ----------------------------------------------------------------------------
@@ -174,6 +175,11 @@ class Agent:
     @property
     def last_status(self) -> Status | None:
         return self._parts.heartbeat.last_status if self._parts is not None else None
+
+    @property
+    def orchestrator_key(self) -> bytes:
+        """The orchestrator key this device pins now (the bundle's, until a rotation)."""
+        return self._keys.ring.current if self._keys is not None else self._bundle_key
 
     @property
     def step_time_ms(self) -> float | None:
@@ -314,8 +320,11 @@ class Agent:
             LocalState(self._state_path, device_id=self.device_id, fed=self.fed))
         outbox = await Outbox.open(state, ResendPolicy(int(self.config.ack_timeout_s * 1000),
                                                        int(self.config.max_ack_timeout_s * 1000)))
-        receiver = ModelReceiver(orchestrator_key=self._orch_key, fed=self.fed,
-                                 clock=self._clock.wall)
+        keys = OrchestratorKeys(state, self._bundle_key, fed=self.fed, clock=self._clock,
+                                logger=self.log)
+        await keys.load()
+        self._keys = keys
+        receiver = ModelReceiver(orchestrator_key=keys, fed=self.fed, clock=self._clock.wall)
         models = ModelKeeper(state, receiver, offload=self._offload, clock=self._clock,
                              intra_op_threads=self.config.intra_op_threads, logger=self.log)
         await models.load()
@@ -333,10 +342,12 @@ class Agent:
     async def _build(self, state: LocalState, outbox: Outbox, models: ModelKeeper,
                      tracker: ActivityTracker, status_due: asyncio.Event) -> _Parts:
         config, clock, changed = self.config, self._clock, self._changed
+        keys = self._keys
+        assert keys is not None  # loaded in _open
         outbox_due = asyncio.Event()
         settings = Settings.from_record(await state.get("settings", {}))
         signer = Signer(state, outbox, device_id=self.device_id, fed=self.fed,
-                        orchestrator_key=self._orch_key, clock=clock, offload=self._offload,
+                        orchestrator_keys=keys, clock=clock, offload=self._offload,
                         max_update_bytes=config.batch_bytes)
         profile = Profile.of(self.device_id, self.topics, self.train_data,
                              enroll_secret=bytes.fromhex(self.bundle.enroll_secret),
@@ -351,13 +362,14 @@ class Agent:
                              **common)
         await rotator.load()
         downlink = Downlink(
-            device_id=self.device_id, fed=self.fed, orchestrator_key=self._orch_key,
+            device_id=self.device_id, fed=self.fed, orchestrator_keys=keys,
             state=state, window=await state.replay_window(), models=models, tracker=tracker,
             tasks=tasks, outbox=outbox, settings=settings, shutdown=self._shutdown,
             status_due=status_due, outbox_due=outbox_due, exit_on_revoke=config.exit_on_revoke,
             tombstone=self.tombstone_path, logger=self.log, rotation=rotator, **common)
         session = self._session(downlink, reporter,
                                 signal_all(status_due, outbox_due, rotator.wake, changed))
+        keys.on_adopt = session.refresh_retained
         flusher = Flusher(outbox, session, self.topics.up(self.device_id, UpKind.UPDATES),
                           batch_entries=config.batch_entries, batch_bytes=config.batch_bytes,
                           ready=tracker.may_send_updates, wake=outbox_due, logger=self.log,

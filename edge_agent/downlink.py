@@ -19,8 +19,6 @@ import logging
 from pathlib import Path
 from typing import Any, Protocol
 
-from nacl.signing import VerifyKey
-
 from schemas import (
     Ack,
     AckOutcome,
@@ -41,7 +39,6 @@ from schemas import (
     message_type,
     parse_topic,
     unseal_key,
-    verify,
 )
 from schemas.topics import ORCHESTRATOR_SENDER
 
@@ -49,6 +46,7 @@ from .clock import Clock, wall_ms
 from .config import AGENT_VERSION
 from .errors import ModelContractError
 from .keeper import ModelKeeper
+from .orchkeys import KeyLostError, OrchestratorKeys
 from .outbox import Outbox
 from .records import Enrollment
 from .shared import AgentStats, Pulse, Settings, Shutdown
@@ -69,7 +67,7 @@ _DOWN_TYPES: tuple[type[Message], ...] = (Task, Defer, Ack, Control, Enrolled)
 
 
 class Downlink:
-    def __init__(self, *, device_id: str, fed: str, orchestrator_key: VerifyKey,
+    def __init__(self, *, device_id: str, fed: str, orchestrator_keys: OrchestratorKeys,
                  state: LocalState, window: ReplayWindow, models: ModelKeeper,
                  tracker: ActivityTracker, tasks: asyncio.Queue[Task], outbox: Outbox,
                  settings: Settings, shutdown: Shutdown, stats: AgentStats, changed: Pulse,
@@ -78,7 +76,7 @@ class Downlink:
                  rotation: Rotation | None = None) -> None:
         self._device_id = device_id
         self._fed = fed
-        self._key = orchestrator_key
+        self._keys = orchestrator_keys
         self._state = state
         self._window = window
         self._models = models
@@ -104,7 +102,10 @@ class Downlink:
             parsed = parse_topic(topic)
             if parsed.fed != self._fed:
                 raise FedmqError(Reason.WRONG_FEDERATION, f"topic of federation {parsed.fed!r}")
-            if parsed.area == "model":
+            if parsed.area == "model" and parsed.kind == "key":
+                if payload:
+                    await self._keys.receive(payload)
+            elif parsed.area == "model":
                 if payload:  # an empty retained payload clears a superseded chunk
                     await self._on_model(parsed.kind or "", payload, topic)
             elif parsed.area == "down" and parsed.device == self._device_id:
@@ -113,10 +114,21 @@ class Downlink:
                     await self._dispatch(message)
             else:
                 raise DecodeError(Reason.BAD_TOPIC, "not a topic for this device")
+            await self._keys.settle()
+        except KeyLostError as exc:
+            self._key_lost(exc)
         except FedmqError as exc:
             self._refuse(topic, exc.reason.value, str(exc))
         except (ModelContractError, ValueError) as exc:
             self._refuse(topic, Reason.INVALID_FIELD.value, str(exc))
+
+    def _key_lost(self, exc: KeyLostError) -> None:
+        """Nothing the orchestrator signs can be verified any more: one line, and the end."""
+        if self._shutdown.finished == "orchestrator_key_changed":
+            return
+        self._log.error("%s", exc.line)
+        self._changed.fire()
+        self._shutdown.finish("orchestrator_key_changed")
 
     def _refuse(self, topic: str, reason: str, detail: str) -> None:
         self._stats.refused[reason] += 1
@@ -133,7 +145,7 @@ class Downlink:
 
     async def _open(self, payload: bytes) -> Message | None:
         """The verified, fresh message (marked in the window), or None for a duplicate."""
-        opened = verify(payload, self._key)
+        opened = self._keys.verify(payload)
         header = opened.header
         check_header(header, fed=self._fed, sender=ORCHESTRATOR_SENDER, now_ms=wall_ms(self._clock),
                      recipient=self._device_id)

@@ -16,6 +16,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from typing import Protocol
 
 from nacl.signing import VerifyKey
 
@@ -61,18 +62,33 @@ class _Pending:
     header: Header
 
 
+class Verifier(Protocol):
+    """Verifies an orchestrator envelope (``OrchestratorKeys``: the pinned key ring)."""
+
+    def verify(self, data: bytes, limits: Limits = ...) -> Opened: ...
+
+
+class _OneKey:
+    def __init__(self, key: VerifyKey) -> None:
+        self._key = key
+
+    def verify(self, data: bytes, limits: Limits = DEFAULT_LIMITS) -> Opened:
+        return verify(data, self._key, limits)
+
+
 class ModelReceiver:
     def __init__(
         self,
         *,
-        orchestrator_key: VerifyKey,
+        orchestrator_key: VerifyKey | Verifier,
         fed: str,
         limits: Limits = DEFAULT_LIMITS,
         max_model_bytes: int = 64 * 1024 * 1024,
         chunk_cache_bytes: int = 128 * 1024 * 1024,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self._key = orchestrator_key
+        self._keys: Verifier = _OneKey(orchestrator_key) if isinstance(
+            orchestrator_key, VerifyKey) else orchestrator_key
         self._fed = fed
         self._limits = limits
         self._max_model_bytes = max_model_bytes
@@ -93,7 +109,7 @@ class ModelReceiver:
                chunk_sha: str | None = None) -> Received:
         """``kind`` is the topic kind: ``snapshot``, ``delta`` or ``chunk`` (whose topic names
         ``chunk_sha``). Raises ``FedmqError`` (with a reason) for anything forged or broken."""
-        opened = verify(payload, self._key, self._limits)
+        opened = self._keys.verify(payload, self._limits)
         check_header(opened.header, fed=self._fed, sender=ORCHESTRATOR_SENDER,
                      now_ms=int(self._clock() * 1000), limits=self._limits, recipient="")
         kind_type = opened.header.type
@@ -211,7 +227,7 @@ class ModelReceiver:
             h = pending.header
             return Opened(Header(h.v, pending.manifest.inner_type, h.fed, h.sender, h.seq,
                                  h.ts_ms), data)
-        opened = verify(data, self._key, self._big_limits)
+        opened = self._keys.verify(data, self._big_limits)
         check_header(opened.header, fed=self._fed, sender=ORCHESTRATOR_SENDER,
                      now_ms=int(self._clock() * 1000), limits=self._limits, recipient="")
         return opened

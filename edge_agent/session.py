@@ -124,6 +124,7 @@ class Session:
         self._connected = asyncio.Event()
         self._lost: asyncio.Event = asyncio.Event()
         self._connected_since_ms = 0
+        self._background: set[asyncio.Task[None]] = set()
         self.connections = 0
         """How many times a connection was established (tests watch it)."""
         self.last_error: str = ""
@@ -316,6 +317,24 @@ class Session:
             self._log.info("mqtt: connection lost")
             if self._on_disconnect is not None:
                 self._on_disconnect()
+
+    def refresh_retained(self) -> None:
+        """Subscribe again, so the broker sends the retained messages once more (a new
+        orchestrator key was pinned: the model refused under it may now verify)."""
+        client = self._client
+        if client is None:
+            return
+
+        async def resubscribe() -> None:
+            try:
+                for topic in self._subscriptions:
+                    await client.subscribe(topic, qos=1)
+            except aiomqtt.MqttError as exc:
+                self._log.info("mqtt: resubscribe failed: %s", exc)
+
+        task = asyncio.get_running_loop().create_task(resubscribe())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     # -- publishing ------------------------------------------------------------------------------
 

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 from nacl.signing import SigningKey, VerifyKey
 
-from schemas import Message, Params, Update, pack, seal_key
+from schemas import Message, Params, Update, pack
 
 from .clock import Clock, wall_ms
 from .errors import OversizedUpdateError
+from .orchkeys import OrchestratorKeys
 from .outbox import Outbox
 from .shared import Offload
 from .state import LocalState
@@ -23,13 +24,13 @@ __all__ = ["Signer"]
 
 class Signer:
     def __init__(self, state: LocalState, outbox: Outbox, *, device_id: str, fed: str,
-                 orchestrator_key: VerifyKey, clock: Clock, offload: Offload,
+                 orchestrator_keys: OrchestratorKeys, clock: Clock, offload: Offload,
                  max_update_bytes: int) -> None:
         self._state = state
         self._outbox = outbox
         self._device_id = device_id
         self._fed = fed
-        self._seal_to = seal_key(orchestrator_key)
+        self._keys = orchestrator_keys  # sealed to its current key, which a rotation changes
         self._clock = clock
         self._offload = offload
         self._max_update_bytes = max_update_bytes
@@ -45,7 +46,7 @@ class Signer:
         device key)."""
         return pack(message, key=key or self._state.signing_key, fed=self._fed,
                     sender=self._device_id, seq=seq, ts_ms=wall_ms(self._clock),
-                    seal_to=self._seal_to if seal else None)
+                    seal_to=self._keys.seal_key() if seal else None)
 
     async def sign(self, message: Message) -> bytes:
         """A small message (status, enroll, eval report) under the next seq."""

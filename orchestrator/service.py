@@ -11,7 +11,8 @@ and ``ingest-commit`` (intake), ``control`` (enroll, status, eval lanes), ``aggr
 ``publish``, ``evaluate`` (if configured), ``privacy`` (if enabled), ``registry`` (other
 processes' device changes), ``rollback`` (requests from ``fedmq model rollback``),
 ``housekeeping`` (deadlines, the wall-clock stopping rule), ``ops`` (operator requests and
-the fleet summary) and ``flood`` (rate-limit refusals audited, flooders isolated). One
+the fleet summary), ``flood`` (rate-limit refusals audited, flooders isolated) and ``keys``
+(rotation of the orchestrator's own key, see :mod:`orchestrator.link.rotation`). One
 shutdown path: setting the shutdown event (injectable) unwinds the TaskGroup; leaving the
 context closes what was opened, in reverse. The first thing opened (and so the last released)
 is the ``data_dir`` lock (:mod:`orchestrator.data_lock`): a second service on the same
@@ -44,13 +45,13 @@ from orchestrator.devices.registry import Registry
 from orchestrator.errors import OrchestratorError
 from orchestrator.ingest.decode_pool import DecodePool
 from orchestrator.ingest.pipeline import IngestPolicy
-from orchestrator.link.keys import load_or_create_key
+from orchestrator.link.keyring import settle
 from orchestrator.link.mqtt import MqttLink, MqttSettings
+from orchestrator.link.rotation import load_rotation
 from orchestrator.metrics.counters import MeteredCounter
 from orchestrator.metrics.prometheus import Metrics, MetricsEndpoint, MetricsServerError
 from orchestrator.store import Store
 from orchestrator.wiring import Opened, Parts, assemble
-from schemas.envelope import unseal_key
 from schemas.limits import DEFAULT_LIMITS, Limits
 from schemas.tensors import Params
 from schemas.topics import Topics
@@ -128,6 +129,10 @@ class Orchestrator:
 
     @property
     def public_key(self) -> bytes:
+        """The public half of the key the service signs with now (it changes when a
+        rotation is announced)."""
+        if self._parts is not None:
+            return bytes(self._parts.keys.keys.current.verify_key)
         if self._key is None:
             raise OrchestratorError("the orchestrator is not running")
         return bytes(self._key.verify_key)
@@ -236,16 +241,20 @@ class Orchestrator:
         # first, and synchronously (a cancellation cannot leave it taken but unowned): the
         # key, the store and the broker of this data_dir are ours alone until the stack closes
         self._data_lock = self._stack.enter_context(DataDirLock(cfg.federation.data_dir))
-        key = self._key = await asyncio.to_thread(load_or_create_key, cfg.federation.key_path)
-        decoder = await self._stack.enter_async_context(
-            DecodePool(cfg.ingest.decode_workers, _ingest_policy(cfg), unseal_key(key)))
         store = self._store = await self._stack.enter_async_context(
             Store.open(cfg.federation.store_path, clock=self._clock.wall_ms,
                        synchronous=self._synchronous))
+        # a rotation of our own key may be half done: finish its file switch first
+        keys = await asyncio.to_thread(settle, cfg.federation.key_path,
+                                       await load_rotation(store))
+        key = self._key = keys.current
+        decoder = await self._stack.enter_async_context(
+            DecodePool(cfg.ingest.decode_workers, _ingest_policy(cfg), keys.unseal))
         link = MqttLink(await self._link_settings(), rng=self._rng, clock=self._clock)
         self._parts = await assemble(Opened(
-            config=cfg, store=store, key=key, decoder=decoder, link=link, metrics=self.metrics,
-            counters=self.counters, clock=self._clock, rng=self._rng, tap=self._tap))
+            config=cfg, store=store, key=key, keys=keys, decoder=decoder, link=link,
+            metrics=self.metrics, counters=self.counters, clock=self._clock, rng=self._rng,
+            tap=self._tap))
         if cfg.metrics.port is not None:
             try:
                 self.metrics_endpoint = await self._stack.enter_async_context(

@@ -50,8 +50,10 @@ from orchestrator.housekeeping import Housekeeping
 from orchestrator.ingest.buffer_cache import Buffer
 from orchestrator.ingest.decode_pool import DecodePool
 from orchestrator.ingest.intake import Intake
+from orchestrator.link.keyring import KeySet
 from orchestrator.link.mqtt import MqttLink
 from orchestrator.link.rates import RateLimiter
+from orchestrator.link.rotation import KeyWatch
 from orchestrator.link.router import Router
 from orchestrator.link.sender import Outbound
 from orchestrator.link.seqs import SeqCounter
@@ -86,6 +88,8 @@ class Opened:
     config: Config
     store: Store
     key: SigningKey
+    keys: KeySet
+    """The key the service signs with and, during a rotation's grace, the retiring one."""
     decoder: DecodePool
     link: MqttLink
     metrics: Metrics
@@ -101,6 +105,7 @@ class Parts:
     buffer: Buffer
     outstanding: OutstandingTasks
     registry: Registry
+    keys: KeyWatch
     loops: list[Loop]
     """Name and coroutine function of every loop, to run as named tasks."""
 
@@ -187,8 +192,16 @@ async def assemble(o: Opened) -> Parts:
         interval_s=cfg.aggregation.publish_interval_s, clock=o.clock, counters=o.counters)
     router = Router(topics, updates=intake.submit, control=lanes.submit, ops=desk,
                     limiter=limiter, counters=o.counters, clock=o.clock, tap=o.tap)
+    keys = KeyWatch(store=store, keys=o.keys, key_path=cfg.federation.key_path,
+                    outbound=outbound, set_unseal=lambda k: o.decoder.set_unseal(k.unseal),
+                    republish_model=publication.republish, clock=o.clock, counters=o.counters)
+
+    def connected() -> None:
+        keys.republish()
+        publication.republish()
+
     loops: list[Loop] = [
-        ("mqtt", lambda: o.link.run(router.route, publication.republish, router.dropped)),
+        ("mqtt", lambda: o.link.run(router.route, connected, router.dropped)),
         ("ingest-decode", intake.decode),
         ("ingest-commit", intake.commit),
         ("control", lanes.run),
@@ -203,12 +216,13 @@ async def assemble(o: Opened) -> Parts:
                                       clock=o.clock).run),
         ("ops", desk.run),
         ("flood", floods.run),
+        ("keys", keys.run),
     ]
     if evaluation is not None:
         loops.append(("evaluate", evaluation.run))
     if r.privacy.enabled:
         loops.append(("privacy", r.privacy.run))
-    return Parts(r.head, r.buffer, outstanding, r.registry, loops)
+    return Parts(r.head, r.buffer, outstanding, r.registry, keys, loops)
 
 
 async def _flood_watch(o: Opened, r: _Restored, limiter: RateLimiter,

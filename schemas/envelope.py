@@ -12,6 +12,7 @@ claimed sender (known from the topic, which the broker ACL ties to the MQTT user
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -158,23 +159,18 @@ def decode_body(
     opened: Opened,
     expected: type[M],
     limits: Limits = DEFAULT_LIMITS,
-    unseal: PrivateKey | None = None,
+    unseal: PrivateKey | Sequence[PrivateKey] | None = None,
 ) -> M:
-    """Decompress (after unsealing) and validate the body as ``expected``."""
+    """Decompress (after unsealing) and validate the body as ``expected``. ``unseal`` may be
+    several keys (the orchestrator's current and retiring keys during a rotation), tried in
+    order."""
     h = opened.header
     if h.type != expected.TYPE:
         raise DecodeError(Reason.WRONG_TYPE, f"expected {expected.TYPE!r}, got {h.type!r}",
                           sender=h.sender, seq=h.seq)
     body = opened.body
     if h.enc == ENC_SEALED:
-        if unseal is None:
-            raise DecodeError(Reason.MALFORMED, "sealed body but no key to open it",
-                              sender=h.sender, seq=h.seq)
-        try:
-            bound = SealedBox(unseal).decrypt(body)
-        except CryptoError:
-            raise DecodeError(Reason.MALFORMED, "sealed body does not open",
-                              sender=h.sender, seq=h.seq) from None
+        bound = _unseal(body, unseal, h)
         inner = _unpack(bound, max_bin_len=limits.max_envelope_bytes,
                         max_str_len=limits.max_string, max_array_len=4, max_map_len=0)
         if (not isinstance(inner, list) or len(inner) != 4
@@ -201,6 +197,22 @@ def decode_body(
         exc.sender, exc.seq = h.sender, h.seq
         raise
     return message
+
+
+def _unseal(body: bytes, unseal: PrivateKey | Sequence[PrivateKey] | None,
+            h: Header) -> bytes:
+    keys = () if unseal is None else (unseal,) if isinstance(unseal, PrivateKey) else unseal
+    if not keys:
+        raise DecodeError(Reason.MALFORMED, "sealed body but no key to open it",
+                          sender=h.sender, seq=h.seq)
+    for key in keys:
+        try:
+            opened: bytes = SealedBox(key).decrypt(body)
+        except CryptoError:
+            continue
+        return opened
+    raise DecodeError(Reason.MALFORMED, "sealed body does not open", sender=h.sender,
+                      seq=h.seq)
 
 
 def decode(

@@ -295,6 +295,37 @@ class Chunk(Message):
     data: bytes
 
 
+@dataclass(frozen=True, slots=True)
+class KeyAnnouncement(Message):
+    """The orchestrator's key changes (retained on ``fl/{fed}/model/key``): signed by the old
+    key, which vouches for the new one; ``proof`` is the new key's signature over the old public
+    key (see :func:`schemas.signing.announcement_proof`). Devices pin ``new_public_key`` and accept
+    the old key until they see a message signed by the new one, or ``retire_after_ms`` passes."""
+
+    TYPE: ClassVar[str] = "orch_key"
+    new_public_key: bytes
+    old_public_key: bytes
+    proof: bytes
+    not_before_ms: int
+    """From when the orchestrator signs with the new key."""
+    retire_after_ms: int
+    """When the old key is retired: devices refuse it (and this announcement) from then on."""
+    generation: int = 1
+    """How many rotations the orchestrator has made (1 for the first)."""
+
+    def __post_init__(self) -> None:
+        if len(self.new_public_key) != 32 or len(self.old_public_key) != 32:
+            raise ValueError("public keys must be 32 bytes")
+        if len(self.proof) != 64:
+            raise ValueError("proof must be 64 bytes")
+        if self.new_public_key == self.old_public_key:
+            raise ValueError("the new key must differ from the old one")
+        if self.not_before_ms < 0 or self.retire_after_ms < self.not_before_ms:
+            raise ValueError("retire_after_ms must be >= not_before_ms >= 0")
+        if self.generation < 1:
+            raise ValueError("generation must be >= 1")
+
+
 # -- operators --------------------------------------------------------------------------------
 
 
@@ -329,7 +360,7 @@ MESSAGE_TYPES: dict[str, type[Message]] = {
     cls.TYPE: cls
     for cls in (
         Enroll, KeyRotation, Status, Update, EvalReport, Enrolled, Task, Defer, Ack, Control,
-        ModelSnapshot, ModelDelta, ChunkManifest, Chunk, FleetSummary, OperatorRequest,
-        OperatorResponse,
+        ModelSnapshot, ModelDelta, ChunkManifest, Chunk, KeyAnnouncement, FleetSummary,
+        OperatorRequest, OperatorResponse,
     )
 }

@@ -39,6 +39,25 @@ def check_rotation_proof(new_public_key: bytes, proof: bytes, old_public_key: by
     return True
 
 
+def _announcement_text(fed: str, old_public_key: bytes) -> bytes:
+    return b"fedmq-orch-key\x00" + fed.encode() + b"\x00" + old_public_key
+
+
+def announcement_proof(new_key: SigningKey, *, fed: str, old_public_key: bytes) -> bytes:
+    """The orchestrator's new key signs the old public key (bound to the federation): proof
+    that whoever announced the new key holds it."""
+    return new_key.sign(_announcement_text(fed, old_public_key)).signature
+
+
+def check_announcement_proof(new_public_key: bytes, proof: bytes, *, fed: str,
+                             old_public_key: bytes) -> bool:
+    try:
+        VerifyKey(new_public_key).verify(_announcement_text(fed, old_public_key), proof)
+    except Exception:  # BadSignatureError, or a malformed key/proof
+        return False
+    return True
+
+
 def key_id(public_key: bytes) -> str:
     """A short printable fingerprint for logs and the CLI."""
     return hashlib.sha256(public_key).hexdigest()[:16]

@@ -4,6 +4,7 @@
 ``fl/{fed}/model``              orch → all retained full snapshot
 ``fl/{fed}/model/delta``        orch → all retained lossless delta
 ``fl/{fed}/model/chunks/{sha}`` orch → all retained chunk of an oversized model message
+``fl/{fed}/model/key``          orch → all retained announcement of the orchestrator's new key
 ``fl/{fed}/down/{dev}/{kind}``  orch → dev  task, ack, control, enrolled
 ``fl/{fed}/up/{dev}/{kind}``    dev → orch  enroll, status (retained), updates, eval,
                                            rotate
@@ -76,6 +77,12 @@ class Topics:
         return f"{ROOT}/{self.fed}/model/delta"
 
     @property
+    def model_key(self) -> str:
+        """The retained ``KeyAnnouncement`` (under ``model/`` so every reader of the model,
+        device or operator, already subscribes to and may read it)."""
+        return f"{ROOT}/{self.fed}/model/key"
+
+    @property
     def model_all(self) -> str:
         return f"{ROOT}/{self.fed}/model/#"
 
@@ -142,7 +149,7 @@ def parse_topic(topic: str) -> ParsedTopic:
     kinds = _UP_KINDS if area == "up" else _DOWN_KINDS if area == "down" else None
     if kinds is not None and len(rest) == 2 and valid_id(rest[0]) and rest[1] in kinds:
         return ParsedTopic(fed, area, rest[0], rest[1])
-    if area == "model" and (rest == [] or rest == ["delta"]):
+    if area == "model" and (rest == [] or rest == ["delta"] or rest == ["key"]):
         return ParsedTopic(fed, area, None, rest[0] if rest else "snapshot")
     if area == "model" and len(rest) == 2 and rest[0] == "chunks" and _SHA_HEX.fullmatch(rest[1]):
         return ParsedTopic(fed, area, None, "chunk")

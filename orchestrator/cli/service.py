@@ -1,5 +1,8 @@
 """``fedmq orchestrator run --config FILE``: run the orchestrator service until SIGINT/SIGTERM.
 
+``fedmq orchestrator rotate-key --config FILE [--grace SECONDS]`` rotates the orchestrator's
+own key (see :mod:`orchestrator.link.rotation`), beside a running service or while it is down.
+
 Prints one ``ready`` line on stdout once connected and subscribed. Every error is one line on
 stderr and a non-zero exit status (2: bad usage or config, 1: failure at run time).
 """
@@ -8,9 +11,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import getpass
 import logging
 import signal
 import sys
+import time
 
 from orchestrator.broker import BrokerError
 from orchestrator.cli._common import Parser as _Parser
@@ -18,10 +23,12 @@ from orchestrator.cli._common import one_line_errors
 from orchestrator.config import Config, load_config
 from orchestrator.convergence.evaluation import EvaluationError
 from orchestrator.link.keys import KeyFileError
+from orchestrator.link.rotation import request_rotation
 from orchestrator.models.architecture import ArchitectureError
 from orchestrator.service import Orchestrator, OrchestratorError
-from orchestrator.store import StoreError
+from orchestrator.store import Store, StoreError
 from orchestrator.versions.publisher import PublishError
+from schemas.signing import key_id
 
 PROG = "fedmq orchestrator"
 _RUNTIME_ERRORS = (OrchestratorError, StoreError, BrokerError, KeyFileError, ArchitectureError,
@@ -37,7 +44,25 @@ def _parser() -> argparse.ArgumentParser:
                      choices=["debug", "info", "warning", "error"], help="(info)")
     commands.add_parser("check", help="validate a configuration and exit").add_argument(
         "--config", required=True, metavar="FILE")
+    rotate = commands.add_parser("rotate-key", help="rotate the orchestrator's own key")
+    rotate.add_argument("--config", required=True, metavar="FILE")
+    rotate.add_argument("--grace", type=float, default=7 * 24 * 3600.0, metavar="SECONDS",
+                        help="how long devices may still adopt the new key (7 days)")
     return parser
+
+
+async def _rotate(config: Config, grace_s: float) -> int:
+    """Record the request; the running service (or its next start) announces it."""
+    config.federation.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    async with Store.open(config.federation.store_path) as store:
+        rotation = await request_rotation(store, config.federation.key_path, grace_s=grace_s,
+                                          actor=getpass.getuser(),
+                                          now_ms=int(time.time() * 1000))
+    print(f"{PROG}: key rotation requested: new key {key_id(bytes.fromhex(rotation.new_public))}"
+          f" replaces {key_id(bytes.fromhex(rotation.old_public))}; the orchestrator announces "
+          f"it within about a second (or when it next starts) and retires the old key "
+          f"{grace_s:g} s later")
+    return 0
 
 
 async def _serve(config: Config) -> None:
@@ -61,6 +86,8 @@ async def _serve(config: Config) -> None:
 def main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
     config = load_config(args.config)
+    if args.command == "rotate-key":
+        return asyncio.run(_rotate(config, args.grace))
     if args.command == "check":
         print(f"{PROG}: {args.config}: ok (federation {config.federation.id!r})")
         return 0

@@ -57,12 +57,12 @@ log = logging.getLogger(__name__)
 _Senders = dict[str, tuple[str, bytes | None]]
 """What crosses to a worker for each device: its status and raw verify key."""
 
-_worker: tuple[IngestPolicy, PrivateKey] | None = None
+_worker: IngestPolicy | None = None
 
 
-def _init_worker(policy: IngestPolicy, unseal: bytes, service_pid: int) -> None:
+def _init_worker(policy: IngestPolicy, service_pid: int) -> None:
     global _worker
-    _worker = (policy, PrivateKey(unseal))
+    _worker = policy
     threading.Thread(target=_exit_with, args=(service_pid,), name="watch-service",
                      daemon=True).start()
 
@@ -88,10 +88,10 @@ def _exit_with(pid: int) -> None:
 
 def _judge_in_worker(batches: list[RawBatch], senders: _Senders,
                      windows: dict[str, ReplayWindow], model: ModelView,
-                     now_ms: int) -> GroupResult:
+                     now_ms: int, keys: tuple[bytes, ...]) -> GroupResult:
     if _worker is None:  # pragma: no cover - the pool's initializer sets it
         raise RuntimeError("decode worker not initialised")
-    policy, unseal = _worker
+    policy, unseal = _worker, [PrivateKey(k) for k in keys]
     views = {d: SenderView(status, None if key is None else VerifyKey(key))
              for d, (status, key) in senders.items()}
     result = process_group(batches, views, windows, model, policy, unseal, now_ms)
@@ -149,15 +149,22 @@ def _shard(batches: Sequence[RawBatch], n: int) -> dict[int, list[int]]:
 class DecodePool:
     """``async with DecodePool(n, policy, unseal) as pool: await pool.judge(...)``."""
 
-    def __init__(self, workers: int, policy: IngestPolicy, unseal: PrivateKey) -> None:
+    def __init__(self, workers: int, policy: IngestPolicy,
+                 unseal: PrivateKey | Sequence[PrivateKey]) -> None:
         if workers < 0:
             raise ValueError(f"workers must be >= 0, got {workers}")
         self._workers = workers
         self._policy = policy
-        self._unseal = unseal
+        self._unseal: tuple[PrivateKey, ...] = ()
+        self.set_unseal(unseal)
         self._executor: concurrent.futures.ProcessPoolExecutor | None = None
         self.restarts = 0
         """How many times a dead worker forced a restart (tests and metrics watch it)."""
+
+    def set_unseal(self, unseal: PrivateKey | Sequence[PrivateKey]) -> None:
+        """The keys that open sealed updates from now on (a rotation changes them); they
+        travel with each group, so the workers need no restart."""
+        self._unseal = (unseal,) if isinstance(unseal, PrivateKey) else tuple(unseal)
 
     async def __aenter__(self) -> DecodePool:
         if self._workers:
@@ -181,7 +188,7 @@ class DecodePool:
         ctx.set_forkserver_preload(["orchestrator.ingest.pipeline"])
         executor = concurrent.futures.ProcessPoolExecutor(
             self._workers, mp_context=ctx, initializer=_init_worker,
-            initargs=(self._policy, bytes(self._unseal), os.getpid()))
+            initargs=(self._policy, os.getpid()))
         _widen_pipes(executor)
         return executor
 
@@ -234,7 +241,8 @@ class DecodePool:
         return await asyncio.get_running_loop().run_in_executor(
             self._executor, _judge_in_worker, batches,
             {d: s for d, s in senders.items() if d in devices},
-            {d: w for d, w in windows.items() if d in devices}, model, now_ms)
+            {d: w for d, w in windows.items() if d in devices}, model, now_ms,
+            tuple(bytes(k) for k in self._unseal))
 
     async def _one_by_one(self, batches: list[RawBatch], senders: _Senders,
                           windows: Mapping[str, ReplayWindow], model: ModelView,

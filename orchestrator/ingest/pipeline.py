@@ -36,6 +36,10 @@ from schemas.messages import AckEntry, AckOutcome, Update
 from schemas.replay import ReplayWindow, Verdict
 from schemas.tensors import Params, decode_params
 
+Unseal = PrivateKey | Sequence[PrivateKey]
+"""The orchestrator's key(s) that open sealed bodies (its current and, during a rotation,
+its retiring key)."""
+
 __all__ = [
     "Accept",
     "BatchResult",
@@ -202,7 +206,7 @@ def check_size(entry: bytes, seq: int, policy: IngestPolicy) -> None:
                     f"{len(entry)} bytes exceeds the cap of {policy.max_update_bytes}", seq)
 
 
-def decode_update(opened: Opened, unseal: PrivateKey, policy: IngestPolicy) -> Update:
+def decode_update(opened: Opened, unseal: Unseal, policy: IngestPolicy) -> Update:
     try:
         return decode_body(opened, Update, policy.limits, unseal)
     except FedmqError as exc:
@@ -269,7 +273,7 @@ def process_entry(
     window: ReplayWindow | None,
     model: ModelView,
     policy: IngestPolicy,
-    unseal: PrivateKey,
+    unseal: Unseal,
     now_ms: int,
     marked: list[int],
 ) -> EntryOutcome:
@@ -302,7 +306,7 @@ def process_group(
     windows: Mapping[str, ReplayWindow],
     model: ModelView,
     policy: IngestPolicy,
-    unseal: PrivateKey,
+    unseal: Unseal,
     now_ms: int,
 ) -> GroupResult:
     """Judge every entry of every batch (CPU-bound: run it in a worker thread).

@@ -14,7 +14,7 @@ from nacl.signing import SigningKey
 
 from orchestrator.errors import OrchestratorError
 
-__all__ = ["KeyFileError", "load_key", "load_or_create_key", "public_key_hex"]
+__all__ = ["KeyFileError", "create_key", "load_key", "load_or_create_key", "public_key_hex"]
 
 _SEED_BYTES = 32
 
@@ -28,13 +28,22 @@ def load_or_create_key(path: str | os.PathLike[str]) -> SigningKey:
     p = Path(path)
     if p.exists():
         return load_key(p)
+    try:
+        return create_key(p)
+    except FileExistsError:
+        return load_key(p)
+
+
+def create_key(path: str | os.PathLike[str]) -> SigningKey:
+    """A fresh key written durably to ``path`` (mode 0600, O_EXCL: two processes racing to
+    create it cannot both win; the loser gets ``FileExistsError``)."""
+    p = Path(path)
     p.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     key = SigningKey.generate()
     try:
-        # O_EXCL: two processes racing to create the key cannot both win
         fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:
-        return load_key(p)
+        raise
     except OSError as exc:
         raise KeyFileError(f"cannot create key file {p}: {exc.strerror or exc}") from None
     with os.fdopen(fd, "w", encoding="ascii") as fh:
@@ -42,7 +51,16 @@ def load_or_create_key(path: str | os.PathLike[str]) -> SigningKey:
         fh.write(bytes(key).hex() + "\n")
         fh.flush()
         os.fsync(fh.fileno())
+    _sync_dir(p.parent)
     return key
+
+
+def _sync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def load_key(path: str | os.PathLike[str]) -> SigningKey:

@@ -48,6 +48,10 @@ class StateKey(StrEnum):
     REVOCATIONS = "revocations"
     """JSON ``{device: {sent_ms, done}}``: when each revoked device's ``Control(revoke)`` was
     published and whether its broker credential is gone (see ``devices.revocation``)."""
+    KEY_ROTATION = "orchestrator_key.rotation"
+    """JSON: the latest rotation of the orchestrator's own key — its phase (requested,
+    announced, retired), both public keys, the grace, and the signed announcement (see
+    ``link.keyring``)."""
 
     ROTATE_REQUESTS = "rotate.requests"
     """JSON ``{device: requested_ms}``: ``fedmq device rotate`` asked for a key rotation

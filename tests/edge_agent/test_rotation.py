@@ -18,6 +18,7 @@ from nacl.signing import SigningKey
 
 from edge_agent.config import AgentConfig
 from edge_agent.errors import ConfigError
+from edge_agent.orchkeys import OrchestratorKeys
 from edge_agent.outbox import Outbox
 from edge_agent.rotation import KeyRotator
 from edge_agent.shared import AgentStats, Offload, Pulse
@@ -73,9 +74,11 @@ async def _rig(path: Path, clock: FakeClock, interval_s: float | None) -> AsyncI
         tracker = await ActivityTracker.load(state, model_stopped=False, clock=clock,
                                              status_due=status_due, changed=changed)
         await tracker.commit(lambda a: a.on_enrolled(Enrollment(EnrollStatus.ACTIVE, 10.0)))
-        signer = Signer(state, outbox, device_id="dev", fed="fed",
-                        orchestrator_key=SigningKey.generate().verify_key, clock=clock,
-                        offload=Offload(), max_update_bytes=1 << 20)
+        keys = OrchestratorKeys(state, bytes(SigningKey.generate().verify_key), fed="fed",
+                                clock=clock, logger=logging.getLogger("test"))
+        await keys.load()
+        signer = Signer(state, outbox, device_id="dev", fed="fed", orchestrator_keys=keys,
+                        clock=clock, offload=Offload(), max_update_bytes=1 << 20)
         config = AgentConfig(key_rotation_s=interval_s, key_rotation_retry_s=RETRY)
         rotator = KeyRotator(state=state, signer=signer, outbox=outbox, topic="up/rotate",
                              tracker=tracker, config=config, clock=clock, stats=AgentStats(),

@@ -70,6 +70,7 @@ from schemas import (
     verify,
 )
 from schemas._convert import to_wire
+from schemas.messages import KeyAnnouncement
 
 KEY = SigningKey(b"\x11" * 32)
 MiB = 1 << 20
@@ -85,6 +86,7 @@ SAMPLES: dict[str, Message] = {m.TYPE: m for m in (
            enroll_mac(b"s" * 32, fed="f", device_id="dev-a", public_key=bytes(KEY.verify_key)),
            "0.1", {"os": "linux", "ram_mb": 512}),
     KeyRotation(b"\x01" * 32, b"\x02" * 64),
+    KeyAnnouncement(b"\x01" * 32, b"\x03" * 32, b"\x02" * 64, 10, 20, 2),
     Status(battery_pct=50.0, model_version=3, label_counts={"a": 3, "b": 4}),
     Update("t", 1, 10, list(_TENSORS), clip_norm=1.0, train_loss=0.5),
     EvalReport("t", 3, 10, 0.5, 0.9),

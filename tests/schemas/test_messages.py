@@ -48,6 +48,7 @@ from schemas import (
     unseal_key,
     verify,
 )
+from schemas.messages import KeyAnnouncement
 
 SENDER_KEY = SigningKey(bytes(range(32)))
 RECEIVER_KEY = SigningKey(bytes(range(1, 33)))
@@ -76,6 +77,14 @@ OVERRIDES: dict[tuple[type, str], st.SearchStrategy[Any]] = {
     (Task, "mu"): st.floats(min_value=0, max_value=10),
     (Task, "noise_multiplier"): st.floats(min_value=0, max_value=10),
     (Task, "clip_norm"): st.none() | st.floats(min_value=1e-6, max_value=1e6),
+    (KeyAnnouncement, "new_public_key"): st.binary(min_size=31, max_size=31).map(
+        lambda b: b"\x01" + b),
+    (KeyAnnouncement, "old_public_key"): st.binary(min_size=31, max_size=31).map(
+        lambda b: b"\x02" + b),
+    (KeyAnnouncement, "proof"): st.binary(min_size=64, max_size=64),
+    (KeyAnnouncement, "not_before_ms"): st.integers(min_value=0, max_value=2**62),
+    (KeyAnnouncement, "retire_after_ms"): st.integers(min_value=2**62, max_value=2**63 - 1),
+    (KeyAnnouncement, "generation"): st.integers(min_value=1, max_value=2**63 - 1),
     (CodecSpec, "chunk"): st.integers(min_value=0, max_value=2**20),
     (CodecSpec, "topk_fraction"): st.floats(min_value=1e-6, max_value=1.0),
 }

@@ -30,6 +30,7 @@ def test_every_built_topic_parses_back(fed: str, dev: str, up: UpKind, down: Dow
     assert parse_topic(t.down(dev, down)) == ParsedTopic(fed, "down", dev, down.value)
     assert parse_topic(t.model) == ParsedTopic(fed, "model", None, "snapshot")
     assert parse_topic(t.model_delta) == ParsedTopic(fed, "model", None, "delta")
+    assert parse_topic(t.model_key) == ParsedTopic(fed, "model", None, "key")
     assert parse_topic(t.chunk(sha)) == ParsedTopic(fed, "model", None, "chunk")
     assert parse_topic(t.fleet) == ParsedTopic(fed, "fleet")
     assert parse_topic(t.ops_request(dev)) == ParsedTopic(fed, "ops", dev, "request")
@@ -40,11 +41,11 @@ def test_topic_layout_is_the_documented_one() -> None:
     t = Topics("f1")
     assert [t.model, t.model_delta, t.model_all, t.chunk("ab"), t.down("d", DownKind.TASK),
             t.down_all("d"), t.up("d", UpKind.UPDATES), t.up_all, t.fleet, t.ops_request("op"),
-            t.ops_requests, t.ops_reply("op"), t.ops_reply_prefix] == [
+            t.ops_requests, t.ops_reply("op"), t.ops_reply_prefix, t.model_key] == [
         "fl/f1/model", "fl/f1/model/delta", "fl/f1/model/#", "fl/f1/model/chunks/ab",
         "fl/f1/down/d/task", "fl/f1/down/d/#", "fl/f1/up/d/updates", "fl/f1/up/+/+",
         "fl/f1/fleet", "fl/f1/ops/request/op", "fl/f1/ops/request/+", "fl/f1/ops/reply/op",
-        "fl/f1/ops/reply/"]
+        "fl/f1/ops/reply/", "fl/f1/model/key"]
 
 
 @pytest.mark.parametrize(
@@ -54,7 +55,7 @@ def test_topic_layout_is_the_documented_one() -> None:
      "fl/f/up/d\n/status", "fl/f\n/model", "fl/f/model/chunks/" + "a" * 63,
      "fl/f/model/chunks/" + "A" * 64, "fl/f/model/chunks/" + "a" * 64 + "\n", "fl/f/fleet/x",
      "fl/f/ops/reply", "fl/f/ops/reply/a/b", "fl/f/ops/request", "fl/f/ops/request/+",
-     "fl/f/ops/request/a/b", "fl/f/model/delta/x", "/fl/f/model",
+     "fl/f/ops/request/a/b", "fl/f/model/delta/x", "fl/f/model/key/x", "/fl/f/model",
      "fl/" + "a" * 65 + "/model"],
 )
 def test_anything_else_is_bad_topic(topic: str) -> None:

@@ -127,7 +127,7 @@ def _section_for_heading(doc: str, word: str) -> str:
 
 def test_every_topic_and_the_envelope_layout_are_documented(doc: str) -> None:
     t = Topics("FED")
-    for topic in (t.model, t.model_delta, t.fleet):
+    for topic in (t.model, t.model_delta, t.model_key, t.fleet):
         assert f"`{topic.replace('FED', '{fed}')}`" in doc
     for template in ("fl/{fed}/model/chunks/{sha256hex}", "fl/{fed}/down/{dev}/{kind}",
                      "fl/{fed}/up/{dev}/{kind}", "fl/{fed}/ops/request/{op}",

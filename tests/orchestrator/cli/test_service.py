@@ -53,3 +53,18 @@ def test_an_unreachable_broker_is_one_line(tmp_path: Path,
 def test_usage_errors(capsys: pytest.CaptureFixture[str]) -> None:
     assert service_cli.main(["run"]) == 2
     assert "--config" in capsys.readouterr().err
+
+
+def test_rotate_key_offline_records_the_request_and_refuses_a_second(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = _config(tmp_path)
+    state = tmp_path / "state"
+    assert service_cli.main(["rotate-key", "--config", str(path), "--grace", "60"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("fedmq orchestrator: key rotation requested: new key ")
+    assert (state / "orchestrator.key.next").stat().st_mode & 0o777 == 0o600
+    assert (state / "orchestrator.key").exists()
+    assert service_cli.main(["rotate-key", "--config", str(path)]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "already requested" in err
+    assert service_cli.main(["rotate-key", "--config", str(path), "--grace", "0"]) == 1
