@@ -56,6 +56,8 @@ class ControlAction(StrEnum):
     RECONFIGURE = "reconfigure"
     ROTATE_KEY = "rotate_key"  # orchestrator asks the device to rotate its key now
     KEY_ROTATED = "key_rotated"  # the new key (params["public_key"]) is registered: switch
+    NEW_PASSWORD = "new_password"  # params["sealed"]: a broker password sealed to the device
+    PASSWORD_ROTATED = "password_rotated"  # the broker takes only the new password now
     STOP = "stop"  # the federation has converged or was stopped: go idle
     RESUME = "resume"
 
@@ -99,6 +101,16 @@ class KeyRotation(Message):
     new_public_key: bytes
     proof: bytes
     """Ed25519 signature by the new key over the old public key (proof of possession)."""
+
+
+@dataclass(frozen=True, slots=True)
+class PasswordReceipt(Message):
+    """The device holds (durably) the broker password a ``Control(new_password)`` sealed to
+    it, on ``up/{dev}/rotate``; the orchestrator switches the broker's entry only then."""
+
+    TYPE: ClassVar[str] = "password_receipt"
+    password_sha256: bytes
+    """SHA-256 of the new password's UTF-8 bytes: proof that the device could open it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -359,8 +371,9 @@ class OperatorResponse(Message):
 MESSAGE_TYPES: dict[str, type[Message]] = {
     cls.TYPE: cls
     for cls in (
-        Enroll, KeyRotation, Status, Update, EvalReport, Enrolled, Task, Defer, Ack, Control,
-        ModelSnapshot, ModelDelta, ChunkManifest, Chunk, KeyAnnouncement, FleetSummary,
+        Enroll, KeyRotation, PasswordReceipt, Status, Update, EvalReport, Enrolled, Task,
+        Defer, Ack, Control, ModelSnapshot, ModelDelta, ChunkManifest, Chunk, KeyAnnouncement,
+        FleetSummary,
         OperatorRequest, OperatorResponse,
     )
 }

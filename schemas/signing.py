@@ -5,6 +5,9 @@ from __future__ import annotations
 import hashlib
 import hmac
 
+from nacl.bindings import crypto_box_SEALBYTES
+from nacl.exceptions import CryptoError
+from nacl.public import SealedBox
 from nacl.signing import SigningKey, VerifyKey
 
 ENROLL_SECRET_BYTES = 32
@@ -56,6 +59,32 @@ def check_announcement_proof(new_public_key: bytes, proof: bytes, *, fed: str,
     except Exception:  # BadSignatureError, or a malformed key/proof
         return False
     return True
+
+
+MAX_PASSWORD_BYTES = 256
+
+
+def seal_password(password: str, device_key: bytes) -> bytes:
+    """``password`` sealed (anonymous box) to the device whose Ed25519 public key is
+    ``device_key``: only the holder of that device key can open it."""
+    box = SealedBox(VerifyKey(device_key).to_curve25519_public_key())
+    return box.encrypt(password.encode())
+
+
+def open_password(sealed: bytes, key: SigningKey) -> str | None:
+    """The password in ``sealed`` if it was sealed to ``key`` (and is a sane password)."""
+    if len(sealed) > MAX_PASSWORD_BYTES + crypto_box_SEALBYTES:
+        return None  # bounded before any work
+    try:
+        raw = SealedBox(key.to_curve25519_private_key()).decrypt(sealed)
+        password = raw.decode()
+    except (CryptoError, UnicodeDecodeError):
+        return None
+    return password if 0 < len(raw) <= MAX_PASSWORD_BYTES and password.isprintable() else None
+
+
+def password_digest(password: str) -> bytes:
+    return hashlib.sha256(password.encode()).digest()
 
 
 def key_id(public_key: bytes) -> str:

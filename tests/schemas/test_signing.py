@@ -36,7 +36,13 @@ from schemas import (
     unseal_key,
     verify,
 )
-from schemas.signing import ENROLL_SECRET_BYTES
+from schemas.signing import (
+    ENROLL_SECRET_BYTES,
+    MAX_PASSWORD_BYTES,
+    open_password,
+    password_digest,
+    seal_password,
+)
 
 DEVICE = SigningKey(b"\x07" * 32)
 ORCH = SigningKey(b"\x09" * 32)
@@ -284,3 +290,28 @@ def test_a_message_for_another_device_is_wrong_recipient() -> None:
     with pytest.raises(FedmqError) as info:
         check_header(header, fed="f", sender="orchestrator", now_ms=1, recipient="b")
     assert info.value.reason is Reason.WRONG_RECIPIENT
+
+
+@settings(max_examples=25, deadline=None)
+@given(password=st.text(st.characters(min_codepoint=33, max_codepoint=126), min_size=8,
+                        max_size=64))
+def test_a_sealed_password_opens_only_with_the_devices_key(password: str) -> None:
+    device, other = SigningKey.generate(), SigningKey.generate()
+    sealed = seal_password(password, bytes(device.verify_key))
+    assert password.encode() not in sealed
+    assert open_password(sealed, device) == password
+    assert open_password(sealed, other) is None
+
+
+@settings(max_examples=50, deadline=None)
+@given(junk=st.binary(max_size=400))
+def test_junk_never_opens_as_a_password(junk: bytes) -> None:
+    assert open_password(junk, SigningKey.generate()) is None
+
+
+def test_an_oversized_or_unprintable_sealed_password_is_refused() -> None:
+    device = SigningKey.generate()
+    public = bytes(device.verify_key)
+    assert open_password(seal_password("x" * (MAX_PASSWORD_BYTES + 1), public), device) is None
+    assert open_password(seal_password("line\nbreak", public), device) is None
+    assert password_digest("a") != password_digest("b")
