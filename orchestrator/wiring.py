@@ -34,6 +34,7 @@ from orchestrator.devices.control import ControlLanes, Handler
 from orchestrator.devices.enrollment import EnrollHandler
 from orchestrator.devices.flood import FloodWatch
 from orchestrator.devices.logins import password_file, reload_broker
+from orchestrator.devices.passwords import PasswordRotations
 from orchestrator.devices.registry import Registry
 from orchestrator.devices.replay_book import ReplayBook
 from orchestrator.devices.reports import EvalHandler, StatusHandler
@@ -163,6 +164,10 @@ async def assemble(o: Opened) -> Parts:
     revocations = _revocations(o, r.registry, outbound)
     rotations = RotationRequests(store=store, outbound=outbound, registry=r.registry,
                                  resend_s=RESEND_S, clock=o.clock, counters=o.counters)
+    passwords = PasswordRotations(store=store, outbound=outbound, registry=r.registry,
+                                  passwords=password_file(cfg), reload=lambda: reload_broker(cfg),
+                                  grace_s=cfg.federation.password_grace_s, resend_s=RESEND_S,
+                                  clock=o.clock, counters=o.counters)
     stopper = Stopper(StoppingRules(cfg.stopping, r.stopping), fed=topics.fed, store=store,
                       head=r.head, registry=r.registry, outbound=outbound, clock=o.clock)
     evaluation = await _evaluation(cfg, r.start.arch.graphs["eval"], r.head, store, stopper,
@@ -180,7 +185,7 @@ async def assemble(o: Opened) -> Parts:
         buffer=r.buffer, outstanding=outstanding, cadence=r.cadence, outbound=outbound,
         aggregate_due=aggregate_due, counters=o.counters, metrics=o.metrics, clock=o.clock,
         group_batches=cfg.ingest.group_batches, queue_batches=cfg.ingest.queue_batches)
-    lanes = _lanes(o, r, outbound, selection, outstanding, revocations, rotations)
+    lanes = _lanes(o, r, outbound, selection, outstanding, revocations, rotations, passwords)
     views = OperatorViews(config=cfg, store=store, head=r.head, buffer=r.buffer,
                           outstanding=outstanding, metrics=o.metrics, clock=o.clock)
     desk = OperatorDesk(views, config=cfg, store=store, head=r.head, registry=r.registry,
@@ -208,7 +213,8 @@ async def assemble(o: Opened) -> Parts:
         ("aggregate", aggregator.run),
         ("publish", publication.run),
         ("registry", RegistryWatch(r.registry, standing, o.clock,
-                                   revocations=revocations, rotations=rotations).run),
+                                   revocations=revocations,
+                                   rotations=(rotations, passwords)).run),
         ("rollback", RollbackWatch(store, aggregator.rollback_requested, o.clock).run),
         ("housekeeping", Housekeeping(outstanding=outstanding, cadence=r.cadence,
                                       buffer=r.buffer, stopper=stopper,
@@ -245,7 +251,7 @@ def _revocations(o: Opened, registry: Registry, outbound: Outbound) -> Revocatio
 
 def _lanes(o: Opened, r: _Restored, outbound: Outbound, selection: BasicSelection,
            outstanding: OutstandingTasks, revocations: Revocations,
-           rotations: RotationRequests) -> ControlLanes:
+           rotations: RotationRequests, passwords: PasswordRotations) -> ControlLanes:
     """The control lanes with their enroll, status (tasking), eval and rotate handlers."""
     cfg, fed = o.config, o.config.federation
     fedeval = FederatedEvaluation(cfg.evaluation.federated_every,
@@ -266,7 +272,8 @@ def _lanes(o: Opened, r: _Restored, outbound: Outbound, selection: BasicSelectio
                                        counters=o.counters),
         UpKind.ROTATE.value: KeyRotationHandler(fed=fed.id, store=o.store, registry=r.registry,
                                                 book=r.book, outbound=outbound,
-                                                counters=o.counters, requests=rotations),
+                                                counters=o.counters, requests=rotations,
+                                                passwords=passwords),
     }
     return ControlLanes(handlers, counters=o.counters, queue_size=cfg.ingest.queue_batches)
 

@@ -5,7 +5,7 @@
     fedmq device revoke ID --config FILE [--reason TEXT] [--now]
     fedmq device list --config FILE [--json]
     fedmq device reinstate ID --config FILE [--reason TEXT]
-    fedmq device rotate ID --config FILE
+    fedmq device rotate ID --config FILE [--password]
 
 ``add`` writes the enrollment bundle (default ``ID.bundle.json``; ``-o -`` for stdout) with
 mode 0600 and adds the device's broker credential (reloading a running broker; with TLS the
@@ -15,10 +15,11 @@ disables the key at once and leaves the credential to the orchestrator, which re
 the device has been told (``Control(revoke)``) and confirmed, or after
 ``federation.revoke_grace_s``; ``--now`` removes it at once. ``reinstate`` makes a device that
 screening isolated active again. ``rotate`` asks a device to rotate its key: the running
-orchestrator sends it ``Control(rotate_key)`` (again every minute until it has rotated). A
-running orchestrator notices every change within about a
-second. Every mistake is one line on stderr and a non-zero exit status: 2 for bad usage, 1 for
-failures.
+orchestrator sends it ``Control(rotate_key)`` (again every minute until it has rotated);
+``rotate --password`` gives it a new broker password instead (sealed to the device; the old one
+works until the device confirms, or ``federation.password_grace_s``). A running orchestrator
+notices every change within about a second. Every mistake is one line on stderr and a
+non-zero exit status: 2 for bad usage, 1 for failures.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ from orchestrator.devices.commands import (
     revoke,
     write_private,
 )
+from orchestrator.devices.passwords import request_password_rotation
 from orchestrator.devices.rotation import request_rotation
 from orchestrator.link.keys import load_or_create_key, public_key_hex
 from orchestrator.store import Device, Store
@@ -68,8 +70,8 @@ def _parser() -> argparse.ArgumentParser:
     for name, text in (("approve", "activate a device whose key awaits approval"),
                        ("revoke", "disable a device's key and broker credential"),
                        ("reinstate", "make a device isolated by screening active again"),
-                       ("rotate", "ask a device to rotate its key (a running orchestrator "
-                                  "sends the request)")):
+                       ("rotate", "ask a device to rotate its key, or its broker password "
+                                  "(a running orchestrator sends the request)")):
         cmd = commands.add_parser(name, help=text)
         cmd.add_argument("device_id", metavar="ID")
         cmd.add_argument("--config", required=True, metavar="FILE")
@@ -79,6 +81,10 @@ def _parser() -> argparse.ArgumentParser:
             cmd.add_argument("--now", action="store_true",
                              help="remove the broker credential at once (the device is not "
                                   "told; it only sees refused connections)")
+        if name == "rotate":
+            cmd.add_argument("--password", action="store_true",
+                             help="a new broker password (sealed to the device) instead of a "
+                                  "new key")
 
     list_ = commands.add_parser("list", help="list devices")
     list_.add_argument("--config", required=True, metavar="FILE")
@@ -175,6 +181,14 @@ async def _reinstate(config: Config, args: argparse.Namespace) -> int:
 
 async def _rotate(config: Config, args: argparse.Namespace) -> int:
     now_ms = int(datetime.now(UTC).timestamp() * 1000)
+    if args.password:
+        async with _open_store(config) as store:
+            await request_password_rotation(store, args.device_id, now_ms=now_ms,
+                                            managed=config.password_file is not None)
+        print(f"{PROG}: new broker password for {args.device_id!r} requested; the running "
+              "orchestrator sends it sealed to the device and switches the broker's entry "
+              "once the device confirms (audited password_rotated)", file=sys.stderr)
+        return 0
     async with _open_store(config) as store:
         await request_rotation(store, args.device_id, now_ms=now_ms)
     print(f"{PROG}: key rotation of {args.device_id!r} requested; the running orchestrator "

@@ -85,6 +85,9 @@ class FederationConfig:
     revoke_grace_s: Annotated[float, ge(0), "a revoked device's broker credential is removed "
                               "when it confirms its Control(revoke), or this long after the "
                               "order went out"] = 600.0
+    password_grace_s: Annotated[float, gt(0), "a device given a new broker password keeps "
+                                "its old one until it confirms, or this long after the "
+                                "first offer"] = 7 * 24 * 3600.0
 
     @property
     def store_path(self) -> Path:

@@ -22,6 +22,7 @@ import json
 import logging
 from collections.abc import MutableMapping
 from dataclasses import dataclass
+from typing import Protocol
 
 from nacl.signing import VerifyKey
 
@@ -35,7 +36,7 @@ from orchestrator.store import AuditEvent, Store
 from orchestrator.store.state_keys import StateKey
 from schemas.envelope import Opened, check_header, decode_body, verify
 from schemas.errors import FedmqError, Reason, SignatureError
-from schemas.messages import Control, ControlAction, KeyRotation
+from schemas.messages import Control, ControlAction, KeyRotation, PasswordReceipt
 from schemas.replay import Verdict
 from schemas.signing import check_rotation_proof, key_id
 from schemas.topics import DownKind
@@ -150,12 +151,18 @@ class RotationRequests:
             await self._save()
 
 
+class Receipts(Protocol):
+    async def received(self, device: str, receipt: PasswordReceipt) -> None: ...
+
+
 class KeyRotationHandler:
-    """Control-lane handler of ``up/{dev}/rotate``."""
+    """Control-lane handler of ``up/{dev}/rotate``: ``KeyRotation``, and ``PasswordReceipt``
+    (handed to ``passwords``, see :mod:`orchestrator.devices.passwords`)."""
 
     def __init__(self, *, fed: str, store: Store, registry: Registry, book: ReplayBook,
                  outbound: Outbound, counters: MutableMapping[str, int],
-                 requests: RotationRequests | None = None) -> None:
+                 requests: RotationRequests | None = None,
+                 passwords: Receipts | None = None) -> None:
         self._fed = fed
         self._store = store
         self._registry = registry
@@ -163,6 +170,7 @@ class KeyRotationHandler:
         self._outbound = outbound
         self._counters = counters
         self._requests = requests
+        self._passwords = passwords
 
     async def handle(self, device_id: str, payload: bytes, received_ms: int) -> None:
         view = self._registry.get(device_id)
@@ -181,6 +189,11 @@ class KeyRotationHandler:
             raise FedmqError(Reason.REPLAY, f"seq {opened.header.seq}")
         if verdict is Verdict.DUPLICATE:
             self._counters["rotate.duplicate"] += 1
+            return
+        if opened.header.type == PasswordReceipt.TYPE and self._passwords is not None:
+            receipt = decode_body(opened, PasswordReceipt)
+            await self._passwords.received(device_id, receipt)
+            await self._book.mark_seen(device_id, opened.header.seq)
             return
         message = decode_body(opened, KeyRotation)
         await self._rotate(view, opened, message)

@@ -84,10 +84,10 @@ class RegistryWatch:
 
     def __init__(self, registry: Registry, standing: Standing, clock: Clock,
                  interval_s: float = _POLL_S, *, revocations: Revocations | None = None,
-                 rotations: Syncing | None = None) -> None:
+                 rotations: Sequence[Syncing] = ()) -> None:
         """``revocations``: told on every poll (sends ``Control(revoke)``, removes the
-        credentials whose time has come); ``rotations``: likewise (sends
-        ``Control(rotate_key)`` for ``fedmq device rotate`` requests)."""
+        credentials whose time has come); ``rotations``: likewise (key and broker password
+        rotations asked for with ``fedmq device rotate``)."""
         self._registry = registry
         self._standing = standing
         self._clock = clock
@@ -105,5 +105,5 @@ class RegistryWatch:
             await self._standing.changed(before, after)
         if self._revocations is not None:
             await self._revocations.sync()
-        if self._rotations is not None:
-            await self._rotations.sync()
+        for rotations in self._rotations:
+            await rotations.sync()

@@ -56,6 +56,12 @@ class StateKey(StrEnum):
     ROTATE_REQUESTS = "rotate.requests"
     """JSON ``{device: requested_ms}``: ``fedmq device rotate`` asked for a key rotation
     (written by the CLI only; see ``devices.rotation``)."""
+    PASSWORD_REQUESTS = "password.requests"
+    """JSON ``{device: requested_ms}``: ``fedmq device rotate --password`` asked for a new
+    broker password (written by the CLI only; see ``devices.passwords``)."""
+    PASSWORD_ROTATIONS = "password.rotations"
+    """JSON ``{device: {requested_ms, password, digest, offered_ms, sent_ms, done}}``: each
+    broker password rotation in progress (the new password until the switch) or done."""
     ROTATIONS = "rotate.handled"
     """JSON ``{device: {requested_ms, sent_ms, done}}``: the service's progress on each
     request (``Control(rotate_key)`` sent when, and whether the device rotated since)."""

@@ -14,7 +14,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge_agent.agent import Agent
 from edge_agent.data import LocalData
 from orchestrator.broker import MosquittoBroker
 from orchestrator.config import Config
@@ -22,6 +21,7 @@ from orchestrator.devices.commands import provision
 from orchestrator.devices.rotation import request_rotation
 from orchestrator.service import Orchestrator
 from tests.support.agents import FAST, new_agent
+from tests.support.ledger import no_update_lost_or_counted_twice
 from tests.support.waiting import until
 
 AGENT = dataclasses.replace(FAST, heartbeat_s=0.2, holdout=0.0)
@@ -42,27 +42,6 @@ def config(make_config: Callable[..., Config]) -> Config:
 async def _key_of(orch: Orchestrator, device: str) -> bytes | None:
     stored = await orch.store.get_device(device)
     return None if stored is None else stored.public_key
-
-
-async def _no_update_lost_or_counted_twice(orch: Orchestrator, agent: Agent) -> None:
-    """Every update the stopped agent built is in the ledger exactly once (by seq), or still
-    in its outbox waiting to be sent (an outbox entry the ledger has too was accepted and its
-    ack is on its way: a resend would be a duplicate)."""
-    pending = {e.seq for e in await agent.outbox.pending()}
-    async with asyncio.timeout(20):
-        while True:  # polled: the last batches may still be committing
-            ledger = await orch.store.ledger(sender=agent.device_id)
-            # a batch in flight under the old key when the key switched is refused whole (a
-            # row without seq) and sent again re-signed from the outbox
-            rows = [r for r in ledger if r.seq is not None]
-            seqs = [r.seq for r in rows]
-            if len(set(seqs) | pending) == agent.stats.updates_built:
-                break
-            await asyncio.sleep(0.05)
-    assert all(r.reason == "bad_signature" for r in ledger if r.seq is None), ledger
-    assert len(seqs) == len(set(seqs)), "a seq was counted twice"
-    assert all(r.status in ("buffered", "applied") for r in rows), [
-        (r.status, r.reason) for r in rows]
 
 
 async def test_a_key_rotated_while_training_loses_and_doubles_no_update(
@@ -91,7 +70,7 @@ async def test_a_key_rotated_while_training_loses_and_doubles_no_update(
             a1.stop()
             await a0.run_until(), await a1.run_until()
             for agent in (a0, a1):
-                await _no_update_lost_or_counted_twice(orch, agent)
+                await no_update_lost_or_counted_twice(orch, agent)
         (row,) = await orch.store.list_audit(device="dev-0", event="key_rotated")
         assert row.detail["old_key"] == old.hex() and row.detail["new_key"] == new.hex()
         assert orch.counters["rotate.rotated"] == 1
@@ -134,4 +113,4 @@ async def test_a_device_offline_across_its_rotation_recovers_when_it_returns(
                 await orch.wait_for_version(1)
             agent.stop()
             await agent.run_until()
-            await _no_update_lost_or_counted_twice(orch, agent)
+            await no_update_lost_or_counted_twice(orch, agent)

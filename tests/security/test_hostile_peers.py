@@ -17,6 +17,8 @@ Operator commands signed by a device key are not covered here: the operator path
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import hashlib
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -30,7 +32,7 @@ import pytest
 import zstandard
 from nacl.signing import SigningKey
 
-from orchestrator.broker import MosquittoBroker
+from orchestrator.broker import MosquittoBroker, PasswordFile
 from orchestrator.config import Config
 from orchestrator.devices.registry import bump_generation
 from orchestrator.service import Orchestrator
@@ -326,6 +328,51 @@ async def test_an_update_signed_with_a_rotated_out_key_is_refused(arena: Arena) 
         lambda: arena.publish_raw(arena.topic("dev-victim"), RawWire.batch(entry)),
         ledger_reason="bad_signature")
     assert arena.victim.acks.get(arena.victim.seq) is None  # unauthenticated: no answer
+
+
+async def test_a_password_receipt_for_a_password_never_offered_is_refused(
+    arena: Arena,
+) -> None:
+    # a stolen key claiming to hold a new broker password it was never given: refused for
+    # its reason, the broker's entry untouched
+    from schemas import PasswordReceipt
+
+    passwords = PasswordFile(arena.broker.password_file)
+    before = passwords.hash_of("dev-victim")
+    _, receipt = arena.victim.sign(PasswordReceipt(hashlib.sha256(b"guess").digest()))
+    await expect_refused(arena, "rotate.rejected.invalid_field",
+                         lambda: arena.victim.publish("rotate", receipt), ledger_reason=None)
+    assert passwords.hash_of("dev-victim") == before
+
+
+async def test_the_old_broker_password_is_refused_after_a_rotation(arena: Arena) -> None:
+    # the password leaked with the bundle: rotated, the leaked one no longer logs in, and the
+    # new one travelled sealed (only the device's key opens it)
+    from orchestrator.devices.passwords import request_password_rotation
+    from schemas import Control, ControlAction, PasswordReceipt, open_password, password_digest
+
+    await request_password_rotation(arena.orch.store, "dev-victim", managed=True,
+                                    now_ms=int(time.time() * 1000))
+    offer = await arena.victim.next("control")
+    assert isinstance(offer, Control) and offer.action is ControlAction.NEW_PASSWORD
+    assert open_password(offer.params["sealed"], SigningKey.generate()) is None
+    new = open_password(offer.params["sealed"], arena.victim.key)
+    assert new is not None and new != arena.victim.bundle.mqtt_password
+    _, receipt = arena.victim.sign(PasswordReceipt(password_digest(new)))
+    await arena.victim.publish("rotate", receipt)
+    done = await arena.victim.next("control")
+    assert isinstance(done, Control) and done.action is ControlAction.PASSWORD_ROTATED
+    await arena.broker.reload()
+    with pytest.raises(aiomqtt.MqttError):
+        async with arena.raw_client(arena.victim):
+            pass
+    leaked = arena.victim.bundle
+    arena.victim.bundle = dataclasses.replace(leaked, mqtt_password=new)
+    try:
+        async with arena.raw_client(arena.victim):
+            pass
+    finally:
+        arena.victim.bundle = leaked
 
 
 async def test_revoked_device_cannot_connect(arena: Arena) -> None:
