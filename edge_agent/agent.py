@@ -39,6 +39,7 @@ from .downlink import Downlink
 from .flusher import Flusher
 from .heartbeat import Heartbeat, Profile, Reporter
 from .keeper import ModelKeeper
+from .login import BrokerLogin
 from .models import ModelReceiver
 from .orchkeys import OrchestratorKeys
 from .outbox import Outbox, ResendPolicy
@@ -356,10 +357,12 @@ class Agent:
                             outbox=outbox, pace=self._pace)
         tasks: asyncio.Queue[Task] = asyncio.Queue(config.max_queued_tasks)
         common: dict[str, Any] = {"clock": clock, "stats": self.stats, "changed": changed}
+        login = BrokerLogin(state, self.bundle.mqtt_password, logger=self.log)
+        await login.load()
         rotator = KeyRotator(state=state, signer=signer, outbox=outbox, tracker=tracker,
                              topic=self.topics.up(self.device_id, UpKind.ROTATE), config=config,
                              status_due=status_due, outbox_due=outbox_due, logger=self.log,
-                             **common)
+                             login=login, **common)
         await rotator.load()
         downlink = Downlink(
             device_id=self.device_id, fed=self.fed, orchestrator_keys=keys,
@@ -368,7 +371,7 @@ class Agent:
             status_due=status_due, outbox_due=outbox_due, exit_on_revoke=config.exit_on_revoke,
             tombstone=self.tombstone_path, logger=self.log, rotation=rotator, **common)
         session = self._session(downlink, reporter,
-                                signal_all(status_due, outbox_due, rotator.wake, changed))
+                                signal_all(status_due, outbox_due, rotator.wake, changed), login)
         keys.on_adopt = session.refresh_retained
         flusher = Flusher(outbox, session, self.topics.up(self.device_id, UpKind.UPDATES),
                           batch_entries=config.batch_entries, batch_bytes=config.batch_bytes,
@@ -388,7 +391,7 @@ class Agent:
                       worker, rotator)
 
     def _session(self, downlink: Downlink, reporter: Reporter,
-                 on_connect: Callable[[], None]) -> Session:
+                 on_connect: Callable[[], None], login: BrokerLogin) -> Session:
         b, c, topics = self.bundle, self.config, self.topics
         address = BrokerAddress(b.broker_host, b.broker_port, b.mqtt_username, b.mqtt_password,
                                 c.client_id or f"fedmq-{self.device_id}", self._tls)
@@ -400,5 +403,5 @@ class Agent:
             will=reporter.will, on_connect=on_connect, on_disconnect=self._changed.fire,
             link_up=self._probe.link_up, backoff=self._backoff, keepalive_s=c.keepalive_s,
             session_expiry_s=c.session_expiry_s, link_poll_s=c.link_poll_s,
-            auth_retry_s=c.auth_retry_s, clock=self._clock,
+            auth_retry_s=c.auth_retry_s, login=login, clock=self._clock,
             logger=self.log)

@@ -62,7 +62,8 @@ class Rotation(Protocol):
     async def on_control(self, control: Control) -> None: ...
 
 
-_ROTATION = (ControlAction.ROTATE_KEY, ControlAction.KEY_ROTATED)
+_ROTATION = (ControlAction.ROTATE_KEY, ControlAction.KEY_ROTATED,
+             ControlAction.NEW_PASSWORD, ControlAction.PASSWORD_ROTATED)
 _DOWN_TYPES: tuple[type[Message], ...] = (Task, Defer, Ack, Control, Enrolled)
 
 

@@ -12,6 +12,11 @@ so an update signed with the old key and refused after the switch is sent again 
 once. A device that went offline after sending ``KeyRotation`` still holds the pending key when
 it returns, sends ``KeyRotation`` again and is confirmed again (idempotently); a device whose
 rotation the orchestrator never saw keeps signing with its old key, which stays valid.
+
+The broker password rotates through the same loop: ``Control(new_password)`` hands the
+sealed password to :class:`~edge_agent.login.BrokerLogin`, and the loop sends the
+``PasswordReceipt`` (again whenever the orchestrator offers it again: a lost receipt is
+answered by the next offer); ``Control(password_rotated)`` ends it.
 """
 
 from __future__ import annotations
@@ -23,11 +28,12 @@ import logging
 import msgpack
 from nacl.signing import SigningKey
 
-from schemas import Control, ControlAction, KeyRotation, key_id, rotation_proof
+from schemas import Control, ControlAction, KeyRotation, PasswordReceipt, key_id, rotation_proof
 
 from .clock import Clock, wait_for, wall_ms
 from .config import AgentConfig
 from .errors import NotConnectedError
+from .login import BrokerLogin
 from .outbox import Outbox
 from .session import PUBLISH_RETRY_S, Session
 from .shared import AgentStats, Pulse
@@ -47,8 +53,12 @@ class KeyRotator:
     def __init__(self, *, state: LocalState, signer: Signer, outbox: Outbox, topic: str,
                  tracker: ActivityTracker, config: AgentConfig, clock: Clock,
                  stats: AgentStats, changed: Pulse, status_due: asyncio.Event,
-                 outbox_due: asyncio.Event, logger: logging.Logger) -> None:
+                 outbox_due: asyncio.Event, logger: logging.Logger,
+                 login: BrokerLogin | None = None) -> None:
         self._state = state
+        self.login = login
+        self._receipt: bytes | None = None
+        """The digest of a new broker password still to be confirmed to the orchestrator."""
         self._signer = signer
         self._outbox = outbox
         self._topic = topic
@@ -93,7 +103,11 @@ class KeyRotator:
         self.wake.set()
 
     async def on_control(self, control: Control) -> None:
-        """``rotate_key`` (start, or send again) or ``key_rotated`` (switch)."""
+        """``rotate_key`` (start, or send again), ``key_rotated`` (switch), or the broker
+        password's ``new_password`` and ``password_rotated``."""
+        if control.action in (ControlAction.NEW_PASSWORD, ControlAction.PASSWORD_ROTATED):
+            await self._on_password(control)
+            return
         if control.action is ControlAction.ROTATE_KEY:
             await self.begin(control.reason or "requested by the orchestrator")
             return
@@ -102,6 +116,23 @@ class KeyRotator:
             self._log.warning("key_rotated without a public key; ignored")
             return
         await self.confirmed(public)
+
+    async def _on_password(self, control: Control) -> None:
+        if self.login is None:
+            self._log.warning("control %s: no broker login to rotate; ignored",
+                              control.action.value)
+            return
+        if control.action is ControlAction.PASSWORD_ROTATED:
+            await self.login.rotated()
+            return
+        sealed = control.params.get("sealed")
+        if not isinstance(sealed, bytes):
+            self._log.warning("new_password without a sealed password; ignored")
+            return
+        digest = await self.login.offer(sealed, (self._state.signing_key, self.pending))
+        if digest is not None:
+            self._receipt = digest
+            self.wake.set()
 
     async def confirmed(self, public_key: bytes) -> None:
         """The orchestrator registered ``public_key``: switch to it if it is the pending key."""
@@ -139,6 +170,14 @@ class KeyRotator:
     async def _step(self, session: Session) -> float | None:
         """One look: start a scheduled rotation, send a pending one; returns how long to
         wait before the next look (None: until woken)."""
+        if self._receipt is not None:
+            try:
+                await session.publish(self._topic, await self._signer.sign(
+                    PasswordReceipt(self._receipt)), qos=1)
+            except NotConnectedError:
+                return PUBLISH_RETRY_S
+            self._receipt = None
+            self._stats.password_receipts += 1
         due = self.due_in_s(wall_ms(self._clock))
         if self.pending is None and due is not None and due <= 0:
             await self.begin("scheduled")

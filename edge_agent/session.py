@@ -19,7 +19,7 @@ import logging
 import ssl
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import aiomqtt
 from aiomqtt.exceptions import MqttConnectError
@@ -51,6 +51,13 @@ def auth_refused(exc: MqttConnectError) -> bool:
 
 PUBLISH_RETRY_S = 0.2
 """Pause before publishing again after a publish failed while the session looked connected."""
+
+class Login(Protocol):
+    """Where the password comes from when it can change (see ``edge_agent.login``)."""
+
+    def password(self) -> str: ...
+    def refused(self) -> None: ...
+
 
 MessageHandler = Callable[[str, bytes], Awaitable[None]]
 WillFactory = Callable[[], Awaitable[bytes]]
@@ -89,11 +96,13 @@ class Session:
         max_queued_messages: int = 1000,
         auth_retry_s: float = AUTH_RETRY_S,
         auth_refusals_before_hold: int = AUTH_REFUSALS_BEFORE_HOLD,
+        login: Login | None = None,
         clock: Clock | None = None,
         logger: logging.Logger | None = None,
     ) -> None:
         """``clock`` gives the connection times and paces the link polls (and, when no
-        ``backoff`` is given, the reconnect delays)."""
+        ``backoff`` is given, the reconnect delays). ``login``, if given, supplies the
+        password of each attempt instead of ``address`` and hears of refusals."""
         if (will is None) != (will_topic is None):
             raise ConfigError("give both will and will_topic, or neither")
         self._address = address
@@ -114,6 +123,7 @@ class Session:
         self._max_queued = max_queued_messages
         self._auth_retry_s = auth_retry_s
         self._auth_hold_after = auth_refusals_before_hold
+        self._login = login
         self._log = logger or logging.getLogger(__name__)
         # paho logs an expected link cut at ERROR; the session reports it itself, so paho's
         # own lines are shown only when this session logs at DEBUG.
@@ -159,6 +169,8 @@ class Session:
                 self.last_error = str(exc) or type(exc).__name__
                 if auth_refused(exc):
                     self.auth_refusals += 1
+                    if self._login is not None:
+                        self._login.refused()
                 self._log.warning("mqtt: connection refused by the broker: %s", self.last_error)
             except aiomqtt.MqttError as exc:
                 self.last_error = str(exc) or type(exc).__name__
@@ -295,7 +307,7 @@ class Session:
             a.host,
             a.port,
             username=a.username,
-            password=a.password,
+            password=a.password if self._login is None else self._login.password(),
             identifier=a.client_id,
             protocol=aiomqtt.ProtocolVersion.V5,
             clean_start=False,

@@ -42,6 +42,7 @@ class AgentStats:
     models_adopted: int = 0
     rotations_sent: int = 0
     keys_rotated: int = 0
+    password_receipts: int = 0
     paused: collections.Counter[str] = field(default_factory=collections.Counter)
 
 
