@@ -36,6 +36,7 @@ from dataclasses import asdict, dataclass
 from orchestrator.broker import PasswordFile, generate_password
 from orchestrator.clock import Clock
 from orchestrator.devices.registry import Registry
+from orchestrator.devices.rotation import record_request, requested
 from orchestrator.errors import OrchestratorError
 from orchestrator.link.sender import Outbound
 from orchestrator.store import AuditEvent, Store
@@ -67,26 +68,10 @@ async def request_password_rotation(store: Store, device_id: str, *, managed: bo
     if not managed:
         raise PasswordRotationError("the broker's password file is not managed by fedmq "
                                     "(broker.password_file); rotate the password there")
-    device = await store.get_device(device_id)
-    if device is None:
-        raise PasswordRotationError(f"no device {device_id!r}")
-    if device.status != "active" or not device.public_key:
-        raise PasswordRotationError(f"device {device_id!r} is {device.status}; only an "
-                                    "active, enrolled device can get a new password")
-    requests = _requests(await store.get_server_state(StateKey.PASSWORD_REQUESTS))
-    requests[device_id] = now_ms
-    await store.put_server_state(
-        {StateKey.PASSWORD_REQUESTS: json.dumps(requests, sort_keys=True).encode()})
+    await record_request(store, StateKey.PASSWORD_REQUESTS, device_id, now_ms=now_ms,
+                         what="get a new password", error=PasswordRotationError)
     await store.append_audit(AuditEvent("password_rotation_requested", actor,
                                         device=device_id))
-
-
-def _requests(raw: bytes | None) -> dict[str, int]:
-    try:
-        value = json.loads(raw) if raw else {}
-        return {str(k): int(v) for k, v in value.items()}
-    except (ValueError, TypeError, AttributeError):
-        return {}
 
 
 @dataclass(slots=True)
@@ -140,7 +125,7 @@ class PasswordRotations:
     async def sync(self) -> None:
         """Offer new passwords to requested devices; switch those whose grace is over."""
         async with self._lock:
-            requests = _requests(await self._store.get_server_state(StateKey.PASSWORD_REQUESTS))
+            requests = requested(await self._store.get_server_state(StateKey.PASSWORD_REQUESTS))
             state = await self._load()
             now = self._clock.wall_ms()
             changed = False

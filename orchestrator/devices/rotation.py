@@ -33,6 +33,7 @@ from orchestrator.devices.reports import status_reason
 from orchestrator.errors import OrchestratorError
 from orchestrator.link.sender import Outbound
 from orchestrator.store import AuditEvent, Store
+from orchestrator.store.records import Device
 from orchestrator.store.state_keys import StateKey
 from schemas.envelope import Opened, check_header, decode_body, verify
 from schemas.errors import FedmqError, Reason, SignatureError
@@ -41,7 +42,8 @@ from schemas.replay import Verdict
 from schemas.signing import check_rotation_proof, key_id
 from schemas.topics import DownKind
 
-__all__ = ["KEY_ROTATED", "RESEND_S", "KeyRotationHandler", "RotationRequests", "request_rotation"]
+__all__ = ["KEY_ROTATED", "RESEND_S", "KeyRotationHandler", "RotationRequests",
+           "record_request", "request_rotation", "requested"]
 
 log = logging.getLogger(__name__)
 
@@ -59,22 +61,30 @@ class RotationRequestError(OrchestratorError):
 async def request_rotation(store: Store, device_id: str, *, now_ms: int,
                            actor: str = "cli") -> None:
     """Record an operator's request that ``device_id`` rotate its key (audited)."""
+    device = await record_request(store, StateKey.ROTATE_REQUESTS, device_id, now_ms=now_ms,
+                                  what="rotate its key", error=RotationRequestError)
+    await store.append_audit(AuditEvent("rotate_requested", actor, device=device_id,
+                                        detail={"key": key_id(device.public_key or b"")}))
+
+
+async def record_request(store: Store, key: StateKey, device_id: str, *, now_ms: int,
+                         what: str, error: type[OrchestratorError]) -> Device:
+    """Note under ``key`` (``{device: requested_ms}``) that an operator asked ``device_id``
+    to ``what``; ``error`` (one line) unless it is an active, enrolled device."""
     device = await store.get_device(device_id)
     if device is None:
-        raise RotationRequestError(f"no device {device_id!r}")
+        raise error(f"no device {device_id!r}")
     if device.status != "active" or not device.public_key:
-        raise RotationRequestError(f"device {device_id!r} is {device.status}; only an active, "
-                                   "enrolled device can rotate its key")
-    raw = await store.get_server_state(StateKey.ROTATE_REQUESTS)
-    requests = _json_map(raw)
+        raise error(f"device {device_id!r} is {device.status}; only an active, enrolled "
+                    f"device can {what}")
+    requests = requested(await store.get_server_state(key))
     requests[device_id] = now_ms
-    await store.put_server_state(
-        {StateKey.ROTATE_REQUESTS: json.dumps(requests, sort_keys=True).encode()})
-    await store.append_audit(AuditEvent("rotate_requested", actor, device=device_id,
-                                        detail={"key": key_id(device.public_key)}))
+    await store.put_server_state({key: json.dumps(requests, sort_keys=True).encode()})
+    return device
 
 
-def _json_map(raw: bytes | None) -> dict[str, int]:
+def requested(raw: bytes | None) -> dict[str, int]:
+    """The ``{device: requested_ms}`` map :func:`record_request` keeps (empty if unreadable)."""
     try:
         value = json.loads(raw) if raw else {}
         return {str(k): int(v) for k, v in value.items()}
@@ -123,7 +133,7 @@ class RotationRequests:
 
     async def sync(self) -> None:
         """Ask every requested device that has not rotated since (again after resend_s)."""
-        requests = _json_map(await self._store.get_server_state(StateKey.ROTATE_REQUESTS))
+        requests = requested(await self._store.get_server_state(StateKey.ROTATE_REQUESTS))
         handled = await self._load()
         now = self._clock.wall_ms()
         changed = False
