@@ -20,7 +20,7 @@ GROUPS: dict[str, tuple[str, str]] = {
     "fleet": ("orchestrator.cli.fleet", "fleet status for field engineers"),
     "federation": ("orchestrator.cli.federation", "federation status"),
     "privacy": ("orchestrator.cli.privacy", "differential-privacy budgets"),
-    "audit": ("orchestrator.cli.audit", "list audit events"),
+    "audit": ("orchestrator.cli.audit", "list audit events; verify their hash chain"),
     "report": ("orchestrator.cli.report", "write plots and a summary"),
     "simulate": ("fedmq.simulate_cli", "run a simulated fleet of real agents"),
     "demo": ("fedmq.demo", "run the end-to-end demo"),

@@ -118,7 +118,8 @@ async def provision_fleet(config: Config, device_ids: Sequence[str]) -> list[Bun
     ``fedmq device add`` does) and return the enrollment bundles."""
     key = load_or_create_key(config.federation.key_path)
     config.federation.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    async with Store.open(config.federation.store_path) as store:
+    async with Store.open(config.federation.store_path,
+                          federation_id=config.federation.id) as store:
         return [await provision(store, config, device_id, orchestrator_key=public_key_hex(key),
                                 actor="simulator")
                 for device_id in device_ids]

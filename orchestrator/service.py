@@ -243,7 +243,7 @@ class Orchestrator:
         self._data_lock = self._stack.enter_context(DataDirLock(cfg.federation.data_dir))
         store = self._store = await self._stack.enter_async_context(
             Store.open(cfg.federation.store_path, clock=self._clock.wall_ms,
-                       synchronous=self._synchronous))
+                       synchronous=self._synchronous, federation_id=cfg.federation.id))
         # a rotation of our own key may be half done: finish its file switch first
         keys = await asyncio.to_thread(settle, cfg.federation.key_path,
                                        await load_rotation(store))

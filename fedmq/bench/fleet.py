@@ -309,7 +309,8 @@ async def _provision(config: Config, lite_ids: list[str], agent_ids: list[str]
     config.federation.broker_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     creds: dict[str, tuple[str, bytes]] = {
         dev: (generate_password(), secrets.token_bytes(32)) for dev in [*lite_ids, *agent_ids]}
-    async with Store.open(config.federation.store_path, synchronous="NORMAL") as store:
+    async with Store.open(config.federation.store_path, synchronous="NORMAL",
+                          federation_id=config.federation.id) as store:
         for dev, (_, secret) in creds.items():
             await store.add_device(dev, secret=secret,
                                    audit=AuditEvent("added", "bench", device=dev))
@@ -363,7 +364,8 @@ def _cpu_s(pid: int) -> float:
 async def _status_query_ms(config: Config, repeats: int = 5) -> float:
     """Median time of an operator's fleet summary read from the live store (WAL reader)."""
     times = []
-    async with Store.open(config.federation.store_path) as store:
+    async with Store.open(config.federation.store_path,
+                          federation_id=config.federation.id) as store:
         for _ in range(repeats):
             t = time.perf_counter()
             devices = await store.list_devices()
@@ -404,7 +406,8 @@ async def _drain(fleet: Fleet, timeout_s: float) -> int:
 
 async def _ledger_seqs(config: Config, device_ids: list[str]) -> dict[str, set[int]]:
     """The seqs of each device's updates in the ledger, whatever their status."""
-    async with Store.open(config.federation.store_path) as store:
+    async with Store.open(config.federation.store_path,
+                          federation_id=config.federation.id) as store:
         return {dev: {r.seq for r in await store.ledger(sender=dev) if r.seq is not None}
                 for dev in device_ids}
 

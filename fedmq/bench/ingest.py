@@ -163,7 +163,8 @@ async def _bench(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         log = work / "orchestrator.log"
         async with service_process(config_path, log) as service:
             await expect_ready(service, log)
-            async with Store.open(config.federation.store_path) as store:
+            async with Store.open(config.federation.store_path,
+                                  federation_id=config.federation.id) as store:
                 params = (await store.get_version(0)).params
             shapes = {name: list(p.shape) for name, p in params.items()}
             specs = _generator_specs(args, work, broker, key, bundles, shapes)
@@ -181,7 +182,8 @@ async def _bench(args: argparse.Namespace, work: Path) -> dict[str, Any]:
 async def _provision(config: Config, key: SigningKey, devices: int) -> list[Bundle]:
     """Register the bench's devices in a new store; their bundles."""
     orchestrator_key = public_key_hex(key)
-    async with Store.open(config.federation.store_path) as store:
+    async with Store.open(config.federation.store_path,
+                          federation_id=config.federation.id) as store:
         if await store.latest_version() is not None:
             raise BenchError(f"{config.federation.data_dir} already holds a federation; "
                              "give --keep an empty folder")
@@ -229,7 +231,8 @@ async def _load(specs: Sequence[Mapping[str, Any]], work: Path) -> list[dict[str
 async def _check_ledger(config: Config, results: Sequence[Mapping[str, Any]]) -> _Outcome:
     acked = {(device, seq) for r in results for device, seqs in r["accepted"].items()
              for seq in seqs}
-    async with Store.open(config.federation.store_path) as store:
+    async with Store.open(config.federation.store_path,
+                          federation_id=config.federation.id) as store:
         rows = await store.ledger(status=("buffered", "applied"))
         latest = await store.latest_version()
     stored = {(r.sender, r.seq) for r in rows}
@@ -294,7 +297,8 @@ async def _drain(config: Config, k: int) -> float | None:
     the step timeout."""
     loop = asyncio.get_running_loop()
     started = loop.time()
-    async with Store.open(config.federation.store_path) as store:
+    async with Store.open(config.federation.store_path,
+                          federation_id=config.federation.id) as store:
         while loop.time() - started < STEP_S:
             if await store.buffered_count() < k:
                 return round(loop.time() - started, 3)

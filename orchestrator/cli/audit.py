@@ -9,6 +9,10 @@ revoked, isolated, rejected, quarantined, operator_command, stopped...), ``--dev
 ``--since`` (``30s``, ``15m``, ``2h``, ``7d`` ago, or an ISO-8601 time such as
 ``2026-11-22T08:00`` read as UTC unless it names a zone). ``--json`` prints one JSON array,
 newest first.
+
+    fedmq audit verify --config FILE [--head HASH]
+
+checks the audit log's hash chain in the store itself (see :mod:`orchestrator.cli.audit_verify`).
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from orchestrator.cli import audit_verify
 from orchestrator.cli._operator import (
     Parser,
     UsageError,
@@ -98,6 +103,8 @@ async def _audit(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str]) -> int:
+    if argv[:1] == ["verify"]:
+        return audit_verify.main(argv[1:])
     return run_command(PROG, _parser(), argv, _audit)
 
 

@@ -94,7 +94,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def _open_store(config: Config) -> contextlib.AbstractAsyncContextManager[Store]:
     config.federation.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    return Store.open(config.federation.store_path)
+    return Store.open(config.federation.store_path, federation_id=config.federation.id)
 
 
 async def _add(config: Config, args: argparse.Namespace) -> int:

@@ -204,7 +204,7 @@ async def _run(config: Config, args: argparse.Namespace) -> int:
     # opening creates a missing database: reading commands must not
     if not await asyncio.to_thread(Path(path).is_file):
         raise StoreError(f"no orchestrator database at {path} (has the orchestrator run?)")
-    async with Store.open(path) as store:
+    async with Store.open(path, federation_id=config.federation.id) as store:
         return await _COMMANDS[args.command](store, args)
 
 

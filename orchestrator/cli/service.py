@@ -54,7 +54,8 @@ def _parser() -> argparse.ArgumentParser:
 async def _rotate(config: Config, grace_s: float) -> int:
     """Record the request; the running service (or its next start) announces it."""
     config.federation.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    async with Store.open(config.federation.store_path) as store:
+    async with Store.open(config.federation.store_path,
+                          federation_id=config.federation.id) as store:
         rotation = await request_rotation(store, config.federation.key_path, grace_s=grace_s,
                                           actor=getpass.getuser(),
                                           now_ms=int(time.time() * 1000))

@@ -9,6 +9,7 @@ and metrics, server state, the audit log and the differential-privacy ledger liv
 from orchestrator.aggregation.codec import ParamsCodecError, decode_params, encode_params
 
 from ._privacy import DP_LEDGER_MODES, PrivacyCharge, PrivacyRecord
+from .audit_chain import ChainReport, verify_audit
 from .errors import (
     DeviceExistsError,
     DuplicateUpdateError,
@@ -53,6 +54,7 @@ __all__ = [
     "AuditEvent",
     "AuditRecord",
     "BufferedEntry",
+    "ChainReport",
     "Clock",
     "Device",
     "DeviceExistsError",
@@ -80,5 +82,6 @@ __all__ = [
     "VersionKind",
     "decode_params",
     "encode_params",
+    "verify_audit",
     "wall_clock_ms",
 ]

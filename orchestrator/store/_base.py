@@ -6,10 +6,11 @@ import asyncio
 import contextlib
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 
 import aiosqlite
 
+from ._chain import AuditValues, insert_audits
 from ._sql import rollback_quietly, wrap
 from .errors import StoreClosedError
 
@@ -29,13 +30,14 @@ class StoreBase:
 
     def __init__(
         self, conn: aiosqlite.Connection, path: str, clock: Clock, schema_version: int,
-        reader: aiosqlite.Connection | None = None,
+        reader: aiosqlite.Connection | None = None, federation_id: str = "",
     ) -> None:
         self._conn: aiosqlite.Connection | None = conn
         self._reader = reader
         self._path = path
         self._clock = clock
         self._schema_version = schema_version
+        self._federation_id = federation_id
         self._lock = asyncio.Lock()
         self._read_lock = asyncio.Lock() if reader is not None else self._lock
 
@@ -46,6 +48,12 @@ class StoreBase:
     @property
     def schema_version(self) -> int:
         return self._schema_version
+
+    async def _append_audits(
+        self, conn: aiosqlite.Connection, rows: Sequence[AuditValues], now_ms: int,
+    ) -> list[int]:
+        """Chain audit rows onto the log inside the caller's write transaction."""
+        return await insert_audits(conn, rows, federation_id=self._federation_id, now_ms=now_ms)
 
     def _live(self) -> aiosqlite.Connection:
         if self._conn is None:

@@ -8,7 +8,7 @@ from typing import Any
 
 from . import _rows
 from ._base import StoreBase
-from ._sql import INSERT_AUDIT, UPSERT_WINDOW, audit_row, fetchall, fetchone, in_clause, one_of
+from ._sql import UPSERT_WINDOW, audit_row, fetchall, fetchone, in_clause, one_of
 from .errors import DeviceExistsError, NotFoundError
 from .records import DEVICE_STATUSES, ROLES, AuditEvent, Device, DeviceStatus, Role
 
@@ -42,7 +42,7 @@ class DeviceMethods(StoreBase):
                     raise DeviceExistsError(device_id) from exc
                 raise
             if audit is not None:
-                await conn.execute(INSERT_AUDIT, audit_row(audit, now))
+                await self._append_audits(conn, [audit_row(audit, now)], now)
         return Device(device_id, role, status, bytes(secret), None, now, None, None, None,
                       device_class, 0, 0, 0)
 
@@ -90,7 +90,7 @@ class DeviceMethods(StoreBase):
             if cur.rowcount == 0:
                 raise NotFoundError("device", device_id)
             if audit is not None:
-                await conn.execute(INSERT_AUDIT, audit_row(audit, now))
+                await self._append_audits(conn, [audit_row(audit, now)], now)
 
     async def set_key(
         self,
@@ -126,7 +126,7 @@ class DeviceMethods(StoreBase):
                 "AND status = 'active'", (bytes(new_key), device_id, bytes(old_key)))
             if cur.rowcount == 0:
                 return False
-            await conn.execute(INSERT_AUDIT, audit_row(audit, now))
+            await self._append_audits(conn, [audit_row(audit, now)], now)
         return True
 
     async def set_status(

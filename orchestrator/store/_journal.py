@@ -14,7 +14,6 @@ from . import _rows
 from ._base import StoreBase
 from ._sql import (
     ACCEPTED,
-    INSERT_AUDIT,
     audit_row,
     fetchall,
     filtered_select,
@@ -31,8 +30,8 @@ class JournalMethods(StoreBase):
     async def append_audit(self, event: AuditEvent) -> int:
         now = self._clock()
         async with self._tx() as conn:
-            row_id = await scalar(conn, INSERT_AUDIT + " RETURNING id", audit_row(event, now))
-        return int(row_id)
+            (row_id,) = await self._append_audits(conn, [audit_row(event, now)], now)
+        return row_id
 
     async def list_audit(
         self,

@@ -25,9 +25,6 @@ UPSERT_STATE = (
     "INSERT INTO server_state (key, value, updated_ms) VALUES (?, ?, ?) "
     "ON CONFLICT (key) DO UPDATE SET value = excluded.value, updated_ms = excluded.updated_ms"
 )
-INSERT_AUDIT = (
-    "INSERT INTO audit (ts_ms, event, actor, device, reason, detail) VALUES (?, ?, ?, ?, ?, ?)"
-)
 
 
 def wrap(exc: BaseException) -> StoreError:
@@ -73,7 +70,8 @@ def in_clause(column: str, values: str | Collection[str]) -> tuple[str, list[Any
     return f"{column} IN ({marks(len(vals))})", vals
 
 
-def audit_row(event: AuditEvent, now_ms: int) -> tuple[Any, ...]:
+def audit_row(event: AuditEvent, now_ms: int) -> tuple[int, str, str, str | None, str | None, str]:
+    """An event as audit column values (the chain adds the id and the hash: ``_chain``)."""
     ts = event.ts_ms if event.ts_ms is not None else now_ms
     return (ts, event.event, event.actor, event.device, event.reason, _rows.dumps(event.detail))
 

@@ -14,9 +14,9 @@ from orchestrator.aggregation.codec import encode_params
 
 from . import _rows
 from ._base import StoreBase
+from ._chain import AuditValues
 from ._sql import (
     ACCEPTED,
-    INSERT_AUDIT,
     UPSERT_WINDOW,
     fetchall,
     filtered_select,
@@ -62,8 +62,7 @@ class UpdateMethods(StoreBase):
                 [(ids[i], blob) for i, blob in blobs],
             )
             audits = _refusal_audits(updates, ids, now, actor)
-            if audits:
-                await conn.executemany(INSERT_AUDIT, audits)
+            await self._append_audits(conn, audits, now)
             await conn.executemany(
                 "UPDATE devices SET accepted_count = accepted_count + ?, "
                 "rejected_count = rejected_count + ?, quarantine_count = quarantine_count + ? "
@@ -124,11 +123,11 @@ class UpdateMethods(StoreBase):
                     "WHERE device_id = ?",
                     [(sender,) for _, sender, _ in senders],
                 )
-                await conn.executemany(INSERT_AUDIT, [
+                await self._append_audits(conn, [
                     (now, "quarantined", actor, sender, reason,
                      _rows.dumps({"update_id": uid, "seq": seq}))
                     for uid, sender, seq in senders
-                ])
+                ], now)
 
     async def ledger(
         self,
@@ -207,9 +206,9 @@ async def _insert_ledger(
 
 def _refusal_audits(
     updates: Sequence[IncomingUpdate], ids: Sequence[int], now: int, actor: str
-) -> list[tuple[Any, ...]]:
+) -> list[AuditValues]:
     """An audit row for each rejected or quarantined update of the batch."""
-    audits: list[tuple[Any, ...]] = []
+    audits: list[AuditValues] = []
     for i, u in enumerate(updates):
         if u.status != "buffered":
             detail = {"update_id": ids[i], "seq": u.seq, "base_version": u.base_version}

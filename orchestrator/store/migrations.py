@@ -138,9 +138,24 @@ _V2 = (
     "CREATE INDEX privacy_ledger_version ON privacy_ledger(version)",
 )
 
+# The audit hash chain (see ``_chain``): each row's SHA-256 over its fields and the previous
+# row's hash. Rows from before this step keep a NULL hash and stay outside the chain; the
+# anchor, written with the first chained row, records where the chain starts and the federation
+# whose genesis value it starts from.
+_V3 = (
+    "ALTER TABLE audit ADD COLUMN hash TEXT",
+    """CREATE TABLE audit_anchor (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        federation_id TEXT NOT NULL,
+        first_id INTEGER NOT NULL CHECK (first_id >= 1),
+        created_ms INTEGER NOT NULL
+    ) STRICT""",
+)
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "devices, replay windows, ledger, buffer, versions, server state, audit", _V1),
     Migration(2, "privacy ledger", _V2),
+    Migration(3, "audit hash chain", _V3),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -63,8 +63,12 @@ class Store(DeviceMethods, UpdateMethods, VersionMethods, JournalMethods, Privac
         synchronous: Literal["FULL", "NORMAL"] = "FULL",
         busy_timeout_ms: int = 5000,
         migrations: Sequence[Migration] = MIGRATIONS,
+        federation_id: str = "",
     ) -> AsyncIterator[Store]:
         """Open (creating and migrating as needed) the database at ``path``.
+
+        ``federation_id`` binds the audit chain's genesis when this store writes the first
+        chained row (pass the config's ``federation.id``; see :mod:`.audit_chain`).
 
         ``":memory:"`` gives a private in-memory database for fast tests. Raises
         :class:`SchemaVersionError` for a database newer than this code and
@@ -93,7 +97,7 @@ class Store(DeviceMethods, UpdateMethods, VersionMethods, JournalMethods, Privac
                     reader = await _open_reader(target, busy_timeout_ms)
             except (sqlite3.Error, OSError) as exc:
                 raise StoreError(f"cannot open store {target!r}: {exc}") from exc
-            store = cls(conn, target, clock, version, reader)
+            store = cls(conn, target, clock, version, reader, federation_id)
             yield store
         finally:
             if store is not None:
