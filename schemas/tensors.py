@@ -169,13 +169,16 @@ def tensor_size(shape: list[int], limits: Limits = DEFAULT_LIMITS, path: str = "
     if len(shape) > limits.max_rank:
         raise ValidationError("rank too large", path=path, reason=Reason.BAD_SHAPE)
     size = 1
+    extent = 1  # the product of the non-zero dimensions: numpy refuses a huge one even when
+    # a zero dimension makes the tensor empty ("array is too big")
     for dim in shape:
         if dim < 0:
             raise ValidationError("negative dimension", path=path, reason=Reason.BAD_SHAPE)
-        if dim > limits.max_tensor_elements:  # also with a zero elsewhere: numpy refuses it
+        if dim > limits.max_tensor_elements:
             raise ValidationError("dimension too large", path=path, reason=Reason.TOO_LARGE)
         size *= dim
-        if size > limits.max_tensor_elements:
+        extent *= max(dim, 1)
+        if extent > limits.max_tensor_elements:
             raise ValidationError("tensor too large", path=path, reason=Reason.TOO_LARGE)
     return size
 

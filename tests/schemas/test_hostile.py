@@ -16,7 +16,7 @@ import msgpack
 import numpy as np
 import pytest
 import zstandard
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 from nacl.signing import SigningKey
 
@@ -351,6 +351,7 @@ def hostile_tensors(draw: st.DrawFn) -> EncodedTensor:
 
 @settings(max_examples=300, deadline=None)
 @given(st.lists(hostile_tensors(), max_size=4))
+@example([EncodedTensor("a", [0, 437657, 437901, 12031504], Codec.FLOAT32, b"")])
 def test_hostile_tensors_raise_only_validation_errors(tensors: list[EncodedTensor]) -> None:
     try:
         params = decode_params(tensors)
