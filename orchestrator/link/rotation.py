@@ -132,6 +132,10 @@ class KeyWatch:
         payload = await self._outbound.sign(message)  # by the old key: it vouches for the new
         rotation = rotation.announced(payload, now_ms=now)
         await self._store.put_server_state({StateKey.KEY_ROTATION: rotation.to_bytes()})
+        # published before anything is signed by the new key, so a reader subscribed to the
+        # key topic (an agent, an operator tool) learns the key before it sees it sign
+        self._due = True
+        await self._publish(payload)
         self._use(await asyncio.to_thread(settle, self._key_path, rotation))
         await self._store.append_audit(AuditEvent("key_rotated", rotation.actor, detail={
             "request_id": rotation.request_id, "old_key": key_id(message.old_public_key),
@@ -141,7 +145,6 @@ class KeyWatch:
                  key_id(message.new_public_key), key_id(message.old_public_key),
                  rotation.grace_s)
         self._counters["key_rotations"] += 1
-        self._due = True
         self._republish_model()
         return rotation
 
