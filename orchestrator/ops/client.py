@@ -11,8 +11,9 @@ the Ed25519 key it makes on first use, whether it enrolled and its last seq live
 Entering connects (MQTT 5) and enrolls the key if it has not been yet; :meth:`request` signs an
 ``OperatorRequest``, publishes it on ``fl/{fed}/ops/request/{operator}`` naming
 ``fl/{fed}/ops/reply/{operator}`` as response topic with fresh correlation data, and waits for
-the orchestrator's signed reply (checked against the key pinned in the bundle). Every failure is
-an :class:`OpsClientError` with a one-line message.
+the orchestrator's signed reply (checked against the key pinned in the bundle, or the one a
+rotation announced since: :mod:`orchestrator.ops.orchkeys`, kept in ``BUNDLE.orchkeys``). Every
+failure is an :class:`OpsClientError` with a one-line message.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from types import TracebackType
 from typing import Any
 
 import aiomqtt
-from nacl.signing import SigningKey, VerifyKey
+from nacl.signing import SigningKey
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
@@ -40,8 +41,9 @@ from orchestrator.broker.certs import client_context
 from orchestrator.devices.commands import write_private
 from orchestrator.errors import OrchestratorError
 from orchestrator.link.mqtt import publish_keeping_cancellation
+from orchestrator.ops.orchkeys import KeyLostError, TrustedKeys, keys_path
 from schemas.bundle import Bundle
-from schemas.envelope import check_header, decode_body, pack, verify
+from schemas.envelope import check_header, decode_body, pack
 from schemas.errors import FedmqError, ValidationError
 from schemas.messages import (
     Enroll,
@@ -51,7 +53,7 @@ from schemas.messages import (
     OperatorRequest,
     OperatorResponse,
 )
-from schemas.signing import enroll_mac
+from schemas.signing import enroll_mac, key_id
 from schemas.topics import ORCHESTRATOR_SENDER, DownKind, Topics, UpKind
 
 __all__ = [
@@ -127,6 +129,7 @@ class OperatorClient:
         bundle: Bundle,
         identity_file: Path,
         *,
+        keys_file: Path | None = None,
         timeout_s: float = 10.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -136,7 +139,11 @@ class OperatorClient:
         self._timeout = timeout_s
         self._clock = clock
         self._topics = Topics(bundle.fed)
-        self._orch_key = VerifyKey(bytes.fromhex(bundle.orchestrator_key))
+        self.keys = TrustedKeys(
+            keys_file if keys_file is not None else keys_path(identity_file.with_suffix("")),
+            bytes.fromhex(bundle.orchestrator_key), fed=bundle.fed,
+            now_ms=lambda: int(self._clock() * 1000))
+        self._key_lost: KeyLostError | None = None
         self.reply_topic = self._topics.ops_reply(self.operator)
         self._identity: _Identity | None = None
         self._client: aiomqtt.Client | None = None
@@ -160,7 +167,7 @@ class OperatorClient:
             bundle = Bundle.from_json(text)
         except ValidationError as exc:
             raise OpsClientError(f"{path}: not a valid bundle: {exc}") from None
-        return cls(bundle, identity_path(path), timeout_s=timeout_s)
+        return cls(bundle, identity_path(path), keys_file=keys_path(path), timeout_s=timeout_s)
 
     @property
     def public_key(self) -> bytes:
@@ -173,6 +180,7 @@ class OperatorClient:
     async def __aenter__(self) -> OperatorClient:
         self._identity = await asyncio.to_thread(_load_identity, self._identity_file,
                                                  self.operator)
+        await asyncio.to_thread(self.keys.load)
         b = self.bundle
         tls_context = await asyncio.to_thread(_tls_context, b) if b.tls else None
         client = aiomqtt.Client(
@@ -186,6 +194,8 @@ class OperatorClient:
                                     f"{b.broker_port}: {exc}") from None
         self._client = client
         try:
+            # first: its retained announcement is handled before any reply arrives
+            await client.subscribe(self._topics.model_key, qos=1)
             await client.subscribe(self.reply_topic, qos=1)
             await client.subscribe(self._topics.down(self.operator, DownKind.ENROLLED), qos=1)
             self._receiver = asyncio.create_task(self._receive(), name="ops-client-receive")
@@ -242,6 +252,8 @@ class OperatorClient:
     async def request(self, command: str, args: dict[str, Any] | None = None, *,
                       timeout_s: float | None = None) -> Any:
         """Run ``command`` on the orchestrator; its result, or :class:`OperatorRefused`."""
+        if self._key_lost is not None:
+            raise OpsClientError(str(self._key_lost))
         request_id = uuid.uuid4().hex
         correlation = request_id.encode()
         payload = await self._sign(OperatorRequest(request_id, command, dict(args or {})))
@@ -331,14 +343,40 @@ class OperatorClient:
             payload = message.payload
             if not isinstance(payload, bytes | bytearray) or not payload:
                 continue
+            if topic == self._topics.model_key:
+                await self._on_announcement(bytes(payload))
+                continue
             try:
                 self._dispatch(topic, bytes(payload), message.properties)
             except FedmqError as exc:
                 # not from our orchestrator, or not for us: ignore, as devices do
                 log.debug("ignored a message on %s: %s", topic, exc)
 
+    async def _on_announcement(self, payload: bytes) -> None:
+        """Adopt a rotation of the orchestrator's key (saved before it is used), ignore a
+        forged announcement with its reason, or fail every waiting request when this bundle
+        missed the grace period."""
+        old = self.keys.ring.current
+        try:
+            ring = self.keys.adopt(payload)
+        except KeyLostError as exc:
+            self._key_lost = exc
+            log.error("%s", exc)
+            for future in self._replies.values():
+                if not future.done():
+                    future.set_exception(OpsClientError(str(exc)))
+            return
+        except FedmqError as exc:
+            log.warning("ignored the orchestrator key announcement: %s", exc)
+            return
+        if ring is None:
+            return
+        await asyncio.to_thread(self.keys.save, ring)
+        log.info("orchestrator key %s adopted (announced by %s)", key_id(ring.current),
+                 key_id(old))
+
     def _dispatch(self, topic: str, payload: bytes, props: Properties | None) -> None:
-        opened = verify(payload, self._orch_key)
+        opened = self.keys.verify(payload)
         now_ms = int(self._clock() * 1000)
         if topic == self._topics.fleet:
             check_header(opened.header, fed=self.bundle.fed, sender=ORCHESTRATOR_SENDER,
