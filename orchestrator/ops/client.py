@@ -44,7 +44,7 @@ from orchestrator.link.mqtt import publish_keeping_cancellation
 from orchestrator.ops.orchkeys import KeyLostError, TrustedKeys, keys_path
 from schemas.bundle import Bundle
 from schemas.envelope import check_header, decode_body, pack
-from schemas.errors import FedmqError, ValidationError
+from schemas.errors import FedmqError, SignatureError, ValidationError
 from schemas.messages import (
     Enroll,
     Enrolled,
@@ -144,6 +144,8 @@ class OperatorClient:
             bytes.fromhex(bundle.orchestrator_key), fed=bundle.fed,
             now_ms=lambda: int(self._clock() * 1000))
         self._key_lost: KeyLostError | None = None
+        self.ignored_announcements: list[str] = []
+        """Why each announcement not signed by a trusted key was ignored."""
         self.reply_topic = self._topics.ops_reply(self.operator)
         self._identity: _Identity | None = None
         self._client: aiomqtt.Client | None = None
@@ -194,8 +196,9 @@ class OperatorClient:
                                     f"{b.broker_port}: {exc}") from None
         self._client = client
         try:
-            # first: its retained announcement is handled before any reply arrives
+            # first: the retained announcements are handled before any reply arrives
             await client.subscribe(self._topics.model_key, qos=1)
+            await client.subscribe(self._topics.model_key + "/+", qos=1)  # earlier ones
             await client.subscribe(self.reply_topic, qos=1)
             await client.subscribe(self._topics.down(self.operator, DownKind.ENROLLED), qos=1)
             self._receiver = asyncio.create_task(self._receive(), name="ops-client-receive")
@@ -297,6 +300,8 @@ class OperatorClient:
                     async with asyncio.timeout(limit):
                         summary = await self._summaries.get()
                 except TimeoutError:
+                    if self._key_lost is not None:
+                        raise OpsClientError(str(self._key_lost)) from None
                     raise OpsClientError(f"no fleet summary on {self._topics.fleet} within "
                                          f"{limit:g}s (is the orchestrator running?)") from None
                 yield summary
@@ -343,8 +348,9 @@ class OperatorClient:
             payload = message.payload
             if not isinstance(payload, bytes | bytearray) or not payload:
                 continue
-            if topic == self._topics.model_key:
-                await self._on_announcement(bytes(payload))
+            if topic == self._topics.model_key or topic.startswith(self._topics.model_key + "/"):
+                await self._on_announcement(bytes(payload),
+                                            earlier=topic != self._topics.model_key)
                 continue
             try:
                 self._dispatch(topic, bytes(payload), message.properties)
@@ -352,7 +358,7 @@ class OperatorClient:
                 # not from our orchestrator, or not for us: ignore, as devices do
                 log.debug("ignored a message on %s: %s", topic, exc)
 
-    async def _on_announcement(self, payload: bytes) -> None:
+    async def _on_announcement(self, payload: bytes, *, earlier: bool) -> None:
         """Adopt a rotation of the orchestrator's key (saved before it is used), ignore a
         forged announcement with its reason, or fail every waiting request when this bundle
         missed the grace period."""
@@ -365,6 +371,13 @@ class OperatorClient:
             for future in self._replies.values():
                 if not future.done():
                     future.set_exception(OpsClientError(str(exc)))
+            return
+        except SignatureError as exc:
+            # forged, or older than this bundle (issued after the rotation): either way
+            # nothing to act on, and not worth a line on an operator's terminal
+            self.ignored_announcements.append(str(exc))
+            log.info("ignored the orchestrator key announcement%s: %s",
+                     " of an earlier rotation" if earlier else "", exc)
             return
         except FedmqError as exc:
             log.warning("ignored the orchestrator key announcement: %s", exc)

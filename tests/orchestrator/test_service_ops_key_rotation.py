@@ -100,7 +100,7 @@ async def test_a_forged_announcement_is_ignored_with_its_reason(
 ) -> None:
     path = await _operator(orch, broker, tmp_path)
     pinned = orch.public_key
-    caplog.set_level(logging.WARNING, logger="orchestrator.ops.client")
+    caplog.set_level(logging.INFO, logger="orchestrator.ops.client")
     async with OperatorClient.open(path) as ops:
         attacker, theirs = SigningKey.generate(), SigningKey.generate()
         now = int(time.time() * 1000)
@@ -117,6 +117,7 @@ async def test_a_forged_announcement_is_ignored_with_its_reason(
 
         await until(lambda: bool(ignored()), 10)
         assert "not signed by an orchestrator key this bundle trusts" in ignored()[0]
+        assert ops.ignored_announcements == [ignored()[0].split(": ", 1)[1]]
         assert ops.keys.ring.current == pinned
         assert (await ops.request("ping"))["pong"] is True
     assert not keys_path(path).exists()
