@@ -85,6 +85,9 @@ class FederationConfig:
     revoke_grace_s: Annotated[float, ge(0), "a revoked device's broker credential is removed "
                               "when it confirms its Control(revoke), or this long after the "
                               "order went out"] = 600.0
+    key_grace_s: Annotated[float, gt(0), "after `fedmq orchestrator rotate-key`, devices may "
+                           "still adopt the new key, and updates sealed to the old key open, "
+                           "this long (the default of --grace)"] = 7 * 24 * 3600.0
 
     @property
     def store_path(self) -> Path:

@@ -21,6 +21,7 @@ import asyncio
 import logging
 import os
 from collections.abc import Callable, MutableMapping
+from datetime import UTC, datetime
 from pathlib import Path
 
 from orchestrator.clock import Clock
@@ -60,9 +61,7 @@ async def request_rotation(store: Store, key_path: Path, *, grace_s: float, acto
         raise RotationError(f"the grace period must be positive, got {grace_s:g} s")
     previous = await load_rotation(store)
     if previous is not None and previous.in_progress:
-        raise RotationError(
-            f"a rotation of the orchestrator key is already {previous.phase} (new key "
-            f"{previous.new_public[:16]}); it must retire the old key first")
+        raise RotationError(_in_progress(previous))
     current = await asyncio.to_thread(load_or_create_key, key_path)
     nxt = next_path(key_path)
     await asyncio.to_thread(nxt.unlink, missing_ok=True)  # a request that was never recorded
@@ -78,6 +77,17 @@ async def request_rotation(store: Store, key_path: Path, *, grace_s: float, acto
         "request_id": rotation.request_id, "old_key": key_id(bytes(current.verify_key)),
         "new_key": key_id(bytes(new.verify_key)), "grace_s": grace_s}))
     return rotation
+
+
+def _in_progress(rotation: Rotation) -> str:
+    new = key_id(bytes.fromhex(rotation.new_public))
+    if rotation.phase == "requested":
+        return (f"a rotation of the orchestrator key is already requested (new key {new}); "
+                "the orchestrator announces it when it runs, and a new rotation may follow "
+                "once that one's grace has ended")
+    retires = datetime.fromtimestamp(rotation.retire_after_ms / 1000, UTC)
+    return (f"a rotation of the orchestrator key is already announced (new key {new}); the "
+            f"old key retires at {retires:%Y-%m-%d %H:%M:%S} UTC: rotate again after that")
 
 
 class KeyWatch:
