@@ -238,8 +238,8 @@ class OperatorClient:
             async with asyncio.timeout(self._timeout):
                 answer = await self._enrolled.get()
         except TimeoutError:
-            raise OpsClientError(f"no enrollment answer within {self._timeout:g}s "
-                                 "(is the orchestrator running?)") from None
+            raise self._silence(f"no enrollment answer within {self._timeout:g}s "
+                                "(is the orchestrator running?)") from None
         if answer.status is EnrollStatus.REJECTED:
             raise OpsClientError(f"enrollment of {self.operator!r} refused: {answer.reason}")
         if answer.status is EnrollStatus.AWAITING_APPROVAL:
@@ -255,8 +255,6 @@ class OperatorClient:
     async def request(self, command: str, args: dict[str, Any] | None = None, *,
                       timeout_s: float | None = None) -> Any:
         """Run ``command`` on the orchestrator; its result, or :class:`OperatorRefused`."""
-        if self._key_lost is not None:
-            raise OpsClientError(str(self._key_lost))
         request_id = uuid.uuid4().hex
         correlation = request_id.encode()
         payload = await self._sign(OperatorRequest(request_id, command, dict(args or {})))
@@ -272,8 +270,8 @@ class OperatorClient:
             async with asyncio.timeout(limit):
                 response = await future
         except TimeoutError:
-            raise OpsClientError(f"{command}: no answer from the orchestrator within "
-                                 f"{limit:g}s (is it running?)") from None
+            raise self._silence(f"{command}: no answer from the orchestrator within "
+                                f"{limit:g}s (is it running?)") from None
         finally:
             self._replies.pop(correlation, None)
         if not response.ok:
@@ -300,16 +298,18 @@ class OperatorClient:
                     async with asyncio.timeout(limit):
                         summary = await self._summaries.get()
                 except TimeoutError:
-                    if self._key_lost is not None:
-                        raise OpsClientError(str(self._key_lost)) from None
-                    raise OpsClientError(f"no fleet summary on {self._topics.fleet} within "
-                                         f"{limit:g}s (is the orchestrator running?)") from None
+                    raise self._silence(f"no fleet summary on {self._topics.fleet} within "
+                                        f"{limit:g}s (is the orchestrator running?)") from None
                 yield summary
         finally:
             with contextlib.suppress(aiomqtt.MqttError):
                 await client.unsubscribe(self._topics.fleet)
 
     # -- internals -----------------------------------------------------------------------------
+
+    def _silence(self, text: str) -> OpsClientError:
+        """Why nothing came: the orchestrator's key changed past this bundle, or ``text``."""
+        return OpsClientError(str(self._key_lost) if self._key_lost is not None else text)
 
     def _require_identity(self) -> _Identity:
         if self._identity is None:
@@ -329,6 +329,8 @@ class OperatorClient:
             identity.seq = max(identity.seq + 1, int(self._clock() * 1_000_000))
             await asyncio.to_thread(write_private, self._identity_file,
                                     identity.to_json(self.operator))
+        if self._key_lost is not None:  # no answer could be verified (waiting ones fail too)
+            raise OpsClientError(str(self._key_lost))
         return pack(message, key=identity.key, fed=self.bundle.fed, sender=self.operator,
                     seq=identity.seq, ts_ms=int(self._clock() * 1000))
 

@@ -4,7 +4,8 @@ orchestrator and the real :class:`OperatorClient`.
 An open client learns the new key from the retained announcement before the orchestrator signs
 with it, so its next request is answered and verified; the adopted key is saved beside the
 bundle, so a later run trusts it even when no announcement is retained. An announcement signed
-by any other key is ignored with its reason.
+by any other key is ignored with its reason; a bundle that missed the whole grace fails with one
+line.
 """
 
 from __future__ import annotations
@@ -25,13 +26,14 @@ from orchestrator.broker import MosquittoBroker
 from orchestrator.config import Config
 from orchestrator.devices.commands import provision, write_private
 from orchestrator.link.rotation import request_rotation
-from orchestrator.ops.client import OperatorClient
+from orchestrator.ops.client import OperatorClient, OpsClientError, identity_path
 from orchestrator.ops.orchkeys import Ring, keys_path
 from orchestrator.service import Orchestrator
-from schemas import pack
+from schemas import Bundle, pack
 from schemas.messages import KeyAnnouncement
 from schemas.signing import announcement_proof
 from schemas.topics import Topics
+from tests.support.clock import FakeClock
 from tests.support.service_config import FED
 from tests.support.waiting import until
 
@@ -121,3 +123,30 @@ async def test_a_forged_announcement_is_ignored_with_its_reason(
         assert ops.keys.ring.current == pinned
         assert (await ops.request("ping"))["pong"] is True
     assert not keys_path(path).exists()
+
+
+async def test_an_operator_bundle_that_missed_the_grace_fails_with_one_line(
+    make_config: Callable[..., Config], broker: MosquittoBroker, tmp_path: Path,
+) -> None:
+    clock = FakeClock()
+    async with Orchestrator(make_config(), store_synchronous="NORMAL", clock=clock) as orch:
+        path = await _operator(orch, broker, tmp_path)  # pins the first key; not used yet
+        rotation = await request_rotation(orch.store, orch.config.federation.key_path,
+                                          grace_s=60, actor="test", now_ms=clock.wall_ms())
+        await clock.advance(1.0)
+        await until(lambda: orch.public_key == bytes.fromhex(rotation.new_public))
+        await clock.advance(61.0)
+        async with asyncio.timeout(10):
+            while not await orch.store.list_audit(event="key_retired"):  # noqa: ASYNC110
+                await asyncio.sleep(0.01)
+
+        client = OperatorClient(Bundle.from_json(path.read_text()), identity_path(path),
+                                keys_file=keys_path(path), timeout_s=5,
+                                clock=lambda: clock.wall_ms() / 1000)
+        with pytest.raises(OpsClientError) as caught:
+            async with client as ops:
+                await ops.request("ping")
+        line = str(caught.value)
+        assert "missed the announcement" in line and "new operator bundle" in line
+        assert "\n" not in line
+        assert not keys_path(path).exists()
