@@ -103,9 +103,9 @@ class Downlink:
             parsed = parse_topic(topic)
             if parsed.fed != self._fed:
                 raise FedmqError(Reason.WRONG_FEDERATION, f"topic of federation {parsed.fed!r}")
-            if parsed.area == "model" and parsed.kind == "key":
+            if parsed.area == "model" and parsed.kind in ("key", "earlier_key"):
                 if payload:
-                    await self._keys.receive(payload)
+                    await self._keys.receive(payload, earlier=parsed.kind == "earlier_key")
             elif parsed.area == "model":
                 if payload:  # an empty retained payload clears a superseded chunk
                     await self._on_model(parsed.kind or "", payload, topic)

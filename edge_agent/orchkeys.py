@@ -9,7 +9,10 @@ A ``KeyAnnouncement`` (retained on ``fl/{fed}/model/key``) is adopted only when 
 with the current key, names this federation and the orchestrator, carries a valid proof by
 the new key, and its old key's retirement is still ahead; the new ring is saved before it is
 used. One whose retirement has passed means this device missed the whole grace period:
-:class:`KeyLostError`, which the agent reports as one clear line and ends on.
+:class:`KeyLostError`, which the agent reports as one clear line and ends on. Announcements of
+earlier rotations (``fl/{fed}/model/key/{generation}``) are read the same way, so a device that
+missed several rotations finds the one signed by the key it pins; one signed by a key it never
+pinned (it enrolled later) is nothing to act on and passes quietly.
 """
 
 from __future__ import annotations
@@ -124,9 +127,16 @@ class OrchestratorKeys:
             await self._save(replace(self.ring, previous=None, retire_ms=0))
             self._log.info("orchestrator key %s no longer accepted", key_id(old))
 
-    async def receive(self, payload: bytes) -> bool:
-        """Handle a ``KeyAnnouncement``; True when a new key was pinned."""
-        opened = self._opened(payload)
+    async def receive(self, payload: bytes, *, earlier: bool = False) -> bool:
+        """Handle a ``KeyAnnouncement`` (``earlier``: of a rotation before the latest); True
+        when a new key was pinned."""
+        try:
+            opened = self._opened(payload)
+        except SignatureError:
+            if not earlier:
+                raise
+            self._log.debug("an earlier key announcement not signed by a key this device pins")
+            return False
         if opened is None:
             return False
         check_header(opened.header, fed=self._fed, sender=ORCHESTRATOR_SENDER,

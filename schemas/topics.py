@@ -5,6 +5,7 @@
 ``fl/{fed}/model/delta``        orch → all retained lossless delta
 ``fl/{fed}/model/chunks/{sha}`` orch → all retained chunk of an oversized model message
 ``fl/{fed}/model/key``          orch → all retained announcement of the orchestrator's new key
+``fl/{fed}/model/key/{gen}``    orch → all retained earlier announcement (generation ``gen``)
 ``fl/{fed}/down/{dev}/{kind}``  orch → dev  task, ack, control, enrolled
 ``fl/{fed}/up/{dev}/{kind}``    dev → orch  enroll, status (retained), updates, eval,
                                            rotate
@@ -27,6 +28,7 @@ ORCHESTRATOR_SENDER = "orchestrator"
 """The ``sender`` of everything the orchestrator signs (devices check it on every message)."""
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _SHA_HEX = re.compile(r"^[0-9a-f]{64}$")
+_GENERATION = re.compile(r"^[1-9][0-9]{0,8}$")
 
 
 class UpKind(StrEnum):
@@ -81,6 +83,14 @@ class Topics:
         """The retained ``KeyAnnouncement`` (under ``model/`` so every reader of the model,
         device or operator, already subscribes to and may read it)."""
         return f"{ROOT}/{self.fed}/model/key"
+
+    def model_key_earlier(self, generation: int) -> str:
+        """An earlier announcement, still retained so a device that missed more than one
+        rotation can verify the one signed by the key it pins (and learn it must
+        re-enroll)."""
+        if generation < 1:
+            raise ValueError(f"generation must be >= 1, got {generation}")
+        return f"{ROOT}/{self.fed}/model/key/{generation}"
 
     @property
     def model_all(self) -> str:
@@ -151,6 +161,8 @@ def parse_topic(topic: str) -> ParsedTopic:
         return ParsedTopic(fed, area, rest[0], rest[1])
     if area == "model" and (rest == [] or rest == ["delta"] or rest == ["key"]):
         return ParsedTopic(fed, area, None, rest[0] if rest else "snapshot")
+    if area == "model" and len(rest) == 2 and rest[0] == "key" and _GENERATION.fullmatch(rest[1]):
+        return ParsedTopic(fed, area, None, "earlier_key")
     if area == "model" and len(rest) == 2 and rest[0] == "chunks" and _SHA_HEX.fullmatch(rest[1]):
         return ParsedTopic(fed, area, None, "chunk")
     if area == "fleet" and not rest:

@@ -1,7 +1,9 @@
 """``fedmq orchestrator run --config FILE``: run the orchestrator service until SIGINT/SIGTERM.
 
 ``fedmq orchestrator rotate-key --config FILE [--grace SECONDS]`` rotates the orchestrator's
-own key (see :mod:`orchestrator.link.rotation`), beside a running service or while it is down.
+own key (see :mod:`orchestrator.link.rotation`), beside a running service or while it is down;
+the grace defaults to ``[federation] key_grace_s``. A second rotation is refused, one line,
+until the first has retired the old key.
 
 Prints one ``ready`` line on stdout once connected and subscribed. Every error is one line on
 stderr and a non-zero exit status (2: bad usage or config, 1: failure at run time).
@@ -46,8 +48,9 @@ def _parser() -> argparse.ArgumentParser:
         "--config", required=True, metavar="FILE")
     rotate = commands.add_parser("rotate-key", help="rotate the orchestrator's own key")
     rotate.add_argument("--config", required=True, metavar="FILE")
-    rotate.add_argument("--grace", type=float, default=7 * 24 * 3600.0, metavar="SECONDS",
-                        help="how long devices may still adopt the new key (7 days)")
+    rotate.add_argument("--grace", type=float, default=None, metavar="SECONDS",
+                        help="how long devices may still adopt the new key "
+                             "(default: [federation] key_grace_s, 7 days)")
     return parser
 
 
@@ -88,7 +91,8 @@ def main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
     config = load_config(args.config)
     if args.command == "rotate-key":
-        return asyncio.run(_rotate(config, args.grace))
+        grace = config.federation.key_grace_s if args.grace is None else args.grace
+        return asyncio.run(_rotate(config, grace))
     if args.command == "check":
         print(f"{PROG}: {args.config}: ok (federation {config.federation.id!r})")
         return 0

@@ -88,6 +88,9 @@ class FederationConfig:
     password_grace_s: Annotated[float, gt(0), "a device given a new broker password keeps "
                                 "its old one until it confirms, or this long after the "
                                 "first offer"] = 7 * 24 * 3600.0
+    key_grace_s: Annotated[float, gt(0), "after `fedmq orchestrator rotate-key`, devices may "
+                           "still adopt the new key, and updates sealed to the old key open, "
+                           "this long (the default of --grace)"] = 7 * 24 * 3600.0
 
     @property
     def store_path(self) -> Path:

@@ -12,7 +12,9 @@ The record (server state ``KEY_ROTATION``) says which phase the rotation is in: 
 (the next key exists), ``announced`` (the announcement is signed by the old key and kept here;
 the files are switched — :func:`settle` finishes a switch a crash interrupted) and ``retired``
 (the old key is gone; the announcement is still kept, retained, so a device that missed the
-whole grace learns, signed by the key it pins, that it must re-enroll).
+whole grace learns, signed by the key it pins, that it must re-enroll). A later rotation keeps
+the earlier announcements (``earlier``, generation 1 first), each retained on its own topic, so
+a device that missed several rotations still finds the one its key signed.
 """
 
 from __future__ import annotations
@@ -65,6 +67,8 @@ class Rotation:
     announcement: str = ""
     """Hex of the signed ``KeyAnnouncement`` envelope (from ``announced`` on)."""
     retired_ms: int = 0
+    earlier: tuple[str, ...] = ()
+    """Hex of the announcements of generations 1 … ``generation - 1``."""
 
     @property
     def in_progress(self) -> bool:
@@ -77,6 +81,7 @@ class Rotation:
     def from_bytes(cls, raw: bytes) -> Rotation:
         try:
             d = json.loads(raw)
+            d["earlier"] = tuple(d.get("earlier", ()))
             rotation = cls(**d)
         except (ValueError, TypeError) as exc:
             raise RotationError(f"unreadable key rotation record in the store: {exc}"

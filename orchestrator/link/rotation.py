@@ -9,7 +9,10 @@ key, publishes the announcement retained on ``fl/{fed}/model/key`` and republish
 under the new key. During the grace period the old key still opens updates sealed to it; when
 the grace ends its file is destroyed and ``key_retired`` audited. The announcement stays
 retained: a device that missed the whole grace verifies it with the key it pins and stops
-with one clear line instead of refusing every message in silence.
+with one clear line instead of refusing every message in silence. A second rotation is refused
+until the first has retired the old key; it then announces on ``fl/{fed}/model/key`` and moves
+each earlier announcement to ``fl/{fed}/model/key/{generation}`` (still retained), so a device
+that missed both still finds the announcement its key signed, and the same line.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import asyncio
 import logging
 import os
 from collections.abc import Callable, MutableMapping
+from datetime import UTC, datetime
 from pathlib import Path
 
 from orchestrator.clock import Clock
@@ -57,9 +61,7 @@ async def request_rotation(store: Store, key_path: Path, *, grace_s: float, acto
         raise RotationError(f"the grace period must be positive, got {grace_s:g} s")
     previous = await load_rotation(store)
     if previous is not None and previous.in_progress:
-        raise RotationError(
-            f"a rotation of the orchestrator key is already {previous.phase} (new key "
-            f"{previous.new_public[:16]}); it must retire the old key first")
+        raise RotationError(_in_progress(previous))
     current = await asyncio.to_thread(load_or_create_key, key_path)
     nxt = next_path(key_path)
     await asyncio.to_thread(nxt.unlink, missing_ok=True)  # a request that was never recorded
@@ -68,12 +70,24 @@ async def request_rotation(store: Store, key_path: Path, *, grace_s: float, acto
         request_id=os.urandom(8).hex(), phase="requested", actor=actor, requested_ms=now_ms,
         grace_s=grace_s, old_public=bytes(current.verify_key).hex(),
         new_public=bytes(new.verify_key).hex(),
-        generation=previous.generation + 1 if previous is not None else 1)
+        generation=previous.generation + 1 if previous is not None else 1,
+        earlier=(*previous.earlier, previous.announcement) if previous is not None else ())
     await store.put_server_state({StateKey.KEY_ROTATION: rotation.to_bytes()})
     await store.append_audit(AuditEvent("key_rotation_requested", actor, detail={
         "request_id": rotation.request_id, "old_key": key_id(bytes(current.verify_key)),
         "new_key": key_id(bytes(new.verify_key)), "grace_s": grace_s}))
     return rotation
+
+
+def _in_progress(rotation: Rotation) -> str:
+    new = key_id(bytes.fromhex(rotation.new_public))
+    if rotation.phase == "requested":
+        return (f"a rotation of the orchestrator key is already requested (new key {new}); "
+                "the orchestrator announces it when it runs, and a new rotation may follow "
+                "once that one's grace has ended")
+    retires = datetime.fromtimestamp(rotation.retire_after_ms / 1000, UTC)
+    return (f"a rotation of the orchestrator key is already announced (new key {new}); the "
+            f"old key retires at {retires:%Y-%m-%d %H:%M:%S} UTC: rotate again after that")
 
 
 class KeyWatch:
@@ -115,7 +129,7 @@ class KeyWatch:
         elif rotation.phase == "announced" and self._clock.wall_ms() >= rotation.retire_after_ms:
             rotation = self.rotation = await self._retire(rotation)
         if self._due and rotation.announcement:
-            await self._publish(bytes.fromhex(rotation.announcement))
+            await self._publish(rotation)
 
     async def _announce(self, rotation: Rotation) -> Rotation:
         old = self.keys.current
@@ -132,6 +146,10 @@ class KeyWatch:
         payload = await self._outbound.sign(message)  # by the old key: it vouches for the new
         rotation = rotation.announced(payload, now_ms=now)
         await self._store.put_server_state({StateKey.KEY_ROTATION: rotation.to_bytes()})
+        # published before anything is signed by the new key, so a reader subscribed to the
+        # key topic (an agent, an operator tool) learns the key before it sees it sign
+        self._due = True
+        await self._publish(rotation)
         self._use(await asyncio.to_thread(settle, self._key_path, rotation))
         await self._store.append_audit(AuditEvent("key_rotated", rotation.actor, detail={
             "request_id": rotation.request_id, "old_key": key_id(message.old_public_key),
@@ -141,7 +159,6 @@ class KeyWatch:
                  key_id(message.new_public_key), key_id(message.old_public_key),
                  rotation.grace_s)
         self._counters["key_rotations"] += 1
-        self._due = True
         self._republish_model()
         return rotation
 
@@ -162,10 +179,15 @@ class KeyWatch:
         self._outbound.key = keys.current
         self._set_unseal(keys)
 
-    async def _publish(self, payload: bytes) -> None:
+    async def _publish(self, rotation: Rotation) -> None:
+        """The announcement, and the earlier ones on their own topics (retained)."""
+        topics = self._outbound.topics
+        retained = [(topics.model_key_earlier(g), payload)
+                     for g, payload in enumerate(rotation.earlier, start=1)]
+        retained.append((topics.model_key, rotation.announcement))
         try:
-            await self._outbound.publish(self._outbound.topics.model_key, payload, qos=1,
-                                         retain=True)
+            for topic, payload in retained:
+                await self._outbound.publish(topic, bytes.fromhex(payload), qos=1, retain=True)
         except NotConnectedError:
             return  # the next connect calls republish()
         self._due = False

@@ -11,8 +11,9 @@ the Ed25519 key it makes on first use, whether it enrolled and its last seq live
 Entering connects (MQTT 5) and enrolls the key if it has not been yet; :meth:`request` signs an
 ``OperatorRequest``, publishes it on ``fl/{fed}/ops/request/{operator}`` naming
 ``fl/{fed}/ops/reply/{operator}`` as response topic with fresh correlation data, and waits for
-the orchestrator's signed reply (checked against the key pinned in the bundle). Every failure is
-an :class:`OpsClientError` with a one-line message.
+the orchestrator's signed reply (checked against the key pinned in the bundle, or the one a
+rotation announced since: :mod:`orchestrator.ops.orchkeys`, kept in ``BUNDLE.orchkeys``). Every
+failure is an :class:`OpsClientError` with a one-line message.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from types import TracebackType
 from typing import Any
 
 import aiomqtt
-from nacl.signing import SigningKey, VerifyKey
+from nacl.signing import SigningKey
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
@@ -40,9 +41,10 @@ from orchestrator.broker.certs import client_context
 from orchestrator.devices.commands import write_private
 from orchestrator.errors import OrchestratorError
 from orchestrator.link.mqtt import publish_keeping_cancellation
+from orchestrator.ops.orchkeys import KeyLostError, TrustedKeys, keys_path
 from schemas.bundle import Bundle
-from schemas.envelope import check_header, decode_body, pack, verify
-from schemas.errors import FedmqError, ValidationError
+from schemas.envelope import check_header, decode_body, pack
+from schemas.errors import FedmqError, SignatureError, ValidationError
 from schemas.messages import (
     Enroll,
     Enrolled,
@@ -51,7 +53,7 @@ from schemas.messages import (
     OperatorRequest,
     OperatorResponse,
 )
-from schemas.signing import enroll_mac
+from schemas.signing import enroll_mac, key_id
 from schemas.topics import ORCHESTRATOR_SENDER, DownKind, Topics, UpKind
 
 __all__ = [
@@ -127,6 +129,7 @@ class OperatorClient:
         bundle: Bundle,
         identity_file: Path,
         *,
+        keys_file: Path | None = None,
         timeout_s: float = 10.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -136,7 +139,13 @@ class OperatorClient:
         self._timeout = timeout_s
         self._clock = clock
         self._topics = Topics(bundle.fed)
-        self._orch_key = VerifyKey(bytes.fromhex(bundle.orchestrator_key))
+        self.keys = TrustedKeys(
+            keys_file if keys_file is not None else keys_path(identity_file.with_suffix("")),
+            bytes.fromhex(bundle.orchestrator_key), fed=bundle.fed,
+            now_ms=lambda: int(self._clock() * 1000))
+        self._key_lost: KeyLostError | None = None
+        self.ignored_announcements: list[str] = []
+        """Why each announcement not signed by a trusted key was ignored."""
         self.reply_topic = self._topics.ops_reply(self.operator)
         self._identity: _Identity | None = None
         self._client: aiomqtt.Client | None = None
@@ -160,7 +169,7 @@ class OperatorClient:
             bundle = Bundle.from_json(text)
         except ValidationError as exc:
             raise OpsClientError(f"{path}: not a valid bundle: {exc}") from None
-        return cls(bundle, identity_path(path), timeout_s=timeout_s)
+        return cls(bundle, identity_path(path), keys_file=keys_path(path), timeout_s=timeout_s)
 
     @property
     def public_key(self) -> bytes:
@@ -173,6 +182,7 @@ class OperatorClient:
     async def __aenter__(self) -> OperatorClient:
         self._identity = await asyncio.to_thread(_load_identity, self._identity_file,
                                                  self.operator)
+        await asyncio.to_thread(self.keys.load)
         b = self.bundle
         tls_context = await asyncio.to_thread(_tls_context, b) if b.tls else None
         client = aiomqtt.Client(
@@ -186,6 +196,9 @@ class OperatorClient:
                                     f"{b.broker_port}: {exc}") from None
         self._client = client
         try:
+            # first: the retained announcements are handled before any reply arrives
+            await client.subscribe(self._topics.model_key, qos=1)
+            await client.subscribe(self._topics.model_key + "/+", qos=1)  # earlier ones
             await client.subscribe(self.reply_topic, qos=1)
             await client.subscribe(self._topics.down(self.operator, DownKind.ENROLLED), qos=1)
             self._receiver = asyncio.create_task(self._receive(), name="ops-client-receive")
@@ -225,8 +238,8 @@ class OperatorClient:
             async with asyncio.timeout(self._timeout):
                 answer = await self._enrolled.get()
         except TimeoutError:
-            raise OpsClientError(f"no enrollment answer within {self._timeout:g}s "
-                                 "(is the orchestrator running?)") from None
+            raise self._silence(f"no enrollment answer within {self._timeout:g}s "
+                                "(is the orchestrator running?)") from None
         if answer.status is EnrollStatus.REJECTED:
             raise OpsClientError(f"enrollment of {self.operator!r} refused: {answer.reason}")
         if answer.status is EnrollStatus.AWAITING_APPROVAL:
@@ -257,8 +270,8 @@ class OperatorClient:
             async with asyncio.timeout(limit):
                 response = await future
         except TimeoutError:
-            raise OpsClientError(f"{command}: no answer from the orchestrator within "
-                                 f"{limit:g}s (is it running?)") from None
+            raise self._silence(f"{command}: no answer from the orchestrator within "
+                                f"{limit:g}s (is it running?)") from None
         finally:
             self._replies.pop(correlation, None)
         if not response.ok:
@@ -285,14 +298,18 @@ class OperatorClient:
                     async with asyncio.timeout(limit):
                         summary = await self._summaries.get()
                 except TimeoutError:
-                    raise OpsClientError(f"no fleet summary on {self._topics.fleet} within "
-                                         f"{limit:g}s (is the orchestrator running?)") from None
+                    raise self._silence(f"no fleet summary on {self._topics.fleet} within "
+                                        f"{limit:g}s (is the orchestrator running?)") from None
                 yield summary
         finally:
             with contextlib.suppress(aiomqtt.MqttError):
                 await client.unsubscribe(self._topics.fleet)
 
     # -- internals -----------------------------------------------------------------------------
+
+    def _silence(self, text: str) -> OpsClientError:
+        """Why nothing came: the orchestrator's key changed past this bundle, or ``text``."""
+        return OpsClientError(str(self._key_lost) if self._key_lost is not None else text)
 
     def _require_identity(self) -> _Identity:
         if self._identity is None:
@@ -312,6 +329,8 @@ class OperatorClient:
             identity.seq = max(identity.seq + 1, int(self._clock() * 1_000_000))
             await asyncio.to_thread(write_private, self._identity_file,
                                     identity.to_json(self.operator))
+        if self._key_lost is not None:  # no answer could be verified (waiting ones fail too)
+            raise OpsClientError(str(self._key_lost))
         return pack(message, key=identity.key, fed=self.bundle.fed, sender=self.operator,
                     seq=identity.seq, ts_ms=int(self._clock() * 1000))
 
@@ -331,14 +350,48 @@ class OperatorClient:
             payload = message.payload
             if not isinstance(payload, bytes | bytearray) or not payload:
                 continue
+            if topic == self._topics.model_key or topic.startswith(self._topics.model_key + "/"):
+                await self._on_announcement(bytes(payload),
+                                            earlier=topic != self._topics.model_key)
+                continue
             try:
                 self._dispatch(topic, bytes(payload), message.properties)
             except FedmqError as exc:
                 # not from our orchestrator, or not for us: ignore, as devices do
                 log.debug("ignored a message on %s: %s", topic, exc)
 
+    async def _on_announcement(self, payload: bytes, *, earlier: bool) -> None:
+        """Adopt a rotation of the orchestrator's key (saved before it is used), ignore a
+        forged announcement with its reason, or fail every waiting request when this bundle
+        missed the grace period."""
+        old = self.keys.ring.current
+        try:
+            ring = self.keys.adopt(payload)
+        except KeyLostError as exc:
+            self._key_lost = exc
+            log.error("%s", exc)
+            for future in self._replies.values():
+                if not future.done():
+                    future.set_exception(OpsClientError(str(exc)))
+            return
+        except SignatureError as exc:
+            # forged, or older than this bundle (issued after the rotation): either way
+            # nothing to act on, and not worth a line on an operator's terminal
+            self.ignored_announcements.append(str(exc))
+            log.info("ignored the orchestrator key announcement%s: %s",
+                     " of an earlier rotation" if earlier else "", exc)
+            return
+        except FedmqError as exc:
+            log.warning("ignored the orchestrator key announcement: %s", exc)
+            return
+        if ring is None:
+            return
+        await asyncio.to_thread(self.keys.save, ring)
+        log.info("orchestrator key %s adopted (announced by %s)", key_id(ring.current),
+                 key_id(old))
+
     def _dispatch(self, topic: str, payload: bytes, props: Properties | None) -> None:
-        opened = verify(payload, self._orch_key)
+        opened = self.keys.verify(payload)
         now_ms = int(self._clock() * 1000)
         if topic == self._topics.fleet:
             check_header(opened.header, fed=self.bundle.fed, sender=ORCHESTRATOR_SENDER,

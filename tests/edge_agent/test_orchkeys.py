@@ -104,3 +104,26 @@ async def test_a_newer_bundle_replaces_an_unrelated_ring(tmp_path: Path) -> None
                                 logger=LOG)
         await keys.load()
         assert keys.ring.current == bytes(other.verify_key) and keys.ring.previous is None
+
+
+async def test_an_earlier_announcement_is_read_like_the_latest_but_one_never_pinned_passes(
+    tmp_path: Path,
+) -> None:
+    clock = FakeClock()
+    k0, k1, k2 = (SigningKey.generate() for _ in range(3))
+    now = int(clock.wall() * 1000)
+    first = _announce(k0, k1, now_ms=now - 120_000)  # retired a minute ago
+    second = _announce(k1, k2, now_ms=now)
+    async with LocalState(tmp_path / "late.db", device_id="d", fed=FED) as state:
+        late = OrchestratorKeys(state, bytes(k2.verify_key), fed=FED, clock=clock, logger=LOG)
+        await late.load()  # enrolled after both rotations
+        assert not await late.receive(first, earlier=True)  # never pinned k0: nothing to do
+        with pytest.raises(SignatureError):
+            await late.receive(first)  # on model/key the same bytes are refused as before
+    async with LocalState(tmp_path / "lost.db", device_id="d", fed=FED) as state:
+        lost = OrchestratorKeys(state, bytes(k0.verify_key), fed=FED, clock=clock, logger=LOG)
+        await lost.load()  # missed both: the second says nothing it can check, the first does
+        with pytest.raises(SignatureError):
+            await lost.receive(second)
+        with pytest.raises(KeyLostError, match="missed the announcement"):
+            await lost.receive(first, earlier=True)

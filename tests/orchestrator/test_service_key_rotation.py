@@ -164,3 +164,65 @@ async def test_offline_agents_recover_within_the_grace_or_get_one_clear_line_aft
         lines = [r.getMessage() for r in caplog.records
                  if "missed the announcement" in r.getMessage()]
         assert len(lines) == 1 and "re-enroll" in lines[0]
+
+
+async def _retired(orch: Orchestrator, clock: FakeClock, count: int) -> None:
+    await clock.advance(GRACE_S + 1.0)
+    async with asyncio.timeout(10):
+        while len(await orch.store.list_audit(event="key_retired")) < count:  # noqa: ASYNC110
+            await asyncio.sleep(0.01)
+
+
+async def test_a_second_rotation_is_followed_by_agents_that_saw_the_first_and_refused_during_it(
+    make_config: Callable[..., Config], broker: MosquittoBroker, tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    clock = FakeClock()
+    config = make_config()
+    key_path = config.federation.key_path
+    on_fake_wall = {"clock": lambda: clock.wall_ms() / 1000}  # the agents' clock: the service's
+    async with Orchestrator(config, store_synchronous="NORMAL", clock=clock) as orch:
+        first = await _enrolled(orch, broker, "dev-first")  # back for the first rotation only
+        # its bundle pins the first key but it boots only after both rotations, so no broker
+        # session kept the first announcement for it: only what is retained reaches it
+        lost = await _enrolled(orch, broker, "dev-lost")
+        async with new_agent(first, _data(1), tmp_path / "dev-first.db", AGENT,
+                             **on_fake_wall) as agent:
+            await _ready(agent)
+
+        one = await request_rotation(orch.store, key_path, grace_s=GRACE_S, actor="test",
+                                     now_ms=clock.wall_ms())
+        await clock.advance(1.0)
+        key_one = bytes.fromhex(one.new_public)
+        await until(lambda: orch.public_key == key_one)
+        with pytest.raises(RotationError, match="already announced"):  # not during the grace
+            await request_rotation(orch.store, key_path, grace_s=GRACE_S, actor="test",
+                                   now_ms=clock.wall_ms())
+        async with new_agent(first, _data(1), tmp_path / "dev-first.db", AGENT,
+                             **on_fake_wall) as agent:
+            await agent.wait_until(lambda a: a.orchestrator_key == key_one, 15)
+            await _ready(agent)
+        await _retired(orch, clock, 1)
+
+        two = await request_rotation(orch.store, key_path, grace_s=GRACE_S, actor="test",
+                                     now_ms=clock.wall_ms())
+        assert two.generation == 2 and two.old_public == one.new_public
+        await clock.advance(1.0)
+        key_two = bytes.fromhex(two.new_public)
+        await until(lambda: orch.public_key == key_two)
+
+        # it saw the first announcement: it follows the second, signed by the key it adopted
+        async with new_agent(first, _data(1), tmp_path / "dev-first.db", AGENT,
+                             **on_fake_wall) as agent:
+            await agent.wait_until(lambda a: a.orchestrator_key == key_two, 15)
+            await _ready(agent)
+
+        # it saw neither: the first announcement, still retained on model/key/1 and signed by
+        # the key it pins, tells it in one line (the second is signed by a key it never knew)
+        caplog.set_level(logging.ERROR, logger="edge_agent")
+        async with new_agent(lost, _data(2), tmp_path / "dev-lost.db", AGENT,
+                             **on_fake_wall) as agent, asyncio.timeout(30):
+            assert await agent.run_until() == "orchestrator_key_changed"
+        lines = [r.getMessage() for r in caplog.records
+                 if "missed the announcement" in r.getMessage()]
+        assert len(lines) == 1 and "re-enroll" in lines[0]

@@ -31,6 +31,7 @@ def test_every_built_topic_parses_back(fed: str, dev: str, up: UpKind, down: Dow
     assert parse_topic(t.model) == ParsedTopic(fed, "model", None, "snapshot")
     assert parse_topic(t.model_delta) == ParsedTopic(fed, "model", None, "delta")
     assert parse_topic(t.model_key) == ParsedTopic(fed, "model", None, "key")
+    assert parse_topic(t.model_key_earlier(7)) == ParsedTopic(fed, "model", None, "earlier_key")
     assert parse_topic(t.chunk(sha)) == ParsedTopic(fed, "model", None, "chunk")
     assert parse_topic(t.fleet) == ParsedTopic(fed, "fleet")
     assert parse_topic(t.ops_request(dev)) == ParsedTopic(fed, "ops", dev, "request")
@@ -46,6 +47,7 @@ def test_topic_layout_is_the_documented_one() -> None:
         "fl/f1/down/d/task", "fl/f1/down/d/#", "fl/f1/up/d/updates", "fl/f1/up/+/+",
         "fl/f1/fleet", "fl/f1/ops/request/op", "fl/f1/ops/request/+", "fl/f1/ops/reply/op",
         "fl/f1/ops/reply/", "fl/f1/model/key"]
+    assert t.model_key_earlier(2) == "fl/f1/model/key/2"
 
 
 @pytest.mark.parametrize(
@@ -55,7 +57,8 @@ def test_topic_layout_is_the_documented_one() -> None:
      "fl/f/up/d\n/status", "fl/f\n/model", "fl/f/model/chunks/" + "a" * 63,
      "fl/f/model/chunks/" + "A" * 64, "fl/f/model/chunks/" + "a" * 64 + "\n", "fl/f/fleet/x",
      "fl/f/ops/reply", "fl/f/ops/reply/a/b", "fl/f/ops/request", "fl/f/ops/request/+",
-     "fl/f/ops/request/a/b", "fl/f/model/delta/x", "fl/f/model/key/x", "/fl/f/model",
+     "fl/f/ops/request/a/b", "fl/f/model/delta/x", "fl/f/model/key/x", "fl/f/model/key/0",
+     "fl/f/model/key/01", "fl/f/model/key/1/x", "/fl/f/model",
      "fl/" + "a" * 65 + "/model"],
 )
 def test_anything_else_is_bad_topic(topic: str) -> None:

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
 
 from orchestrator.broker import pick_free_port
 from orchestrator.cli import service as service_cli
+from orchestrator.link.rotation import load_rotation
+from orchestrator.store import Store
+from orchestrator.store.state_keys import StateKey
 
 
 def _config(tmp_path: Path, extra: str = "") -> Path:
@@ -68,3 +72,26 @@ def test_rotate_key_offline_records_the_request_and_refuses_a_second(
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "already requested" in err
     assert service_cli.main(["rotate-key", "--config", str(path), "--grace", "0"]) == 1
+
+
+def test_rotate_key_during_the_grace_is_one_line_saying_when_it_may_run_again(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = _config(tmp_path)
+    path.write_text(path.read_text().replace('data_dir = "state"',
+                                             'data_dir = "state"\nkey_grace_s = 120.0'))
+    assert service_cli.main(["rotate-key", "--config", str(path)]) == 0
+    capsys.readouterr()
+
+    async def announce() -> float:  # what the running service's keys task records
+        async with Store.open(tmp_path / "state" / "orchestrator.db") as store:
+            rotation = await load_rotation(store)
+            assert rotation is not None
+            await store.put_server_state({StateKey.KEY_ROTATION: rotation.announced(
+                b"signed", now_ms=0).to_bytes()})
+            return rotation.grace_s
+
+    assert asyncio.run(announce()) == 120.0  # the configured grace
+    assert service_cli.main(["rotate-key", "--config", str(path)]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert "already announced" in err and "retires at 1970-01-01 00:02:00 UTC" in err
