@@ -7,12 +7,15 @@ import contextlib
 import os
 import signal
 import sys
-from collections.abc import AsyncIterator
+import tempfile
+from collections.abc import AsyncIterator, Callable, Coroutine
 from pathlib import Path
+from typing import Any
 
 from fedmq.bench import BenchError
+from orchestrator.broker import BrokerError
 
-__all__ = ["STEP_S", "child", "expect_ready", "service", "stop", "tail"]
+__all__ = ["STEP_S", "child", "expect_ready", "in_workdir", "service", "stop", "tail"]
 
 STEP_S = 120.0
 """The longest any one step (start, stop, a reply) may take."""
@@ -67,3 +70,17 @@ def tail(path: Path, lines: int = 5) -> str:
         return " / ".join(path.read_text(errors="replace").strip().splitlines()[-lines:])
     except OSError:
         return "(no log)"
+
+
+def in_workdir(keep: Path | None, prefix: str,
+               bench: Callable[[Path], Coroutine[Any, Any, dict[str, Any]]]) -> dict[str, Any]:
+    """Run ``bench(workdir)`` in ``keep`` (kept afterwards) or a temporary directory; a
+    broker failure is a :class:`BenchError`."""
+    try:
+        if keep is not None:
+            keep.mkdir(parents=True, exist_ok=True)
+            return asyncio.run(bench(keep.resolve()))
+        with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
+            return asyncio.run(bench(Path(tmp)))
+    except BrokerError as exc:
+        raise BenchError(f"the broker failed: {exc}") from exc

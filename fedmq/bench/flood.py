@@ -21,7 +21,6 @@ import argparse
 import asyncio
 import json
 import sqlite3
-import tempfile
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -29,10 +28,10 @@ from typing import Any
 
 from edge_agent.config import AgentConfig
 from fedmq.bench import BenchError
-from fedmq.bench._proc import STEP_S, child, expect_ready, stop, tail
+from fedmq.bench._proc import STEP_S, child, expect_ready, in_workdir, stop, tail
 from fedmq.bench._proc import service as service_process
 from fedmq.simulate import Fleet, FleetSpec, provision_fleet, shard_data
-from orchestrator.broker import BrokerError, MosquittoBroker
+from orchestrator.broker import MosquittoBroker
 from orchestrator.config import Config, load_config
 from schemas import Bundle
 
@@ -60,14 +59,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.agents < 1 or args.messages < 1 or args.window <= 0:
         raise BenchError("--agents and --messages must be >= 1 and --window > 0")
-    try:
-        if args.keep is not None:
-            args.keep.mkdir(parents=True, exist_ok=True)
-            return asyncio.run(_bench(args, args.keep.resolve()))
-        with tempfile.TemporaryDirectory(prefix="fedmq-bench-flood-") as tmp:
-            return asyncio.run(_bench(args, Path(tmp)))
-    except BrokerError as exc:
-        raise BenchError(f"the broker failed: {exc}") from exc
+    return in_workdir(args.keep, "fedmq-bench-flood-", lambda workdir: _bench(args, workdir))
 
 
 def _config_text(broker: MosquittoBroker) -> str:

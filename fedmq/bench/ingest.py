@@ -23,7 +23,6 @@ import asyncio
 import contextlib
 import json
 import os
-import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,9 +33,9 @@ from nacl.signing import SigningKey, VerifyKey
 
 from fedmq.bench import BenchError
 from fedmq.bench._ingest_kernel import kernel_updates_per_s
-from fedmq.bench._proc import STEP_S, child, expect_ready, stop, tail
+from fedmq.bench._proc import STEP_S, child, expect_ready, in_workdir, stop, tail
 from fedmq.bench._proc import service as service_process
-from orchestrator.broker import BrokerError, MosquittoBroker
+from orchestrator.broker import MosquittoBroker
 from orchestrator.config import Config, load_config
 from orchestrator.devices.commands import provision
 from orchestrator.link.keys import load_or_create_key, public_key_hex
@@ -97,14 +96,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    try:
-        if args.keep is not None:
-            args.keep.mkdir(parents=True, exist_ok=True)
-            return asyncio.run(_bench(args, args.keep.resolve()))
-        with tempfile.TemporaryDirectory(prefix="fedmq-bench-ingest-") as tmp:
-            return asyncio.run(_bench(args, Path(tmp)))
-    except BrokerError as exc:
-        raise BenchError(f"the broker failed: {exc}") from exc
+    return in_workdir(args.keep, "fedmq-bench-ingest-", lambda workdir: _bench(args, workdir))
 
 
 def _config_text(args: argparse.Namespace, broker: MosquittoBroker) -> str:
