@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 from .probes import DeviceProbe, DeviceState
 
 __all__ = ["AgentStats", "Offload", "Pace", "ProbeReader", "Pulse", "Settings", "Shutdown",
-           "signal_all"]
+           "run_to_end", "signal_all"]
 
 T = TypeVar("T")
 
@@ -141,3 +141,17 @@ class ProbeReader:
 
     async def link_up(self) -> bool:
         return (await self.read()).link_up
+
+
+async def run_to_end(coro: Coroutine[Any, Any, T]) -> T:
+    """Await ``coro`` to its end even when the caller is cancelled meanwhile, then let the
+    cancellation through. For a durable write and the bookkeeping that goes with it: a COMMIT
+    whose await is cancelled still runs on aiosqlite's thread, so cancelling in between would
+    leave a committed entry the in-memory counts never saw."""
+    task = asyncio.ensure_future(coro)
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        if not task.done():
+            await asyncio.wait([task])
+        raise

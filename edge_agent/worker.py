@@ -28,7 +28,7 @@ from .errors import NotConnectedError, OversizedUpdateError
 from .keeper import LoadedModel, ModelKeeper
 from .probes import DeviceProbe, training_blocked
 from .session import PUBLISH_RETRY_S, Session
-from .shared import AgentStats, Offload, Pace, ProbeReader, Pulse, Shutdown
+from .shared import AgentStats, Offload, Pace, ProbeReader, Pulse, Shutdown, run_to_end
 from .signer import Signer
 from .tracker import ActivityTracker
 from .training import TrainedUpdate, train_update
@@ -201,19 +201,24 @@ class Worker:
             await self._clock.sleep((target_ms - train_ms) / 1000)
 
     async def _enqueue(self, task: Task, trained: TrainedUpdate) -> None:
-        assert trained.update is not None
         try:
-            seq, size = await self._signer.enqueue_update(trained.update, seal=task.seal,
-                                                          residual=trained.feedback.residual)
+            seq, size = await run_to_end(self._commit_update(task, trained))
         except OversizedUpdateError as exc:
             self._log.error("task %s: %s", task.task_id, exc)
             return
-        self._feedback = trained.feedback
-        self._stats.updates_built += 1
         self._log.info("task %s: update seq %d (%d steps, loss %.4f, %d bytes) in the outbox",
                        task.task_id, seq, trained.result.steps, trained.result.mean_loss, size)
         self._outbox_due.set()
         self._changed.fire()
+
+    async def _commit_update(self, task: Task, trained: TrainedUpdate) -> tuple[int, int]:
+        """Into the outbox, and counted: both or (on an oversized update) neither."""
+        assert trained.update is not None
+        seq, size = await self._signer.enqueue_update(trained.update, seal=task.seal,
+                                                      residual=trained.feedback.residual)
+        self._feedback = trained.feedback
+        self._stats.updates_built += 1
+        return seq, size
 
     # -- evaluation ----------------------------------------------------------------------------
 

@@ -44,10 +44,6 @@ async def _key_of(orch: Orchestrator, device: str) -> bytes | None:
     return None if stored is None else stored.public_key
 
 
-# In the slow suite, not the quick one: beside two busy CPU loops its ledger check timed out
-# once in ~20 runs (an update built that was neither in the ledger nor pending after 20 s);
-# to be explained before it goes back.
-@pytest.mark.slow
 async def test_a_key_rotated_while_training_loses_and_doubles_no_update(
     config: Config, broker: MosquittoBroker, tmp_path: Path,
 ) -> None:
