@@ -9,12 +9,14 @@ from orchestrator.service import Orchestrator
 from orchestrator.store import LedgerEntry
 
 
-async def no_update_lost_or_counted_twice(orch: Orchestrator, agent: Agent) -> None:
+async def no_update_lost_or_counted_twice(orch: Orchestrator, agent: Agent,
+                                          built_before: int = 0) -> None:
     """Every update the stopped agent built is in the ledger exactly once (by seq), or still
     in its outbox waiting to be sent (an outbox entry the ledger has too was accepted and its
-    ack is on its way: a resend would be a duplicate)."""
+    ack is on its way: a resend would be a duplicate). ``built_before``: what earlier runs on
+    the same state file built (their entries may still be in the outbox)."""
     pending = {e.seq for e in await agent.outbox.pending()}
-    built = agent.stats.updates_built
+    built = built_before + agent.stats.updates_built
     ledger: list[LedgerEntry] = []
     try:
         async with asyncio.timeout(20):
