@@ -125,7 +125,9 @@ class Activity:
         if action is ControlAction.STOP:
             return replace(self, federation_stopped=True)
         if action is ControlAction.RESUME:
-            return replace(self, federation_stopped=False)
+            # lifts what the stop set: the flag and the deferral it answered asks with (the
+            # model's own ``stopped`` goes when the model is republished without it)
+            return replace(self, federation_stopped=False, deferred_until_ms=0)
         return None
 
     def on_defer(self, now_ms: int, retry_after_ms: int) -> Activity:

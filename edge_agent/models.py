@@ -136,8 +136,9 @@ class ModelReceiver:
         if current is not None and snap.version < current.version:
             return Received(None, f"snapshot v{snap.version} is older than v{current.version}")
         if current is not None and snap.version == current.version:
-            if snap.stopped and not current.stopped:
-                return Received(replace(current, stopped=True), f"v{snap.version} stopped")
+            if snap.stopped != current.stopped:  # a stop, or a resume, of the federation
+                return Received(replace(current, stopped=snap.stopped),
+                                f"v{snap.version} {'stopped' if snap.stopped else 'resumed'}")
             return Received(None, f"already hold v{snap.version}")
         missing = [g for g in REQUIRED_GRAPHS if g not in snap.graphs]
         if missing:

@@ -27,6 +27,7 @@ from orchestrator.convergence.evaluation import (
     load_validation_set,
 )
 from orchestrator.convergence.fedeval import FederatedEvaluation
+from orchestrator.convergence.resume import ResumeWatch
 from orchestrator.convergence.stopper import Stopper
 from orchestrator.convergence.stopping import StoppingRules, StoppingState
 from orchestrator.convergence.sync_rounds import SyncRounds
@@ -187,7 +188,8 @@ async def assemble(o: Opened) -> Parts:
         group_batches=cfg.ingest.group_batches, queue_batches=cfg.ingest.queue_batches)
     lanes = _lanes(o, r, outbound, selection, outstanding, revocations, rotations, passwords)
     views = OperatorViews(config=cfg, store=store, head=r.head, buffer=r.buffer,
-                          outstanding=outstanding, metrics=o.metrics, clock=o.clock)
+                          outstanding=outstanding, metrics=o.metrics, clock=o.clock,
+                          stopper=stopper)
     desk = OperatorDesk(views, config=cfg, store=store, head=r.head, registry=r.registry,
                         book=r.book, outbound=outbound, metrics=o.metrics,
                         counters=o.counters, clock=o.clock)
@@ -216,6 +218,7 @@ async def assemble(o: Opened) -> Parts:
                                    revocations=revocations,
                                    rotations=(rotations, passwords)).run),
         ("rollback", RollbackWatch(store, aggregator.rollback_requested, o.clock).run),
+        ("resume", ResumeWatch(store, stopper, o.clock).run),
         ("housekeeping", Housekeeping(outstanding=outstanding, cadence=r.cadence,
                                       buffer=r.buffer, stopper=stopper,
                                       aggregate_due=aggregate_due, counters=o.counters,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import getpass
 import sys
 from collections.abc import Callable
 from typing import NoReturn
@@ -11,7 +12,7 @@ from typing import NoReturn
 from orchestrator.config import ConfigError
 from orchestrator.errors import OrchestratorError
 
-__all__ = ["Parser", "UsageError", "one_line_errors"]
+__all__ = ["Parser", "UsageError", "cli_actor", "one_line_errors"]
 
 Main = Callable[[list[str]], int]
 
@@ -54,3 +55,11 @@ def one_line_errors(prog: str) -> Callable[[Main], Main]:
         return run
 
     return decorate
+
+
+def cli_actor() -> str:
+    """Who a command run on the box acts as, in the audit log: ``cli:{login}``."""
+    try:
+        return f"cli:{getpass.getuser()}"
+    except (OSError, KeyError):  # no login name (containers)
+        return "cli"

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import getpass
 import json
 import sys
 import time
@@ -29,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.cli._common import Parser as _Parser
-from orchestrator.cli._common import one_line_errors
+from orchestrator.cli._common import cli_actor, one_line_errors
 from orchestrator.config import Config, load_config
 from orchestrator.store import Store, StoreError, VersionInfo
 from orchestrator.versions.export import export_version
@@ -126,7 +125,7 @@ async def _show(store: Store, args: argparse.Namespace) -> int:
 
 
 async def _rollback(store: Store, args: argparse.Namespace) -> int:
-    request = await request_rollback(store, args.version, actor=_operator(),
+    request = await request_rollback(store, args.version, actor=cli_actor(),
                                      now_ms=int(time.time() * 1000))
     made: int | None = None
     if args.wait > 0:
@@ -190,13 +189,6 @@ def _summary(metrics: dict[str, Any]) -> str:
 
 def _when(ms: int) -> str:
     return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S")
-
-
-def _operator() -> str:
-    try:
-        return f"cli:{getpass.getuser()}"
-    except (OSError, KeyError):  # no login name (containers)
-        return "cli"
 
 
 async def _run(config: Config, args: argparse.Namespace) -> int:

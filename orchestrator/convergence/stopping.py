@@ -22,6 +22,8 @@ class StoppingState:
     best_version: int | None = None
     since_best: int = 0
     """Evaluated versions since the last improvement by more than ``min_delta``."""
+    base_version: int = 0
+    """``max_versions`` counts from here (the version a resume started from)."""
 
     def to_bytes(self) -> bytes:
         return json.dumps(asdict(self)).encode()
@@ -30,7 +32,7 @@ class StoppingState:
     def from_bytes(cls, data: bytes) -> StoppingState:
         raw = json.loads(data)
         return cls(int(raw["started_ms"]), raw.get("best_metric"), raw.get("best_version"),
-                   int(raw.get("since_best", 0)))
+                   int(raw.get("since_best", 0)), int(raw.get("base_version", 0)))
 
 
 class StoppingRules:
@@ -53,7 +55,7 @@ class StoppingRules:
                 return (f"patience: no improvement above {cfg.min_delta:g} for "
                         f"{st.since_best} versions (best {st.best_metric:.4g} at "
                         f"v{st.best_version})")
-        if cfg.max_versions is not None and version >= cfg.max_versions:
+        if cfg.max_versions is not None and version - st.base_version >= cfg.max_versions:
             return f"max_versions: reached version {version}"
         return None
 

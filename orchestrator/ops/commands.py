@@ -1,8 +1,9 @@
-"""The operator commands: read-only views over the store and the service, by name.
+"""The operator commands: views over the store and the service, by name; one changes
+something (``federation.resume``, which lifts a stop).
 
 :class:`~orchestrator.ops.desk.OperatorDesk` authenticates a request, then runs
-``COMMANDS[request.command](views, request.args)`` and sends back what it returns (JSON-able
-data), or ``bad_args`` when it raises :class:`CommandError`.
+``COMMANDS[request.command](views, request.args, operator)`` and sends back what it returns
+(JSON-able data), or ``bad_args`` when it raises :class:`CommandError`.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
+from orchestrator.convergence.stopper import NotStoppedError
 from orchestrator.errors import OrchestratorError
 from orchestrator.ops.views import OperatorViews
 from orchestrator.store import AuditRecord
@@ -24,7 +26,8 @@ class CommandError(OrchestratorError):
     """A command's arguments are wrong; the message goes back to the operator."""
 
 
-Command = Callable[[OperatorViews, Mapping[str, Any]], Awaitable[Any]]
+Command = Callable[[OperatorViews, Mapping[str, Any], str], Awaitable[Any]]
+"""``(views, args, operator)``: the operator is the authenticated account asking."""
 
 
 def _arg(args: Mapping[str, Any], name: str, kind: type | tuple[type, ...],
@@ -37,19 +40,19 @@ def _arg(args: Mapping[str, Any], name: str, kind: type | tuple[type, ...],
     return value
 
 
-async def _ping(views: OperatorViews, args: Mapping[str, Any]) -> Any:
+async def _ping(views: OperatorViews, args: Mapping[str, Any], operator: str) -> Any:
     return {"pong": True, "version": views.head.version}
 
 
-async def _fleet_status(views: OperatorViews, args: Mapping[str, Any]) -> Any:
+async def _fleet_status(views: OperatorViews, args: Mapping[str, Any], operator: str) -> Any:
     return await views.fleet()
 
 
-async def _federation_status(views: OperatorViews, args: Mapping[str, Any]) -> Any:
+async def _federation_status(views: OperatorViews, args: Mapping[str, Any], operator: str) -> Any:
     return await views.federation()
 
 
-async def _device_list(views: OperatorViews, args: Mapping[str, Any]) -> Any:
+async def _device_list(views: OperatorViews, args: Mapping[str, Any], operator: str) -> Any:
     role = _arg(args, "role", str)
     if role not in (None, "device", "operator"):
         raise CommandError(f"role must be device or operator, not {role!r}")
@@ -62,7 +65,7 @@ async def _device_list(views: OperatorViews, args: Mapping[str, Any]) -> Any:
             for d in devices]
 
 
-async def _audit_list(views: OperatorViews, args: Mapping[str, Any]) -> Any:
+async def _audit_list(views: OperatorViews, args: Mapping[str, Any], operator: str) -> Any:
     events = _arg(args, "event", (str, list))
     if isinstance(events, list) and not all(isinstance(e, str) for e in events):
         raise CommandError("argument 'event' must be a string or a list of strings")
@@ -81,16 +84,27 @@ def _audit_row(r: AuditRecord) -> dict[str, Any]:
             "device": r.device, "reason": r.reason, "detail": r.detail}
 
 
-async def _privacy_report(views: OperatorViews, args: Mapping[str, Any]) -> Any:
+async def _privacy_report(views: OperatorViews, args: Mapping[str, Any], operator: str) -> Any:
     summary = await views.privacy()
     return summary.to_dict() if summary is not None else {"enabled": False, "epsilon": None,
                                                           "devices": []}
+
+
+async def _federation_resume(views: OperatorViews, args: Mapping[str, Any], operator: str) -> Any:
+    reason = _arg(args, "reason", str, "") or "operator request"
+    if views.stopper is None:
+        raise CommandError("this service cannot resume")
+    try:
+        return await views.stopper.resume(operator, reason[:500])
+    except NotStoppedError as exc:
+        raise CommandError(str(exc)) from None
 
 
 COMMANDS: dict[str, Command] = {
     "ping": _ping,
     "fleet.status": _fleet_status,
     "federation.status": _federation_status,
+    "federation.resume": _federation_resume,
     "device.list": _device_list,
     "audit.list": _audit_list,
     "privacy.report": _privacy_report,

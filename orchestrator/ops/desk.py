@@ -180,7 +180,7 @@ class OperatorDesk:
                       f"(known: {', '.join(COMMANDS)})"))
             return
         try:
-            result = await handler(self._views, command.args)
+            result = await handler(self._views, command.args, operator)
         except CommandError as exc:
             response = OperatorResponse(command.request_id, False, error=f"bad_args: {exc}")
         except Exception:  # an operator query must never take the service down

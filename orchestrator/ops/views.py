@@ -16,6 +16,7 @@ from typing import Any
 
 from orchestrator.clock import Clock
 from orchestrator.config import Config
+from orchestrator.convergence.stopper import Stopper
 from orchestrator.convergence.stopping import StoppingState
 from orchestrator.devices.selection import OutstandingTasks
 from orchestrator.ingest.buffer_cache import Buffer
@@ -49,7 +50,11 @@ class OperatorViews:
         outstanding: OutstandingTasks,
         metrics: Metrics,
         clock: Clock,
+        stopper: Stopper | None = None,
     ) -> None:
+        """``stopper``: what ``federation.resume`` asks (the one command that changes
+        anything)."""
+        self.stopper = stopper
         self._config = config
         self.store = store
         self.head = head

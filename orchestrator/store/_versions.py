@@ -167,6 +167,10 @@ class VersionMethods(StoreBase):
         async with self._tx() as conn:
             await conn.executemany(UPSERT_STATE, [(k, bytes(v), now) for k, v in entries.items()])
 
+    async def delete_server_state(self, keys: Sequence[str]) -> None:
+        async with self._tx() as conn:
+            await conn.executemany("DELETE FROM server_state WHERE key = ?", [(k,) for k in keys])
+
 
 def _checked_outcome(
     kind: VersionKind,

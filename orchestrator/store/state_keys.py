@@ -26,6 +26,9 @@ class StateKey(StrEnum):
     """The stopping rules' progress (best metric, versions since the best, start time)."""
     STOPPED = "stopped"
     """JSON ``{reason, version, ts_ms}`` once a stopping rule fired."""
+    RESUME_REQUEST = "resume_request"
+    """JSON ``{actor, reason, requested_ms}``: ``fedmq federation resume --config`` asked to
+    lift the stop (cleared by any resume; see ``convergence.resume``)."""
     STOP_REASON = "stop_reason"
     """A bare stop reason written by older tools; read by reports, never written."""
     REGISTRY_GENERATION = "registry_generation"

@@ -74,7 +74,8 @@ class VersionHead:
         self._published = (version, params)
         await self._notify()
 
-    async def mark_stopped(self, reason: str) -> None:
+    async def mark_stopped(self, reason: str | None) -> None:
+        """The federation stopped for ``reason`` (None: it resumed)."""
         self._stopped = reason
         await self._notify()
 

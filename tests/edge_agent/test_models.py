@@ -88,6 +88,11 @@ def test_versions_only_move_forward(receiver: ModelReceiver) -> None:
     assert receiver.handle("snapshot", _sign(_snapshot(3, p1)), held).model is None
     stopped = receiver.handle("snapshot", _sign(_snapshot(3, p1, stopped=True)), held)
     assert stopped.model is not None and stopped.model.stopped and stopped.model.version == 3
+    # the same version republished without ``stopped``: the federation resumed
+    resumed = receiver.handle("snapshot", _sign(_snapshot(3, p1)), stopped.model)
+    assert resumed.model is not None and not resumed.model.stopped and "resumed" in resumed.note
+    assert _same(resumed.model.params, p1)
+    assert receiver.handle("snapshot", _sign(_snapshot(3, p1)), resumed.model).model is None
 
 
 def test_delta_from_another_base_is_ignored(receiver: ModelReceiver) -> None:
