@@ -110,7 +110,7 @@ async def _in_thread(main: Callable[[list[str]], int], argv: list[str]) -> int:
 async def test_resume_on_the_box_through_the_store_while_running_and_while_down(
     broker: MosquittoBroker, tmp_path: Path, capsys: pytest.CaptureFixture[str],
 ) -> None:
-    path = config_file(tmp_path / "orchestrator.toml", broker, **SECTIONS)  # type: ignore[arg-type]
+    path = config_file(tmp_path / "orchestrator.toml", broker, **SECTIONS)
     config = load_config(path)
     resume = ["resume", "--config", str(path), "--reason", "more data"]
     async with Orchestrator(config, store_synchronous="NORMAL") as orch:
