@@ -466,11 +466,13 @@ async def test_enrollment_with_a_wrong_hmac_is_refused(
     assert device is not None and device.public_key == public
 
 
+@pytest.mark.parametrize("command", ["fleet.status", "federation.resume"])
 async def test_operator_command_signed_by_a_device_key_is_refused(
-    arena: Arena,
+    arena: Arena, command: str,
 ) -> None:
     """A device may publish on its own ops/request topic (the ACL pattern is shared with
-    operators), so the orchestrator's role check is what refuses it: the key is a device's."""
+    operators), so the orchestrator's role check is what refuses it: the key is a device's.
+    ``federation.resume``, the one command that changes something, goes no further."""
     from paho.mqtt.packettypes import PacketTypes
     from paho.mqtt.properties import Properties
 
@@ -479,7 +481,7 @@ async def test_operator_command_signed_by_a_device_key_is_refused(
     header = RawWire.with_body(
         {"v": 1, "type": "ops_request", "fed": arena.fed, "sender": "dev-victim",
          "seq": arena.fresh_seq(), "ts_ms": int(time.time() * 1000), "enc": "zstd", "to": ""},
-        {"request_id": "r-1", "command": "fleet.status", "args": {}})
+        {"request_id": "r-1", "command": command, "args": {}})
     props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
     props.ResponseTopic = f"fl/{arena.fed}/ops/reply/dev-victim"
     props.CorrelationData = b"c-1"
@@ -489,5 +491,5 @@ async def test_operator_command_signed_by_a_device_key_is_refused(
     await until(lambda: orch.counters["ops.rejected.not_authorized"] == 1)
     audit = await orch.store.list_audit(event="rejected", device="dev-victim")
     assert [a.reason for a in audit] == ["not_authorized"]
-    assert await orch.store.list_audit(event="operator_command") == []
+    assert await orch.store.list_audit(event=["operator_command", "resumed"]) == []
     assert model_state(orch) == before
