@@ -1,0 +1,1 @@
+"""Synthetic data sets for examples, tests and simulations (pure numpy)."""
