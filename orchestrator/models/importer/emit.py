@@ -102,9 +102,11 @@ def broadcast_axes(node: NodeView, operand: Shape, result: Shape) -> list[int]:
     return axes
 
 
-def unbroadcast(g: Emitter, node: NodeView, grad: str, operand: str, index: int) -> str:
-    """The gradient of a broadcast operand: ``grad`` summed back to the operand's shape."""
-    axes = broadcast_axes(node, node.in_shape(index), node.out_shape())
+def unbroadcast(g: Emitter, node: NodeView, grad: str, operand: str, index: int,
+                result: Shape | None = None) -> str:
+    """The gradient of a broadcast operand: ``grad`` (of shape ``result``, by default the
+    node's output shape) summed back to the operand's shape."""
+    axes = broadcast_axes(node, node.in_shape(index), result or node.out_shape())
     if not axes:
         return grad
     summed = g.op("ReduceSum", grad, g.ints(axes), keepdims=1)

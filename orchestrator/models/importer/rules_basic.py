@@ -129,10 +129,13 @@ def _matmul(g: Emitter, n: NodeView, gys: Sequence[str | None], need: Sequence[b
     if ra < 2 or rb < 2:
         raise n.fail("MatMul with a 1-D operand is not supported; reshape it to 2-D")
     ga = gb = None
+    stacked = n.out_shape()[:-2]  # the broadcast batch-of-matrices dimensions
     if need[0]:
-        ga = unbroadcast(g, n, g.op("MatMul", gy, _swap_last(g, b, rb)), a, 0)
+        ga = unbroadcast(g, n, g.op("MatMul", gy, _swap_last(g, b, rb)), a, 0,
+                         (*stacked, *n.in_shape(0)[-2:]))
     if need[1]:
-        gb = unbroadcast(g, n, g.op("MatMul", _swap_last(g, a, ra), gy), b, 1)
+        gb = unbroadcast(g, n, g.op("MatMul", _swap_last(g, a, ra), gy), b, 1,
+                         (*stacked, *n.in_shape(1)[-2:]))
     return [ga, gb]
 
 
