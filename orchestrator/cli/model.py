@@ -56,7 +56,8 @@ def _version_arg(text: str) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog=PROG, description="List, show, roll back and export model versions; import a model.")
+    parser = _Parser(prog=PROG, description="List, show, roll back and export model versions; "
+                     "import a model.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     listing = commands.add_parser("list", help="every version with its key metrics")
