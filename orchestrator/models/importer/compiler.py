@@ -15,7 +15,7 @@ from orchestrator.models.builder import META_GRAPH, META_KIND, META_PARAMS, META
 
 from .backward import differentiate, needs_gradient, view_of
 from .canon import prepare
-from .emit import Emitter, named_const
+from .emit import Emitter
 from .errors import ModelImportError
 from .forward import Forward, load
 from .heads import Head, HeadWriter, make_head
@@ -89,14 +89,14 @@ class _Graph:
         else:  # devices keep 2-D sample rows; the model sees its own input shape
             g.op("Reshape", self.x, g.ints([-1, *fw.input_shape]), out=x_in)
         for name, value in fw.consts.items():
-            named_const(g, self.rename(name), value)
+            g.initializer(self.rename(name), value)
         for node in fw.nodes:
             copy = onnx.helper.make_node(
                 node.op_type, [self.rename(i) if i else "" for i in node.input],
                 [self.rename(o) if o else "" for o in node.output],
                 name=f"fwd/{node.name or node.output[0]}", domain=node.domain)
             copy.attribute.extend(node.attribute)
-            g._nodes.append(copy)
+            g.copy(copy)
         return self.rename(self.head.score)
 
     def build(self) -> bytes:

@@ -11,7 +11,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from onnx import helper
+import onnx
+from onnx import helper, numpy_helper
 
 from orchestrator.models._graph import GraphBuilder
 
@@ -29,6 +30,14 @@ class Emitter(GraphBuilder):
              **attrs: Any) -> None:
         self._nodes.append(helper.make_node(op_type, list(inputs), list(outputs),
                                             name=f"n_{outputs[0]}", **attrs))
+
+    def initializer(self, name: str, value: np.ndarray) -> None:
+        """An initializer under a given name (the forward graph's own constants)."""
+        self._initializers.append(numpy_helper.from_array(np.asarray(value), name))
+
+    def copy(self, node: onnx.NodeProto) -> None:
+        """A node written elsewhere (the model's own, renamed)."""
+        self._nodes.append(node)
 
     def fresh(self, hint: str) -> str:
         return f"{hint}_{next(self._ids)}"
@@ -116,9 +125,3 @@ def unbroadcast(g: Emitter, node: NodeView, grad: str, operand: str, index: int,
 def show(shape: Shape | Sequence[Dim]) -> str:
     return "[" + ", ".join("?" if d is None else str(d) for d in shape) + "]"
 
-
-def named_const(g: Emitter, name: str, value: np.ndarray) -> None:
-    """An initializer under a given name (the forward graph's own constants)."""
-    from onnx import numpy_helper
-
-    g._initializers.append(numpy_helper.from_array(np.asarray(value), name))

@@ -226,3 +226,20 @@ def test_the_directory_loads_as_graphs_dir_and_trains(tmp_path: Path) -> None:
     assert model.evaluate(trained.params, X, y)["loss"] < before
     with pytest.raises(ModelImportError, match="not an empty directory"):
         write_model_dir(imported, directory)
+
+
+@pytest.mark.parametrize("opset", [13, 15, 18])
+def test_exporter_opsets(opset: int) -> None:
+    net = Net((2, 6), opset=opset)
+    h = net.op("Conv", "input", net.param((3, 2, 3)), net.param((3,)), auto_pad="SAME_UPPER")
+    h = net.op("Unsqueeze", net.op("GlobalAveragePool", h), net.const([1]))
+    h = net.op("Squeeze", h, net.const([1, 3]))  # [N, 1, 3, 1] -> [N, 3]
+    imported, error = check(net.build(net.op("Softmax", h, axis=-1)))
+    assert error <= 1e-3 and imported.n_classes == 3
+
+
+def test_parameter_names_that_clash_with_the_contract_are_renamed() -> None:
+    net = Net((4,))
+    out = net.op("Gemm", "input", net.param((4, 3), name="X"), net.param((3,), name="b_global"))
+    imported, error = check(net.build(out))
+    assert list(imported.params) == ["param0", "param1"] and error <= 1e-3
