@@ -11,6 +11,7 @@ from orchestrator.models._graph import FLOAT, INT64
 from .emit import BATCH, Emitter, Shape, show
 from .errors import ModelImportError
 from .forward import Forward
+from .patterns import two_class_logits, two_class_sigmoid
 
 LOSSES = ("cross_entropy", "bce", "mse")
 # the ops a model may end in that the loss takes over (numerically stable from the logits)
@@ -35,7 +36,10 @@ def make_head(fw: Forward, loss: str, labels: int | None) -> Head:
         raise ModelImportError(f"unknown loss {loss!r}; use one of {', '.join(LOSSES)}")
     n_features = int(np.prod(fw.input_shape))
     score = fw.output
-    last = fw.nodes[-1] if fw.nodes else None
+    logit = two_class_sigmoid(fw) if loss != "mse" else None
+    if logit is not None:
+        score = two_class_logits(fw, logit) if loss == "cross_entropy" else logit
+    last = fw.nodes[-1] if fw.nodes and logit is None else None
     if last is not None and last.output[0] == score and last.op_type in _ENDINGS[loss]:
         last_shape = fw.shapes.get(score) or ()
         axis = next((a.i for a in last.attribute if a.name == "axis"), -1)

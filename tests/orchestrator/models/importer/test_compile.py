@@ -243,3 +243,24 @@ def test_parameter_names_that_clash_with_the_contract_are_renamed() -> None:
     out = net.op("Gemm", "input", net.param((4, 3), name="X"), net.param((3,), name="b_global"))
     imported, error = check(net.build(out))
     assert list(imported.params) == ["param0", "param1"] and error <= 1e-3
+
+
+@pytest.mark.parametrize("loss", ["cross_entropy", "bce"])
+def test_a_binary_skl2onnx_ending_trains_on_its_logit(loss: str) -> None:
+    # skl2onnx binary MLPClassifier: probabilities = Concat(1 - sigmoid(z), sigmoid(z))
+    net = Net((4,))
+    z = net.op("Add", net.op("MatMul", net.op("Tanh", _dense(net)), net.param((5, 1))),
+               net.param((1,)))
+    p = net.op("Sigmoid", z)
+    probs = net.op("Concat", net.op("Sub", net.const([[1.0]], np.float32), p), p, axis=1)
+    data = net.build(probs)
+    imported, error = check(data, loss=loss)
+    assert error <= 1e-3 and imported.n_classes == 2
+    X = np.random.default_rng(8).normal(size=(5, 4)).astype(np.float32)
+    (got,) = ort.InferenceSession(imported.graphs["infer"]).run(
+        ["probs"], {**imported.params, "X": X})
+    np.testing.assert_allclose(got, _run_original(data, X), rtol=1e-5, atol=1e-6)
+
+
+def _dense(net: Net) -> str:
+    return net.op("Add", net.op("MatMul", "input", net.param((4, 5))), net.param((5,)))
