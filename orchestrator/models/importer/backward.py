@@ -11,12 +11,18 @@ from .emit import Emitter, NodeView
 from .errors import ModelImportError
 from .registry import RULES
 
+# ops whose outputs carry no gradient (integers or booleans): a parameter may reach them
+_STOPS = frozenset({"Shape", "Size", "ArgMax", "ArgMin", "Equal", "Greater", "Less",
+                    "GreaterOrEqual", "LessOrEqual", "Not", "And", "Or", "IsNaN", "IsInf"})
+
 
 def needs_gradient(nodes: Sequence[onnx.NodeProto], sources: set[str]) -> set[str]:
     """Tensors that depend on ``sources`` (the parameters) through differentiable inputs."""
     active = set(sources)
     for node in nodes:
         rule = RULES.get(node.op_type)
+        if node.op_type in _STOPS:
+            continue
         if rule is None:
             if any(name in active for name in node.input):
                 raise ModelImportError(f"unsupported op {node.op_type} (node "

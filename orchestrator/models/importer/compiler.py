@@ -47,11 +47,11 @@ def compile_model(model: bytes, *, loss: str, labels: int | None = None,
     names = _param_names(list(fw.params))
     graphs = {role: _Graph(fw, head, names, role).build() for role in ("train_step", "eval",
                                                                       "infer")}
-    for role, data in graphs.items():
-        _check(role, data)
     params = {names[n]: np.ascontiguousarray(v, dtype=np.float32) for n, v in fw.params.items()}
     if not params:
         raise ModelImportError("the model has no trainable parameters (all frozen?)")
+    for role, data in graphs.items():
+        _check(role, data, params, head)
     return ImportedModel(graphs, params, fw.input_shape, head.n_features, head.n_classes, loss)
 
 
@@ -138,9 +138,20 @@ class _Graph:
                 META_GRAPH: self.role, META_SPEC: json.dumps(spec, sort_keys=True)}
 
 
-def _check(role: str, data: bytes) -> None:
+def _check(role: str, data: bytes, params: dict[str, np.ndarray], head: Head) -> None:
+    """Load the graph in onnxruntime and run it once on a batch of two random rows, so a
+    graph that would fail on a device fails here."""
+    rng = np.random.default_rng(0)
+    feeds: dict[str, np.ndarray] = {
+        **params, "X": rng.normal(size=(2, head.n_features)).astype(np.float32)}
+    if role != "infer" and head.supervised:
+        feeds["y"] = np.zeros(2, np.int64)
+    if role == "train_step":
+        feeds.update({"lr": np.array(0.1, np.float32), "mu": np.array(0.1, np.float32),
+                      **{f"{n}_global": v for n, v in params.items()}})
     try:
-        ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+        session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+        session.run(None, feeds)
     except Exception as exc:  # onnxruntime's binding raises several types
-        raise ModelImportError(f"the compiled {role} graph does not load in onnxruntime: "
+        raise ModelImportError(f"the compiled {role} graph fails in onnxruntime: "
                                f"{' '.join(str(exc).split())}") from None

@@ -91,8 +91,9 @@ def gradient_error(imported: ImportedModel, X: np.ndarray, y: np.ndarray | None,
 
     The differences run on a float64 copy of the eval graph in onnx's reference evaluator,
     or (``float32``) on the eval graph in onnxruntime with a larger step: the reference
-    evaluator mis-computes pooling with unequal begin/end pads (its loss differs from
-    onnxruntime's at the same point), so those cases use onnxruntime's own forward."""
+    evaluator mis-computes some padded pooling (uneven begin/end pads give another loss than
+    onnxruntime's at the same point, some pads other output sizes), so pooling cases drawn at
+    random use onnxruntime's own forward."""
     params = imported.params
     feeds: dict[str, np.ndarray] = {"X": X.astype(np.float32)}
     if y is not None:

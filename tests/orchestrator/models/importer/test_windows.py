@@ -50,7 +50,7 @@ def test_conv_gradients(data: bytes) -> None:
 
 
 @st.composite
-def _pool_case(draw: st.DrawFn) -> tuple[bytes, bool]:
+def _pool_case(draw: st.DrawFn) -> bytes:
     op = draw(st.sampled_from(["MaxPool", "AveragePool"]))
     rank = draw(st.sampled_from([1, 2]))
     kernel = draw(st.integers(1, 3))
@@ -63,12 +63,12 @@ def _pool_case(draw: st.DrawFn) -> tuple[bytes, bool]:
                                 "pads": pads}
     if op == "AveragePool":
         attrs["count_include_pad"] = draw(st.sampled_from([0, 1]))
-    uneven = pads[:rank] != pads[rank:]
-    return net.build(_two_ways(net, net.op(op, x, **attrs))), uneven
+    return net.build(_two_ways(net, net.op(op, x, **attrs)))
 
 
 @given(_pool_case())
 @_SETTINGS
-def test_pool_gradients(case: tuple[bytes, bool]) -> None:
-    data, uneven_pads = case  # see gradient_error: the reference evaluator and uneven pads
-    assert check(data, batch=3, float32=uneven_pads)[1] <= TOLERANCE
+def test_pool_gradients(data: bytes) -> None:
+    # against onnxruntime's own float32 forward: onnx's reference evaluator gets padded
+    # pooling wrong in places (other output sizes, uneven pads; see gradient_error)
+    assert check(data, batch=3, float32=True)[1] <= TOLERANCE
