@@ -35,6 +35,10 @@ def make_head(fw: Forward, loss: str, labels: int | None) -> Head:
     if loss not in LOSSES:
         raise ModelImportError(f"unknown loss {loss!r}; use one of {', '.join(LOSSES)}")
     n_features = int(np.prod(fw.input_shape))
+    # exporters often end in an Identity to the output's name (tf2onnx, skl2onnx)
+    while fw.nodes and fw.nodes[-1].op_type == "Identity" and fw.nodes[-1].output[0] == (
+            fw.output) and fw.nodes[-1].input[0] not in fw.params:
+        fw.output = str(fw.nodes.pop().input[0])
     score = fw.output
     logit = two_class_sigmoid(fw) if loss != "mse" else None
     if logit is not None:

@@ -264,3 +264,16 @@ def test_a_binary_skl2onnx_ending_trains_on_its_logit(loss: str) -> None:
 
 def _dense(net: Net) -> str:
     return net.op("Add", net.op("MatMul", "input", net.param((4, 5))), net.param((5,)))
+
+
+def test_a_softmax_behind_a_final_identity_is_still_taken_into_the_loss() -> None:
+    # tf2onnx and skl2onnx end in Identity to the output's name, after the Softmax
+    net = Net((4,))
+    logits = net.op("Add", net.op("MatMul", "input", net.param((4, 3))), net.param((3,)))
+    data = net.build(net.op("Identity", net.op("Softmax", logits, axis=-1)))
+    imported, error = check(data)
+    assert error <= 1e-3
+    X = np.random.default_rng(9).normal(size=(4, 4)).astype(np.float32)
+    (probs,) = ort.InferenceSession(imported.graphs["infer"]).run(
+        ["probs"], {**imported.params, "X": X})
+    np.testing.assert_allclose(probs, _run_original(data, X), rtol=1e-5, atol=1e-6)
