@@ -1,9 +1,11 @@
-"""``fedmq model``: model versions — list, show, roll back, export.
+"""``fedmq model``: model versions — list, show, roll back, export; and import a model.
 
     fedmq model list --config FILE [--json]
     fedmq model show V --config FILE [--json]
     fedmq model rollback V --config FILE [--wait SECONDS] [--json]
     fedmq model export V -o model.onnx --config FILE
+    fedmq model import model.onnx --loss cross_entropy|bce|mse [--labels N]
+                       [--freeze NAME...] -o DIR
 
 ``show`` prints a version's lineage (parent, kind, ancestors), its contributors (the applied
 updates, by device) and its metrics. ``rollback`` asks the orchestrator to republish V's
@@ -11,8 +13,10 @@ weights as a new version: the request goes into the store, the running service a
 within about a second (or at its next start) and publishes it, and agents follow; with
 ``--wait`` the command waits for the new version and prints it. ``export`` writes a plain
 ONNX inference model (parameters baked in, input ``X``) that onnxruntime runs with nothing
-from fedmq installed. Every mistake is one line on stderr and a non-zero exit status: 2 for
-bad usage, 1 for failures.
+from fedmq installed. ``import`` compiles an exported ONNX inference graph (torch, tf2onnx,
+skl2onnx) into the train_step / eval / infer graphs and params.npz that ``[model]
+graphs_dir`` reads; it needs no config (its mistakes, the model's included, exit 2). Every
+mistake is one line on stderr and a non-zero exit status: 2 for bad usage, 1 for failures.
 """
 
 from __future__ import annotations
@@ -28,8 +32,9 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.cli._common import Parser as _Parser
-from orchestrator.cli._common import cli_actor, one_line_errors
+from orchestrator.cli._common import UsageError, cli_actor, one_line_errors
 from orchestrator.config import Config, load_config
+from orchestrator.models.importer import LOSSES, ModelImportError, compile_model, write_model_dir
 from orchestrator.store import Store, StoreError, VersionInfo
 from orchestrator.versions.export import export_version
 from orchestrator.versions.rollback import RollbackError, request_rollback, rollback_result
@@ -50,7 +55,8 @@ def _version_arg(text: str) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog=PROG, description="List, show, roll back and export model versions.")
+    parser = _Parser(prog=PROG, description="List, show, roll back and export model versions; "
+                     "import a model.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     listing = commands.add_parser("list", help="every version with its key metrics")
@@ -63,6 +69,14 @@ def _parser() -> argparse.ArgumentParser:
     export = commands.add_parser("export", help="write V as a plain ONNX inference model")
     export.add_argument("version", type=_version_arg, metavar="V")
     export.add_argument("-o", "--output", required=True, metavar="FILE")
+    imports = commands.add_parser("import", help="compile an exported ONNX model for training")
+    imports.add_argument("model", metavar="MODEL.onnx")
+    imports.add_argument("--loss", required=True, choices=LOSSES)
+    imports.add_argument("--labels", type=int, metavar="N", help="classes (default: the "
+                         "model's output width)")
+    imports.add_argument("--freeze", nargs="+", action="extend", default=[], metavar="NAME",
+                         help="initializers to keep fixed")
+    imports.add_argument("-o", "--output", required=True, metavar="DIR")
     for sub in (listing, show, rollback, export):
         sub.add_argument("--config", required=True, metavar="FILE", help="orchestrator config")
     for sub in (listing, show, rollback):
@@ -200,9 +214,29 @@ async def _run(config: Config, args: argparse.Namespace) -> int:
         return await _COMMANDS[args.command](store, args)
 
 
+def _import(args: argparse.Namespace) -> int:
+    """Every failure here is a mistake in the model or the options: exit 2."""
+    try:
+        data = Path(args.model).read_bytes()
+    except OSError as exc:
+        raise UsageError(f"cannot read {args.model}: {exc.strerror or exc}") from None
+    try:
+        imported = compile_model(data, loss=args.loss, labels=args.labels, freeze=args.freeze)
+        write_model_dir(imported, Path(args.output))
+    except ModelImportError as exc:
+        raise UsageError(f"{args.model}: {exc}") from None
+    values = sum(p.size for p in imported.params.values())
+    classes = f", {imported.n_classes} classes" if imported.n_classes else ""
+    print(f"wrote {args.output}: {len(imported.params)} parameter tensors ({values} values), "
+          f"{imported.n_features} features{classes}")
+    return 0
+
+
 @one_line_errors(PROG)
 def main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "import":
+        return _import(args)
     config = load_config(args.config)
     return asyncio.run(_run(config, args))
 
