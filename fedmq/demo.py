@@ -1,10 +1,11 @@
 """``fedmq demo``: from nothing to a trained, exported model in a few minutes.
 
 Starts Mosquitto (embedded), the orchestrator, and a simulated fleet of real agents on
-scikit-learn's ``load_digits`` split non-IID, shows live progress, stops on the stopping rule,
-then writes the report and the exported ONNX model.
+scikit-learn's ``load_digits`` split non-IID (or, with ``--task vibration``, on synthetic
+machine vibration with a 1-D CNN imported from ONNX; see :mod:`fedmq.demo_tasks`), shows live
+progress, stops on the stopping rule, then writes the report and the exported ONNX model.
 
-    fedmq demo [--devices 20] [--out demo-out] [--dp] [--json]
+    fedmq demo [--task digits|vibration] [--devices 20] [--out demo-out] [--dp] [--json]
 
 ``--dp`` turns on client-level differential privacy (noise multiplier 1.0, clip norm 1.0,
 noise added by the orchestrator to each aggregate) and prints the federation's epsilon.
@@ -25,7 +26,9 @@ from typing import Any, TextIO
 import numpy as np
 
 from edge_agent.config import AgentConfig
-from fedmq.simulate import Fleet, FleetData, FleetSpec, provision_fleet, shard_data
+from fedmq.demo_tasks import TASKS, DemoTask
+from fedmq.errors import ToolError
+from fedmq.simulate import Fleet, FleetData, FleetSpec, provision_fleet
 from orchestrator.broker import pick_free_port
 from orchestrator.config import Config, ConfigError, load_config
 from orchestrator.privacy import FederationAccountant
@@ -50,16 +53,11 @@ embedded = true
 port = {port}
 
 [model]
-kind = "mlp"
-n_features = {n_features}
-n_classes = {n_classes}
-hidden = [32]
-activation = "relu"
-
+{model}
 [training]
-epochs = 2
-batch_size = 16
-lr = 0.1
+epochs = {epochs}
+batch_size = {batch_size}
+lr = {lr}
 seal = true
 deadline_s = 60.0
 min_battery_pct = 15.0
@@ -141,36 +139,50 @@ class DemoSetup:
     config: Config
     spec: FleetSpec
     data: FleetData
+    task: DemoTask
+    description: str
+    """The data, in words, for the demo's first line."""
 
 
-def prepare_demo(out: Path, *, devices: int = 20, k: int = 10, target: float = 0.94,
-                 max_wall_s: float = 150.0, seed: int = 0, dp: bool = False) -> DemoSetup:
+def prepare_demo(out: Path, *, task: str = "digits", devices: int = 20, k: int = 10,
+                 target: float | None = None, max_wall_s: float | None = None, seed: int = 0,
+                 dp: bool = False) -> DemoSetup:
     """Files first (blocking, before the event loop runs): a fresh folder, the data shards,
-    the held-out validation set and the orchestrator config."""
+    the held-out validation set, the task's model files and the orchestrator config.
+    ``target`` and ``max_wall_s`` default to the task's."""
+    chosen = TASKS.get(task)
+    if chosen is None:
+        raise ToolError(f"unknown task {task!r} (choose from {', '.join(TASKS)})")
     out = out.resolve()
     _prepare(out)
-    spec = FleetSpec(devices=devices, dataset="digits", split="dirichlet", alpha=0.5,
+    spec = FleetSpec(devices=devices, dataset=task, split="dirichlet", alpha=0.5,
                      seed=seed, battery_fraction=0.5, time_scale=60.0)
-    data = shard_data(spec)
-    assert data.test.y is not None  # digits is labelled
+    prepared = chosen.prepare(out, spec)
+    data = prepared.data
+    assert data.test.y is not None  # every demo task is labelled
     np.savez(out / "validation.npz", X=data.test.X, y=data.test.y)
     config_path = out / "orchestrator.toml"
+    training = chosen.training
     config_path.write_text(CONFIG_TEMPLATE.format(
-        config_path=config_path, port=pick_free_port(), n_features=data.test.X.shape[1],
-        n_classes=data.n_classes, k=k, concurrency=max(k + k // 2, 2), target=target,
-        validation=out / "validation.npz", max_wall_s=max_wall_s,
+        config_path=config_path, port=pick_free_port(), model=prepared.model_section,
+        epochs=training.epochs, batch_size=training.batch_size, lr=training.lr,
+        k=k, concurrency=max(k + k // 2, 2),
+        target=chosen.target if target is None else target,
+        validation=out / "validation.npz",
+        max_wall_s=chosen.max_wall_s if max_wall_s is None else max_wall_s,
         # with DP every version adds noise: smaller server steps average more of it away
         server_lr=0.5 if dp else 1.0, patience=30 if dp else 15,
         privacy=DP_SECTION if dp else ""))
-    return DemoSetup(out=out, config=load_config(config_path), spec=spec, data=data)
+    return DemoSetup(out=out, config=load_config(config_path), spec=spec, data=data,
+                     task=chosen, description=prepared.description)
 
 
 async def run_demo(setup: DemoSetup, *, progress: TextIO = sys.stdout) -> DemoResult:
     started = time.monotonic()
     out, config, spec, data = setup.out, setup.config, setup.spec, setup.data
     bundles = await provision_fleet(config, spec.device_ids())
-    print(f"fedmq demo: {spec.devices} devices on load_digits (non-IID, Dirichlet alpha=0.5), "
-          f"{len(data.test.X)} held-out test samples; output in {out}", file=progress)
+    print(f"fedmq demo: task {setup.task.name}, {spec.devices} devices on "
+          f"{setup.description}; output in {out}", file=progress)
 
     async with Orchestrator(config) as orch:
         agent_config = AgentConfig(heartbeat_s=2.0, holdout=0.2)
@@ -250,11 +262,16 @@ async def _latest_metric(orch: Orchestrator) -> float | None:
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="fedmq demo", description=__doc__.splitlines()[0])
+    parser.add_argument("--task", choices=TASKS, default="digits",
+                        help="what to train (default digits)")
     parser.add_argument("--devices", type=int, default=20)
     parser.add_argument("--out", default="demo-out", help="output folder (default demo-out)")
-    parser.add_argument("--target", type=float, default=0.94,
-                        help="stop when test accuracy reaches this (default 0.94)")
-    parser.add_argument("--max-wall-s", type=float, default=150.0)
+    parser.add_argument("--target", type=float, help="stop when held-out accuracy reaches "
+                        "this (default: the task's, " + ", ".join(
+                            f"{t.name} {t.target:g}" for t in TASKS.values()) + ")")
+    parser.add_argument("--max-wall-s", type=float, help="wall-clock guard (default: the "
+                        "task's, " + ", ".join(
+                            f"{t.name} {t.max_wall_s:g}" for t in TASKS.values()) + ")")
     parser.add_argument("--dp", action="store_true",
                         help="differential privacy: noise multiplier 1.0, clip norm 1.0")
     parser.add_argument("--json", action="store_true",
@@ -265,11 +282,12 @@ def main(argv: list[str]) -> int:
     progress = sys.stderr if args.json else sys.stdout
     try:
         # with DP, the more updates per version the less noise each one carries
-        setup = prepare_demo(Path(args.out), devices=args.devices, target=args.target,
+        setup = prepare_demo(Path(args.out), task=args.task, devices=args.devices,
+                             target=args.target,
                              max_wall_s=args.max_wall_s, dp=args.dp,
                              k=args.devices if args.dp else 10)
         result = asyncio.run(run_demo(setup, progress=progress))
-    except (ConfigError, OSError) as exc:
+    except (ConfigError, ToolError, OSError) as exc:
         print(f"fedmq demo: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
