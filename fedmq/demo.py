@@ -1,11 +1,12 @@
 """``fedmq demo``: from nothing to a trained, exported model in a few minutes.
 
 Starts Mosquitto (embedded), the orchestrator, and a simulated fleet of real agents on
-scikit-learn's ``load_digits`` split non-IID (or, with ``--task vibration``, on synthetic
-machine vibration with a 1-D CNN imported from ONNX; see :mod:`fedmq.demo_tasks`), shows live
+scikit-learn's ``load_digits`` split non-IID (``--task digits-cnn``: with a 2-D CNN imported
+from ONNX; ``--task vibration``: on synthetic machine vibration with a 1-D CNN imported from
+ONNX; see :mod:`fedmq.demo_tasks`), shows live
 progress, stops on the stopping rule, then writes the report and the exported ONNX model.
 
-    fedmq demo [--task digits|vibration] [--devices 20] [--out demo-out] [--dp] [--json]
+    fedmq demo [--task digits|digits-cnn|vibration] [--devices 20] [--out demo-out] [--dp] [--json]
 
 ``--dp`` turns on client-level differential privacy (noise multiplier 1.0, clip norm 1.0,
 noise added by the orchestrator to each aggregate) and prints the federation's epsilon.

@@ -3,14 +3,16 @@ server's held-out set, writes whatever its ``[model]`` section points at, and ca
 training settings and stopping defaults that suit it.
 
 ``digits``: scikit-learn's ``load_digits``, split non-IID (Dirichlet alpha 0.5), on the
-built-in MLP. ``vibration``: synthetic 3-axis machine vibration
+built-in MLP; ``digits-cnn``: the same shards on the 2-D CNN in
+``examples/models/conv2d_digits.onnx``. ``vibration``: synthetic 3-axis machine vibration
 (:mod:`fedmq.datasets.vibration`), each device its own machine, on the 1-D CNN in
-``examples/models/conv1d_vibration.onnx`` compiled for training by
+``examples/models/conv1d_vibration.onnx``. Imported models are compiled for training by
 :func:`orchestrator.models.importer.compile_model` (what ``fedmq model import`` does).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +31,8 @@ __all__ = ["TASKS", "VIBRATION_MODEL", "DemoTask", "TaskData", "Training"]
 
 VIBRATION_MODEL = Path("examples") / "models" / "conv1d_vibration.onnx"
 """The vibration task's model, relative to the checkout that holds the ``fedmq`` package."""
+DIGITS_CNN_MODEL = Path("examples") / "models" / "conv2d_digits.onnx"
+"""The digits-cnn task's model (a 2-D CNN over the 8x8 images), likewise."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +73,33 @@ def _digits(out: Path, spec: FleetSpec) -> TaskData:
                                  f"{len(data.test.X)} held-out test samples")
 
 
+def _imported(out: Path, model_file: Path, *, task: str) -> str:
+    """Compile ``model_file`` (relative to the checkout) into ``out/model-graphs``; the
+    ``[model]`` section that points there."""
+    source = Path(fedmq.__file__).resolve().parent.parent / model_file
+    try:
+        model = source.read_bytes()
+    except OSError:
+        raise ToolError(f"--task {task} needs {model_file} from a fedmq checkout "
+                        f"(not found at {source})") from None
+    graphs = out / "model-graphs"
+    try:
+        write_model_dir(compile_model(model, loss="cross_entropy"), graphs)
+    except ModelImportError as exc:
+        raise ToolError(f"cannot compile {source}: {exc}") from None
+    return (f"# {model_file} compiled for training, as\n"
+            f"#   fedmq model import {model_file} --loss cross_entropy -o {graphs}\n"
+            f'graphs_dir = "{graphs}"\n')
+
+
+def _digits_cnn(out: Path, spec: FleetSpec) -> TaskData:
+    # the same shards as digits: rows are the 8x8 images, row-major
+    data = shard_data(dataclasses.replace(spec, dataset="digits"))
+    return TaskData(data, _imported(out, DIGITS_CNN_MODEL, task="digits-cnn"),
+                    f"load_digits (non-IID, Dirichlet alpha={spec.alpha:g}), 2-D CNN from "
+                    f"{DIGITS_CNN_MODEL.name}, {len(data.test.X)} held-out test samples")
+
+
 _VIBRATION_SAMPLES = 200
 _VIBRATION_HELD_OUT_DEVICES = 4
 
@@ -83,20 +114,7 @@ def _vibration(out: Path, spec: FleetSpec) -> TaskData:
                    y=np.concatenate([y for _, y in held_out]), n_classes=len(CLASSES))
     data = FleetData(shards=[LocalData(X=x, y=y) for x, y in shards[:spec.devices]],
                      test=test, n_classes=len(CLASSES))
-    source = Path(fedmq.__file__).resolve().parent.parent / VIBRATION_MODEL
-    try:
-        model = source.read_bytes()
-    except OSError:
-        raise ToolError(f"--task vibration needs {VIBRATION_MODEL} from a fedmq checkout "
-                        f"(not found at {source})") from None
-    graphs = out / "model-graphs"
-    try:
-        write_model_dir(compile_model(model, loss="cross_entropy"), graphs)
-    except ModelImportError as exc:
-        raise ToolError(f"cannot compile {source}: {exc}") from None
-    section = (f"# {VIBRATION_MODEL} compiled for training, as\n"
-               f"#   fedmq model import {VIBRATION_MODEL} --loss cross_entropy -o {graphs}\n"
-               f'graphs_dir = "{graphs}"\n')
+    section = _imported(out, VIBRATION_MODEL, task="vibration")
     return TaskData(data, section,
                     f"synthetic 3-axis vibration ({len(CLASSES)} classes, "
                     f"{_VIBRATION_SAMPLES} windows of 3x128 per device, non-IID by machine), "
@@ -107,6 +125,8 @@ def _vibration(out: Path, spec: FleetSpec) -> TaskData:
 TASKS: dict[str, DemoTask] = {
     "digits": DemoTask("digits", Training(epochs=2, batch_size=16, lr=0.1), target=0.94,
                        max_wall_s=150.0, prepare=_digits),
+    "digits-cnn": DemoTask("digits-cnn", Training(epochs=2, batch_size=16, lr=0.2),
+                           target=0.94, max_wall_s=150.0, prepare=_digits_cnn),
     "vibration": DemoTask("vibration", Training(epochs=2, batch_size=16, lr=0.1),
                           target=0.95, max_wall_s=150.0, prepare=_vibration),
 }

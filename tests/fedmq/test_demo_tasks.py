@@ -49,6 +49,18 @@ def test_digits_keeps_the_built_in_mlp(tmp_path: Path) -> None:
     assert len(setup.data.shards) == DEVICES
 
 
+def test_digits_cnn_trains_the_imported_2d_cnn_on_the_digits_shards(tmp_path: Path) -> None:
+    setup = prepare_demo(tmp_path / "demo", task="digits-cnn", devices=DEVICES)
+    mlp = prepare_demo(tmp_path / "mlp", devices=DEVICES)
+
+    model = setup.config.model
+    assert model.spec is None and model.graphs_dir == setup.out / "model-graphs"
+    _, params = initial_model(model)
+    assert params["conv1.weight"].shape == (16, 1, 3, 3)
+    for cnn, dense in zip(setup.data.shards, mlp.data.shards, strict=True):
+        np.testing.assert_array_equal(cnn.X, dense.X)  # the same data as the MLP demo
+
+
 def test_a_missing_vibration_model_is_one_line_and_exit_1(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
 ) -> None:
