@@ -5,7 +5,7 @@
     fedmq model rollback V --config FILE [--wait SECONDS] [--json]
     fedmq model export V -o model.onnx --config FILE
     fedmq model import model.onnx --loss cross_entropy|bce|mse [--labels N]
-                       [--freeze NAME...] -o DIR
+                       [--freeze NAME...] [--data FILE] -o DIR
 
 ``show`` prints a version's lineage (parent, kind, ancestors), its contributors (the applied
 updates, by device) and its metrics. ``rollback`` asks the orchestrator to republish V's
@@ -15,7 +15,8 @@ within about a second (or at its next start) and publishes it, and agents follow
 ONNX inference model (parameters baked in, input ``X``) that onnxruntime runs with nothing
 from fedmq installed. ``import`` compiles an exported ONNX inference graph (torch, tf2onnx,
 skl2onnx) into the train_step / eval / infer graphs and params.npz that ``[model]
-graphs_dir`` reads; it needs no config (its mistakes, the model's included, exit 2). Every
+graphs_dir`` reads (``--data``: a sample of the devices' data is checked against it
+first); it needs no config (its mistakes, the model's included, exit 2). Every
 mistake is one line on stderr and a non-zero exit status: 2 for bad usage, 1 for failures.
 """
 
@@ -31,10 +32,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from edge_agent.data import DataError, LocalData, load_local_data
 from orchestrator.cli._common import Parser as _Parser
 from orchestrator.cli._common import UsageError, cli_actor, one_line_errors
 from orchestrator.config import Config, load_config
 from orchestrator.models.importer import LOSSES, ModelImportError, compile_model, write_model_dir
+from orchestrator.models.importer.fit import check_fit
 from orchestrator.store import Store, StoreError, VersionInfo
 from orchestrator.versions.export import export_version
 from orchestrator.versions.rollback import RollbackError, request_rollback, rollback_result
@@ -77,6 +80,8 @@ def _parser() -> argparse.ArgumentParser:
     imports.add_argument("--freeze", nargs="+", action="extend", default=[], metavar="NAME",
                          help="initializers to keep fixed")
     imports.add_argument("-o", "--output", required=True, metavar="DIR")
+    imports.add_argument("--data", metavar="FILE", help="a sample of the devices' data (.npz "
+                         "or .csv, as agents read it): checked against the model first")
     for sub in (listing, show, rollback, export):
         sub.add_argument("--config", required=True, metavar="FILE", help="orchestrator config")
     for sub in (listing, show, rollback):
@@ -222,6 +227,9 @@ def _import(args: argparse.Namespace) -> int:
         raise UsageError(f"cannot read {args.model}: {exc.strerror or exc}") from None
     try:
         imported = compile_model(data, loss=args.loss, labels=args.labels, freeze=args.freeze)
+        if args.data is not None:
+            sample = _sample(args.data, supervised=args.loss != "mse")
+            check_fit(imported, sample.X, sample.y, args.data)
         write_model_dir(imported, Path(args.output))
     except ModelImportError as exc:
         raise UsageError(f"{args.model}: {exc}") from None
@@ -230,6 +238,13 @@ def _import(args: argparse.Namespace) -> int:
     print(f"wrote {args.output}: {len(imported.params)} parameter tensors ({values} values), "
           f"{imported.n_features} features{classes}")
     return 0
+
+
+def _sample(path: str, *, supervised: bool) -> LocalData:
+    try:
+        return load_local_data(path, supervised=supervised)
+    except DataError as exc:
+        raise UsageError(str(exc)) from None
 
 
 @one_line_errors(PROG)
