@@ -134,6 +134,12 @@ class Activity:
         return replace(self, deferred_until_ms=now_ms + max(0, retry_after_ms))
 
     def on_model(self, stopped: bool) -> Activity:
+        if self.model_stopped and not stopped:
+            # the stopped model republished without the flag: the federation resumed. The
+            # retained model reaches a device that missed Control(resume) (offline, or sent
+            # before the orchestrator's link was up), so it lifts the stop as that would.
+            return replace(self, model_stopped=False, federation_stopped=False,
+                           deferred_until_ms=0)
         return replace(self, model_stopped=stopped)
 
     def on_pause(self, pause: Pause) -> Activity:

@@ -142,7 +142,11 @@ class Downlink:
             return
         self._stats.models_adopted += 1
         self._status_due.set()  # the reported model version moved
-        self._tracker.set(self._tracker.current.on_model(model.stopped))
+        changed = self._tracker.current.on_model(model.stopped)
+        if changed.durable_part() != self._tracker.current.durable_part():
+            await self._tracker.commit(lambda a: a.on_model(model.stopped))  # a resume
+        else:
+            self._tracker.set(changed)
 
     async def _open(self, payload: bytes) -> Message | None:
         """The verified, fresh message (marked in the window), or None for a duplicate."""

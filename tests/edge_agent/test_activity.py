@@ -94,6 +94,19 @@ def test_a_stopped_model_stops_the_device_until_a_running_one_arrives() -> None:
     assert held.on_model(stopped=False).report(NOW) == (AgentState.IDLE, "")
 
 
+def test_the_model_republished_running_lifts_a_stop_whose_resume_was_missed() -> None:
+    stopped = Activity(enrollment=ACTIVE).on_model(stopped=True)
+    stopped = stopped.on_order(ControlAction.STOP) or stopped
+    stopped = stopped.on_defer(NOW, 3_600_000)
+    assert stopped.federation_stopped
+    running = stopped.on_model(stopped=False)  # no Control(resume) came
+    assert running.report(NOW) == (AgentState.IDLE, "")
+    assert not running.federation_stopped and running.deferred_until_ms == 0
+    # a model that was never stopped does not lift a stop order
+    ordered = Activity(enrollment=ACTIVE).on_order(ControlAction.STOP)
+    assert ordered is not None and ordered.on_model(stopped=False).federation_stopped
+
+
 def test_report_priority_stopped_training_paused_deferred_idle() -> None:
     a = Activity(enrollment=ACTIVE).on_defer(NOW, 5_000).on_pause(LOW)
     a = a.on_training_started("t1")
