@@ -1,10 +1,12 @@
 """Child process of ``fedmq bench agent``: train as a device would, and time it.
 
-Run as ``python -m fedmq.bench._agent_child DIR ...`` where DIR holds ``train_step.onnx``,
-``eval.onnx``, ``params.npz`` and ``data.npz``. It imports only what a device has (edge_agent,
-numpy, onnxruntime), so its peak RSS is what a device would need. It times ``OrtModel.train``
-step by step and the identical SGD step written in numpy (dense ReLU layers, softmax
-cross-entropy, FedProx update), and prints one JSON object.
+Run as ``python -m fedmq.bench._agent_child DIR --model mlp|conv1d ...`` where DIR holds
+``train_step.onnx``, ``eval.onnx``, ``params.npz`` and ``data.npz`` (and for ``conv1d``
+``frozen.npz``, the BatchNorm's running statistics). It imports only what a device has
+(edge_agent, numpy, onnxruntime), so its peak RSS is what a device would need. It times
+``OrtModel.train`` step by step and the identical SGD step written in numpy
+(:mod:`fedmq.bench._numpy_mlp` or :mod:`fedmq.bench._numpy_conv1d`), and prints one JSON
+object.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ import json
 import resource
 import sys
 import time
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -21,10 +25,17 @@ import onnxruntime as ort
 
 from edge_agent.data import load_local_data
 from edge_agent.trainer import OrtModel
+from fedmq.bench import _numpy_conv1d, _numpy_mlp
 
 # what a device does not have; their presence would make the RSS figure meaningless
 _FOREIGN = ("onnx", "orchestrator", "sklearn", "scipy", "torch")
 _MU = 0.01  # a non-zero proximal coefficient, so the FedProx update is exercised too
+
+# (params, anchor, x, y, lr, mu) -> (new params, loss), params in the model's order
+Step = Callable[
+    [list[np.ndarray], list[np.ndarray], np.ndarray, np.ndarray, float, float],
+    tuple[list[np.ndarray], float],
+]
 
 
 def _peak_rss_mb() -> float:
@@ -44,42 +55,6 @@ def _peak_rss_mb() -> float:
         pass
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / 2**20 if sys.platform == "darwin" else peak / 1024.0  # bytes vs KiB
-
-
-def numpy_step(
-    params: list[np.ndarray],
-    anchor: list[np.ndarray],
-    x: np.ndarray,
-    y: np.ndarray,
-    lr: float,
-    mu: float,
-) -> tuple[list[np.ndarray], float]:
-    """One SGD step of a ReLU MLP with softmax cross-entropy; params are ``[W0, b0, ...]``."""
-    weights, biases = params[0::2], params[1::2]
-    layers = len(weights)
-    inputs = [x]
-    h = x
-    for i in range(layers - 1):
-        h = np.maximum(h @ weights[i] + biases[i], 0.0)
-        inputs.append(h)
-    z = h @ weights[-1] + biases[-1]
-    z -= z.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    total = e.sum(axis=1, keepdims=True)
-    rows = np.arange(len(y))
-    loss = float(np.log(total[:, 0]).mean() - z[rows, y].mean())
-    d = e / total
-    d[rows, y] -= 1.0
-    d *= lr / len(y)
-    grads: list[np.ndarray] = [d] * len(params)
-    for i in reversed(range(layers)):
-        grads[2 * i] = inputs[i].T @ d
-        grads[2 * i + 1] = d.sum(axis=0)
-        if i:
-            d = (d @ weights[i].T) * (inputs[i] > 0)
-    step = lr * mu
-    new = [p - g - step * (p - a) for p, g, a in zip(params, grads, anchor, strict=True)]
-    return new, loss
 
 
 def _median_us(stamps: list[int]) -> float:
@@ -105,7 +80,7 @@ def _time_ort(
 
 
 def _time_numpy(
-    params: list[np.ndarray], X: np.ndarray, y: np.ndarray,
+    numpy_step: Step, params: list[np.ndarray], X: np.ndarray, y: np.ndarray,
     steps: int, batch: int, lr: float, seed: int,
 ) -> float:
     rng = np.random.default_rng(seed)
@@ -123,10 +98,10 @@ def _time_numpy(
 
 
 def _max_difference(
-    model: OrtModel, params: dict[str, np.ndarray], X: np.ndarray, y: np.ndarray, lr: float
+    model: OrtModel, numpy_step: Step, names: list[str], params: dict[str, np.ndarray],
+    X: np.ndarray, y: np.ndarray, lr: float,
 ) -> float:
     """Largest parameter difference after one step on the same batch (ORT vs numpy)."""
-    names = list(params)
     start = [params[n] for n in names]
     # perturb the anchor so the proximal term contributes on both sides
     anchor = {n: p + 0.1 for n, p in params.items()}
@@ -149,6 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, required=True)
     parser.add_argument("--lr", type=float, required=True)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--model", choices=("mlp", "conv1d"), default="mlp")
     args = parser.parse_args(argv)
     rss_after_import = _peak_rss_mb()
 
@@ -161,15 +137,25 @@ def main(argv: list[str] | None = None) -> int:
     X, y = data.X, data.y
     model = OrtModel(graphs, intra_op_threads=args.threads)
     names = list(model.param_names)
+    numpy_step: Step = _numpy_mlp.numpy_step
+    if args.model == "conv1d":
+        with np.load(directory / "frozen.npz") as frozen:
+            bn = _numpy_conv1d.FrozenBatchNorm(frozen["mean"], frozen["inv_std"])
+        numpy_step = partial(_numpy_conv1d.numpy_step, bn=bn)
+        if set(names) != set(_numpy_conv1d.PARAM_NAMES):
+            raise SystemExit(f"conv1d: the graph's parameters are {names}, the numpy "
+                             f"reference's {list(_numpy_conv1d.PARAM_NAMES)}")
+        names = list(_numpy_conv1d.PARAM_NAMES)
     as_list = [np.ascontiguousarray(params[n], dtype=np.float32) for n in names]
 
     # warm both paths up (allocator arenas, BLAS buffers, caches), then measure
     _time_ort(model, params, X, y, args.warmup, args.batch_size, args.lr, args.seed)
-    _time_numpy(as_list, X, y, args.warmup, args.batch_size, args.lr, args.seed)
+    _time_numpy(numpy_step, as_list, X, y, args.warmup, args.batch_size, args.lr, args.seed)
     ort_us = _time_ort(model, params, X, y, args.steps, args.batch_size, args.lr, args.seed)
-    numpy_us = _time_numpy(as_list, X, y, args.steps, args.batch_size, args.lr, args.seed)
-    difference = _max_difference(model, params, X[: args.batch_size], y[: args.batch_size],
-                                 args.lr)
+    numpy_us = _time_numpy(numpy_step, as_list, X, y, args.steps, args.batch_size, args.lr,
+                           args.seed)
+    difference = _max_difference(model, numpy_step, names, params, X[: args.batch_size],
+                                 y[: args.batch_size], args.lr)
     report = {
         "rss_mb": round(_peak_rss_mb(), 2),
         "rss_after_import_mb": round(rss_after_import, 2),

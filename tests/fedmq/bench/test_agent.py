@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
+import re
+from pathlib import Path
 
 import pytest
 
-from fedmq.bench import agent
+from fedmq.bench import BenchError, agent
+
+_HAS_TORCH = importlib.util.find_spec("torch") is not None
 
 
 def _args(*argv: str) -> argparse.Namespace:
@@ -18,6 +23,7 @@ def _args(*argv: str) -> argparse.Namespace:
 def test_defaults_describe_the_100k_mlp() -> None:
     args = _args()
     assert args.hidden == (256, 256) and args.batch_size == 32 and args.threads == 1
+    assert args.model == "mlp"
 
 
 def test_small_run_reports_every_figure() -> None:
@@ -31,10 +37,34 @@ def test_small_run_reports_every_figure() -> None:
     assert set(result["targets_met"]) == {"rss_mb", "ort_vs_numpy"}
     # the numpy step is the same maths as the graph: one step from the same start agrees
     assert result["max_param_diff"] < 1e-5
+    assert (result["ort_vs_torch"] is None) is not _HAS_TORCH
+
+
+def test_conv1d_run_reports_every_figure() -> None:
+    result = agent.run(_args("--model", "conv1d", "--steps", "4", "--warmup", "2",
+                             "--batch-size", "8"))
+    assert result["model"].startswith("conv1d conv1d_vibration.onnx")
+    assert result["params"] == 3108 and result["data"].startswith("vibration 1024x384")
+    for key in ("rss_mb", "train_step_us", "numpy_step_us", "ort_vs_numpy"):
+        assert isinstance(result[key], float) and result[key] > 0, key
+    assert result["max_param_diff"] < 1e-5
+    if _HAS_TORCH:
+        assert result["ort_vs_torch"] > 0 and result["torch_max_param_diff"] < 1e-5
+    else:
+        assert result["ort_vs_torch"] is None and result["torch"] is None
+
+
+def test_conv1d_without_the_checkout_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(agent, "CONV1D_MODEL", Path("examples/models/absent.onnx"))
+    needs = re.escape("--model conv1d needs examples/models/absent.onnx")
+    with pytest.raises(BenchError, match=needs) as info:
+        agent.run(_args("--model", "conv1d"))
+    assert "\n" not in str(info.value)
 
 
 @pytest.mark.parametrize(
-    "argv", [("--steps", "0"), ("--hidden", "x"), ("--hidden", "8,-1"), ("--threads", "-2")]
+    "argv", [("--steps", "0"), ("--hidden", "x"), ("--hidden", "8,-1"), ("--threads", "-2"),
+             ("--model", "cnn")]
 )
 def test_bad_arguments_are_rejected(
     argv: tuple[str, str], capsys: pytest.CaptureFixture[str]
