@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from orchestrator.models._graph import FLOAT
+
 from .emit import Emitter, NodeView, unbroadcast
 from .rules import Grads, rule
 
@@ -62,8 +64,10 @@ def _identity(g: Emitter, n: NodeView, gys: Sequence[str | None], need: Sequence
 
 @rule("Relu")
 def _relu(g: Emitter, n: NodeView, gys: Sequence[str | None], need: Sequence[bool]) -> Grads:
-    positive = g.op("Greater", n.inputs[0], g.const(0.0))
-    return [g.op("Where", positive, _gy(gys), g.const(0.0))]
+    # gy * (x > 0) as a float mask: onnxruntime's Mul beats Where against a broadcast
+    # scalar by about 2.5x on conv-sized tensors (the bench agent's conv1d step)
+    positive = g.op("Cast", g.op("Greater", n.inputs[0], g.const(0.0)), to=FLOAT)
+    return [g.op("Mul", _gy(gys), positive)]
 
 
 @rule("LeakyRelu")
