@@ -70,20 +70,21 @@ class SampleWindow:
 
     def add(self, first: int, data: LocalData) -> int:
         """Append ``data`` (running indices from ``first``); returns how many of the oldest
-        samples were evicted to stay within the capacity."""
+        samples (counting ``data``'s own, when it alone is over the capacity) were dropped to
+        stay within the capacity."""
         if self.n_features is not None and data.n_features != self.n_features:
             raise ValueError(f"{data.n_features} features, the window has {self.n_features}")
         if len(data) == 0:
             return 0
         self.n_features = data.n_features
-        if len(data) > self.capacity:  # only the newest part of an oversized block fits
-            skip = len(data) - self.capacity
+        skip = max(0, len(data) - self.capacity)
+        if skip:  # only the newest part of an oversized block fits
             data = _slice(data, skip)
             first += skip
         self._blocks.append(_Block(first, data))
         self._size += len(data)
         self._split = None
-        return self._evict()
+        return skip + self._evict()
 
     def _evict(self) -> int:
         evicted = 0
