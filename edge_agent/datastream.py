@@ -8,8 +8,8 @@ name), into a ``SampleWindow`` of the newest ``window`` samples. The worker read
 - **Stability**: only names ending in ``.npz`` / ``.csv`` are looked at (so a writer may use
   ``name.csv.part`` and rename), and a file is read only once two consecutive polls saw the
   same size and mtime — a file still being written waits.
-- **Bounded memory**: the window plus one file; a file larger than ``max_file_bytes`` is
-  refused before it is read.
+- **Bounded memory**: the window plus one file; a file larger than ``max_file_bytes`` (for a
+  compressed ``.npz``: its arrays uncompressed) is refused before it is read.
 - **Refusals**: a malformed file, a file too large, or one whose feature count differs from
   the window's is one warning line and a count in ``AgentStats.data_refused`` (by reason); the
   agent goes on. A refused file is not retried unless it changes.
@@ -24,6 +24,7 @@ from __future__ import annotations
 import enum
 import logging
 import os
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -163,9 +164,10 @@ class DirectorySource:
     async def _consume(self, key: FileKey) -> None:
         path = self._spec.path / key.name
         data: LocalData | None = None
-        if key.size > self._max_bytes:
+        size = await self._offload.run(_loaded_bytes, path, key.size)
+        if size > self._max_bytes:
             self._refuse(key, Refusal.TOO_LARGE,
-                         f"{path}: {key.size} bytes, over the {self._max_bytes}-byte limit")
+                         f"{path}: {size} bytes, over the {self._max_bytes}-byte limit")
         else:
             try:
                 data = await self._offload.run(self._read, path)
@@ -196,6 +198,18 @@ class DirectorySource:
 
     def _ledger_record(self) -> dict[str, Any]:
         return {**self.ledger.to_record(), "dir": str(self._spec.path)}
+
+
+def _loaded_bytes(path: Path, size: int) -> int:
+    """What reading ``path`` takes: its size, or for a (compressed) ``.npz`` the sum of its
+    arrays' uncompressed sizes, from the zip directory alone."""
+    if path.suffix.lower() != ".npz":
+        return size
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return max(size, sum(info.file_size for info in archive.infolist()))
+    except (OSError, zipfile.BadZipFile):
+        return size  # not a zip: load_local_data says what is wrong with it
 
 
 def _key_of(path: Path) -> FileKey:

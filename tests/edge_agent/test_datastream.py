@@ -170,6 +170,18 @@ async def test_a_file_with_another_feature_count_or_too_large_is_refused(
     assert _numbers(source.train) == [0, 1, 2, 3]
 
 
+async def test_a_compressed_npz_is_measured_by_what_it_unpacks_to(
+    tmp_path: Path, store: DictStore, stats: AgentStats, fake_clock: FakeClock,
+) -> None:
+    path = tmp_path / "zeros.npz"
+    np.savez_compressed(path, X=np.zeros((5000, 4), np.float32), y=np.zeros(5000, np.int64))
+    assert path.stat().st_size < 10_000
+    source = _source(tmp_path, store, stats, fake_clock, max_bytes=50_000)
+    await source.load()
+    await source.poll()
+    assert stats.data_refused == {"too_large": 1} and len(source.window) == 0
+
+
 async def test_a_restart_rebuilds_the_window_without_ingesting_anything_twice(
     tmp_path: Path, store: DictStore, fake_clock: FakeClock,
 ) -> None:

@@ -4,6 +4,7 @@ trained on the window that holds it are accepted."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import os
 from collections.abc import Callable
@@ -70,6 +71,7 @@ async def test_a_file_arriving_after_start_enters_the_window_and_is_trained_on(
         await broker.reload()
         async with new_agent(bundle, DataDirectory(data_dir), tmp_path / "a.db", AGENT) as agent:
             await agent.wait_until(lambda a: a.stats.acked["accepted"] >= 1, 30)
+            assert "dev-0:data" in {t.get_name() for t in asyncio.all_tasks()}
             assert agent.stats.data_files == 1 and len(agent.train_data) == 30
             _drop(data_dir, "001.npz", 1, 30)
             await agent.wait_until(lambda a: a.stats.data_files == 2, 20)
