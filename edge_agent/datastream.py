@@ -35,7 +35,8 @@ from .errors import DataError
 from .shared import AgentStats, Offload, Pulse
 from .window import FileKey, Ledger, LedgerEntry, SampleWindow
 
-__all__ = ["LEDGER_KEY", "DataDirectory", "DirectorySource", "Refusal", "check_file"]
+__all__ = ["LEDGER_KEY", "DataDirectory", "DirectorySource", "Refusal", "ValueStore",
+           "check_file"]
 
 LEDGER_KEY = "data_ledger"
 _SUFFIXES = (".npz", ".csv")

@@ -16,8 +16,9 @@ import msgpack
 import numpy as np
 import pytest
 
-from edge_agent.datastream import LEDGER_KEY, DataDirectory, DirectorySource
+from edge_agent.datastream import LEDGER_KEY, DataDirectory, DirectorySource, ValueStore
 from edge_agent.shared import AgentStats, Offload, Pulse
+from edge_agent.state import LocalState
 from tests.support.agent_clock import FakeClock
 
 POLL_S = 2.0
@@ -63,7 +64,7 @@ def stats() -> AgentStats:
     return AgentStats()
 
 
-def _source(directory: Path, store: DictStore, stats: AgentStats, clock: FakeClock, *,
+def _source(directory: Path, store: ValueStore, stats: AgentStats, clock: FakeClock, *,
             window: int = 10, holdout: float = 0.0, max_bytes: int = 10**6) -> DirectorySource:
     return DirectorySource(
         DataDirectory(directory), store=store, window=window, poll_s=POLL_S,
@@ -222,3 +223,20 @@ async def test_holdout_assignment_is_stable_as_the_window_slides(
         assert len(source.train) + len(source.holdout) == min(30, 10 * (i + 1))
     assert stats.data_files == 8
     assert any(side.values()) and not all(side.values())
+
+
+async def test_the_ledger_survives_in_the_agent_state_file(
+    tmp_path: Path, fake_clock: FakeClock,
+) -> None:
+    data_dir = tmp_path / "incoming"
+    data_dir.mkdir()
+    for i in range(3):
+        _write(data_dir, f"f{i}.npz", 4 * i, 4, order=i)
+    for run in range(2):
+        stats = AgentStats()
+        async with LocalState(tmp_path / "agent.db", device_id="dev-1", fed="fed") as state:
+            source = _source(data_dir, state, stats, fake_clock)
+            await source.load()
+            await source.poll()
+        assert stats.data_files == (3 if run == 0 else 0)
+        assert source.window.indices.tolist() == list(range(2, 12))
