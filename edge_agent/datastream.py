@@ -96,6 +96,7 @@ class DirectorySource:
         self.ledger = Ledger(max_ledger)
         self._pending: dict[str, FileKey] = {}
         """What the last poll saw of each not yet consumed file."""
+        self._unsaved = False
 
     @property
     def train(self) -> LocalData:
@@ -157,9 +158,12 @@ class DirectorySource:
         for key in stable:  # sorted by (mtime, name) by _scan
             await self._consume(key)
             del self._pending[key.name]
+            self._unsaved = True
         if stable:
-            await self._store.put(LEDGER_KEY, self._ledger_record())
             self._changed.fire()
+        if self._unsaved:  # also a write that failed last time (a full disk)
+            await self._store.put(LEDGER_KEY, self._ledger_record())
+            self._unsaved = False
         return len(stable)
 
     async def _consume(self, key: FileKey) -> None:

@@ -240,3 +240,26 @@ async def test_the_ledger_survives_in_the_agent_state_file(
             await source.poll()
         assert stats.data_files == (3 if run == 0 else 0)
         assert source.window.indices.tolist() == list(range(2, 12))
+
+
+async def test_a_ledger_write_that_failed_is_made_at_the_next_poll(
+    tmp_path: Path, stats: AgentStats, fake_clock: FakeClock,
+) -> None:
+    class FullOnce(DictStore):
+        failed = False
+
+        async def put(self, key: str, value: Any) -> None:
+            if not self.failed:
+                self.failed = True
+                raise OSError(28, "No space left on device")
+            await super().put(key, value)
+
+    store = FullOnce()
+    _write(tmp_path, "a.npz", 0, 4, order=1)
+    source = _source(tmp_path, store, stats, fake_clock)
+    await source.load()
+    with pytest.raises(OSError):
+        await source.poll()  # the data loop's supervisor logs it and runs the loop again
+    assert LEDGER_KEY not in store.values and stats.data_files == 1
+    await source.poll()
+    assert LEDGER_KEY in store.values and stats.data_files == 1
