@@ -3,7 +3,8 @@
 ``async with Agent(bundle, data, state_path) as agent: await agent.run_until(stop_event)``.
 Entering opens the state file, builds the parts and runs their loops as named tasks in one
 TaskGroup: ``session`` (the MQTT connection, handing messages to the ``Downlink``),
-``heartbeat``, ``flusher`` (the outbox) and ``worker`` (tasks). What the device is doing lives
+``heartbeat``, ``flusher`` (the outbox), ``worker`` (tasks) and, when the data is a
+directory, ``data`` (its sliding window, :mod:`.datastream`). What the device is doing lives
 in one ``ActivityTracker``; the parts share small objects (``shared``) and events instead of
 calling back into the agent. Leaving (or ``stop()``) publishes a retained offline status when
 it can, cancels the tasks and closes the state file: one shutdown path. A revoked agent also
