@@ -88,4 +88,5 @@ async def test_a_file_arriving_after_start_enters_the_window_and_is_trained_on(
             assert len(agent.train_data) == 50
             assert agent.last_status is not None and agent.last_status.num_samples == 50
         assert not agent.stats.data_refused
-    assert orch.version >= 3
+        async with asyncio.timeout(30):  # the accepted updates are aggregated (k = 1)
+            await orch.wait_for_version(2)
