@@ -3,7 +3,8 @@
 ``async with Agent(bundle, data, state_path) as agent: await agent.run_until(stop_event)``.
 Entering opens the state file, builds the parts and runs their loops as named tasks in one
 TaskGroup: ``session`` (the MQTT connection, handing messages to the ``Downlink``),
-``heartbeat``, ``flusher`` (the outbox) and ``worker`` (tasks). What the device is doing lives
+``heartbeat``, ``flusher`` (the outbox), ``worker`` (tasks) and, when the data is a
+directory, ``data`` (its sliding window, :mod:`.datastream`). What the device is doing lives
 in one ``ActivityTracker``; the parts share small objects (``shared``) and events instead of
 calling back into the agent. Leaving (or ``stop()``) publishes a retained offline status when
 it can, cancels the tasks and closes the state file: one shutdown path. A revoked agent also
@@ -34,7 +35,8 @@ from .activity import Activity
 from .backoff import Backoff, Sleep
 from .clock import Clock, as_clock, wall_ms
 from .config import AGENT_VERSION, AgentConfig
-from .data import LocalData, split_holdout
+from .data import FixedData, LocalData, TrainingSet
+from .datastream import DataDirectory, DirectorySource
 from .downlink import Downlink
 from .flusher import Flusher
 from .heartbeat import Heartbeat, Profile, Reporter
@@ -72,6 +74,7 @@ class _Parts:
     downlink: Downlink
     worker: Worker
     rotator: KeyRotator
+    data: DirectorySource | None
 
 
 class Agent:
@@ -80,7 +83,7 @@ class Agent:
     def __init__(
         self,
         bundle: Bundle,
-        data: LocalData,
+        data: LocalData | DataDirectory,
         state_path: str | Path,
         *,
         config: AgentConfig | None = None,
@@ -94,7 +97,8 @@ class Agent:
         """
         Args:
             bundle: the enrollment bundle (identity, broker, pinned orchestrator key).
-            data: the local data set; ``config.holdout`` of it is kept for evaluation.
+            data: the local data set, or a directory whose newest ``config.window`` samples
+                are trained on (``datastream``); ``config.holdout`` is kept for evaluation.
             state_path: the agent's SQLite file (created 0600 on first boot).
             probe: device-state source; default ``SysfsProbe()``.
             clock: wall time, monotonic time and sleep for every part (``clock.Clock``);
@@ -116,11 +120,9 @@ class Agent:
         self._probe = ProbeReader(probe if probe is not None else SysfsProbe(), self._offload)
         self._tls = tls_context
         self._bundle_key = bytes.fromhex(bundle.orchestrator_key)
-        if self.config.holdout > 0:
-            self.train_data, self.holdout_data = split_holdout(
-                data, self.config.holdout, np.random.default_rng(self.config.seed))
-        else:
-            self.train_data, self.holdout_data = data, data
+        self._data_dir = data if isinstance(data, DataDirectory) else None
+        self._training: TrainingSet | None = None if isinstance(data, DataDirectory) else \
+            FixedData.of(data, self.config.holdout, np.random.default_rng(self.config.seed))
         self._backoff = Backoff(self.config.backoff_base_s, self.config.backoff_cap_s,
                                 rng=backoff_rng, sleep=backoff_sleep or self._clock.sleep)
         self.stats = AgentStats()
@@ -138,6 +140,25 @@ class Agent:
         if self._parts is None:
             raise RuntimeError("the agent is not running")
         return self._parts
+
+    @property
+    def data_source(self) -> DirectorySource | None:
+        """The sliding window over a data directory (None for a single file)."""
+        return self._parts.data if self._parts is not None else None
+
+    @property
+    def train_data(self) -> LocalData:
+        """What the next task trains on (a directory's: once the agent is running)."""
+        return self._trained_on().train
+
+    @property
+    def holdout_data(self) -> LocalData:
+        return self._trained_on().holdout
+
+    def _trained_on(self) -> TrainingSet:
+        if self._training is None:
+            raise RuntimeError("the agent is not running (its data directory is not read)")
+        return self._training
 
     @property
     def outbox(self) -> Outbox:
@@ -285,6 +306,8 @@ class Agent:
             ("worker", parts.worker.run),
             ("rotation", lambda: parts.rotator.run(parts.session)),
         ]
+        if parts.data is not None:
+            loops.append(("data", parts.data.run))
         guard: dict[str, Any] = {"clock": self._clock, "logger": self.log}
         try:
             async with asyncio.TaskGroup() as group:
@@ -338,10 +361,26 @@ class Agent:
         self.log.info("state %s: seq %d, outbox %d, model %s, enrollment %s", state.path,
                       state.last_seq, len(outbox), models.version,
                       enrollment.status.value if enrollment else "none")
-        return await self._build(state, outbox, models, tracker, status_due)
+        source = await self._data_source(state)
+        return await self._build(state, outbox, models, tracker, status_due, source)
+
+    async def _data_source(self, state: LocalState) -> DirectorySource | None:
+        """The directory's window, rebuilt from what was consumed before (None: one file)."""
+        if self._data_dir is None:
+            return None
+        c = self.config
+        source = DirectorySource(
+            self._data_dir, store=state, window=c.window, poll_s=c.data_poll_s,
+            max_file_bytes=c.max_data_file_bytes, holdout=c.holdout, salt=c.seed or 0,
+            clock=self._clock, stats=self.stats, changed=self._changed, offload=self._offload,
+            logger=self.log)
+        await source.load()
+        self._training = source
+        return source
 
     async def _build(self, state: LocalState, outbox: Outbox, models: ModelKeeper,
-                     tracker: ActivityTracker, status_due: asyncio.Event) -> _Parts:
+                     tracker: ActivityTracker, status_due: asyncio.Event,
+                     source: DirectorySource | None) -> _Parts:
         config, clock, changed = self.config, self._clock, self._changed
         keys = self._keys
         assert keys is not None  # loaded in _open
@@ -350,7 +389,8 @@ class Agent:
         signer = Signer(state, outbox, device_id=self.device_id, fed=self.fed,
                         orchestrator_keys=keys, clock=clock, offload=self._offload,
                         max_update_bytes=config.batch_bytes)
-        profile = Profile.of(self.device_id, self.topics, self.train_data,
+        data = self._trained_on()
+        profile = Profile.of(self.device_id, self.topics, data,
                              enroll_secret=bytes.fromhex(self.bundle.enroll_secret),
                              device_class=config.device_class)
         reporter = Reporter(profile, signer=signer, tracker=tracker, models=models,
@@ -383,12 +423,12 @@ class Agent:
         worker = Worker(
             tasks=tasks, tracker=tracker, models=models, signer=signer, session=session,
             probe=self._probe, offload=self._offload, shutdown=self._shutdown, pace=self._pace,
-            outbox_due=outbox_due, train_data=self.train_data, holdout_data=self.holdout_data,
+            outbox_due=outbox_due, data=data,
             feedback=ErrorFeedback(await state.residual()),
             eval_topic=self.topics.up(self.device_id, UpKind.EVAL), config=config,
             logger=self.log, train=train_update, **common)
         return _Parts(state, outbox, tracker, models, session, flusher, heartbeat, downlink,
-                      worker, rotator)
+                      worker, rotator, source)
 
     def _session(self, downlink: Downlink, reporter: Reporter,
                  on_connect: Callable[[], None], login: BrokerLogin) -> Session:

@@ -1,5 +1,8 @@
 """``fedmq agent run --bundle FILE --data PATH``: run one edge agent until SIGINT/SIGTERM.
 
+``--data`` is one ``.npz``/``.csv`` file, or a directory such files arrive in; then the agent
+trains on the newest ``--window N`` samples (:mod:`edge_agent.datastream`).
+
 A user mistake (missing or malformed bundle, unreadable data, a state file of another device)
 is one readable line on stderr and exit status 2. The agent itself logs to stderr. Exit status
 1 means the orchestrator revoked the device or rejected its enrollment. A revoked device
@@ -22,6 +25,7 @@ from schemas import Bundle, FedmqError
 from .agent import Agent
 from .config import AgentConfig
 from .data import LocalData, load_local_data
+from .datastream import DataDirectory
 from .errors import AgentError, ConfigError, RevokedError
 from .probes import DeviceProbe, SimulatedProbe, SysfsProbe
 from .tls import tls_context
@@ -35,7 +39,13 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="run the agent until interrupted")
     run.add_argument("--bundle", required=True, type=Path, help="enrollment bundle (JSON)")
-    run.add_argument("--data", required=True, type=Path, help="local data (.npz or .csv)")
+    run.add_argument("--data", required=True, type=Path,
+                     help="local data: a .npz or .csv file, or a directory that such files "
+                          "keep arriving in (trained on as a sliding window)")
+    run.add_argument("--window", type=int, default=5000, metavar="N",
+                     help="with a data directory: train on the newest N samples (default 5000)")
+    run.add_argument("--data-poll", type=float, default=2.0, metavar="SECONDS",
+                     help="with a data directory: look for new files this often (default 2)")
     run.add_argument("--state", type=Path,
                      help="state file (default: <device_id>.agent.db next to the bundle)")
     run.add_argument("--holdout", type=float, default=0.2,
@@ -97,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _prepare(
     args: argparse.Namespace,
-) -> tuple[Bundle, LocalData, AgentConfig, Path, ssl.SSLContext | None]:
+) -> tuple[Bundle, LocalData | DataDirectory, AgentConfig, Path, ssl.SSLContext | None]:
     try:
         text = args.bundle.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
@@ -116,11 +126,16 @@ def _prepare(
     label: str | int | None = args.label_column
     if isinstance(label, str) and label.lstrip("-").isdigit():
         label = int(label)
-    data = load_local_data(args.data, label_column=label, supervised=not args.unlabeled)
+    data: LocalData | DataDirectory
+    if args.data.is_dir():
+        data = DataDirectory(args.data.resolve(), label, supervised=not args.unlabeled)
+    else:
+        data = load_local_data(args.data, label_column=label, supervised=not args.unlabeled)
     config = AgentConfig(holdout=args.holdout, heartbeat_s=args.heartbeat,
                          ack_timeout_s=args.ack_timeout, device_class=args.device_class,
                          seed=args.seed, exit_on_revoke=True,
-                         key_rotation_s=args.key_rotation)
+                         key_rotation_s=args.key_rotation, window=args.window,
+                         data_poll_s=args.data_poll)
     try:
         tls = tls_context(bundle, state_path)
     except ConfigError as exc:
@@ -130,7 +145,7 @@ def _prepare(
 
 async def _run(
     bundle: Bundle,
-    data: LocalData,
+    data: LocalData | DataDirectory,
     state_path: Path,
     config: AgentConfig,
     probe: DeviceProbe,

@@ -14,6 +14,12 @@ MiB = 1024 * 1024
 class AgentConfig:
     holdout: float = 0.2
     """Share of the local data kept aside for federated evaluation (0: evaluate on all)."""
+    window: int = 5000
+    """A data directory: train on the newest this many samples."""
+    data_poll_s: float = 2.0
+    """A data directory: look for new files this often (a file is read once two looks agree)."""
+    max_data_file_bytes: int = 64 * MiB
+    """A data directory: a bigger file is refused unread (memory stays window + one file)."""
     heartbeat_s: float | None = None
     """Overrides the interval the orchestrator gives in ``Enrolled``."""
     enroll_retry_s: float = 5.0
@@ -67,6 +73,8 @@ class AgentConfig:
             "intra_op_threads": self.intra_op_threads,
             "probe_interval_s": self.probe_interval_s, "link_poll_s": self.link_poll_s,
             "key_rotation_retry_s": self.key_rotation_retry_s,
+            "window": self.window, "data_poll_s": self.data_poll_s,
+            "max_data_file_bytes": self.max_data_file_bytes,
         }
         for name, value in positive.items():
             if not value > 0:

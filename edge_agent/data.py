@@ -11,12 +11,14 @@ import warnings
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 
 from .errors import ConfigError, DataError
 
-__all__ = ["LABEL", "DataError", "LocalData", "load_local_data", "split_holdout"]
+__all__ = ["LABEL", "DataError", "FixedData", "LocalData", "TrainingSet", "label_counts",
+           "load_local_data", "split_holdout"]
 
 LABEL = "label"
 _MAX_LABEL = 2**31
@@ -36,6 +38,40 @@ class LocalData:
     @property
     def n_features(self) -> int:
         return int(self.X.shape[1])
+
+
+class TrainingSet(Protocol):
+    """What the worker trains and evaluates on, read afresh for every task: a fixed split of
+    one file (``FixedData``) or a sliding window over a directory (``datastream``)."""
+
+    @property
+    def train(self) -> LocalData: ...
+
+    @property
+    def holdout(self) -> LocalData: ...
+
+
+@dataclass(frozen=True)
+class FixedData:
+    """One file's data, split once."""
+
+    train: LocalData
+    holdout: LocalData
+
+    @classmethod
+    def of(cls, data: LocalData, holdout: float, rng: np.random.Generator) -> FixedData:
+        """``holdout`` of ``data`` kept for evaluation (0: evaluate on all of it)."""
+        if holdout > 0:
+            return cls(*split_holdout(data, holdout, rng))
+        return cls(data, data)
+
+
+def label_counts(data: LocalData) -> dict[str, int]:
+    """How many samples carry each label (empty when unlabeled)."""
+    if data.y is None or len(data.y) == 0:
+        return {}
+    labels, n = np.unique(data.y, return_counts=True)
+    return {str(int(k)): int(c) for k, c in zip(labels, n, strict=True)}
 
 
 def load_local_data(

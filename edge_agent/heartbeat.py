@@ -14,13 +14,11 @@ import contextlib
 import logging
 from dataclasses import dataclass
 
-import numpy as np
-
 from schemas import AgentState, Enroll, FedmqError, Status, Topics, UpKind, enroll_mac
 
 from .clock import Clock, wait_for, wall_ms
 from .config import AGENT_VERSION, AgentConfig
-from .data import LocalData
+from .data import TrainingSet, label_counts
 from .errors import NotConnectedError
 from .keeper import ModelKeeper
 from .outbox import Outbox
@@ -38,24 +36,28 @@ _DEFAULT_HEARTBEAT_S = 10.0
 
 @dataclass(frozen=True, slots=True)
 class Profile:
-    """What the device says about itself in its ``Enroll`` and every ``Status``."""
+    """What the device says about itself in its ``Enroll`` and every ``Status``; the size and
+    label counts are read from its training set each time (a sliding window changes)."""
 
     device_id: str
     topics: Topics
     enroll_secret: bytes
     device_class: str
-    num_samples: int
-    label_counts: dict[str, int]
+    data: TrainingSet
 
     @classmethod
-    def of(cls, device_id: str, topics: Topics, data: LocalData, *, enroll_secret: bytes,
+    def of(cls, device_id: str, topics: Topics, data: TrainingSet, *, enroll_secret: bytes,
            device_class: str) -> Profile:
-        """The profile of a device training on ``data`` (its size and label counts)."""
-        counts: dict[str, int] = {}
-        if data.y is not None:
-            labels, n = np.unique(data.y, return_counts=True)
-            counts = {str(int(k)): int(c) for k, c in zip(labels, n, strict=True)}
-        return cls(device_id, topics, enroll_secret, device_class, len(data), counts)
+        """The profile of a device training on ``data.train``."""
+        return cls(device_id, topics, enroll_secret, device_class, data)
+
+    @property
+    def num_samples(self) -> int:
+        return len(self.data.train)
+
+    @property
+    def label_counts(self) -> dict[str, int]:
+        return label_counts(self.data.train)
 
 
 class Reporter:

@@ -44,6 +44,11 @@ class AgentStats:
     keys_rotated: int = 0
     password_receipts: int = 0
     paused: collections.Counter[str] = field(default_factory=collections.Counter)
+    data_files: int = 0
+    """Data files taken into the sliding window (``datastream``)."""
+    data_samples: int = 0
+    data_refused: collections.Counter[str] = field(default_factory=collections.Counter)
+    """Data files refused, by ``datastream.Refusal``."""
 
 
 class Pulse:

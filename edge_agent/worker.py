@@ -23,7 +23,7 @@ from schemas import ErrorFeedback, EvalReport, Task, TaskAction
 from .activity import Activity, Pause
 from .clock import Clock, wait_for, wall_ms
 from .config import AgentConfig
-from .data import LocalData
+from .data import LocalData, TrainingSet
 from .errors import NotConnectedError, OversizedUpdateError
 from .keeper import LoadedModel, ModelKeeper
 from .probes import DeviceProbe, training_blocked
@@ -85,7 +85,7 @@ class Worker:
                  models: ModelKeeper, signer: Signer, session: Session, probe: ProbeReader,
                  offload: Offload, clock: Clock, shutdown: Shutdown, stats: AgentStats,
                  changed: Pulse, pace: Pace, outbox_due: asyncio.Event,
-                 train_data: LocalData, holdout_data: LocalData, feedback: ErrorFeedback,
+                 data: TrainingSet, feedback: ErrorFeedback,
                  eval_topic: str, config: AgentConfig, logger: logging.Logger,
                  train: TrainFn = train_update) -> None:
         self._tasks = tasks
@@ -101,8 +101,7 @@ class Worker:
         self._changed = changed
         self._pace = pace
         self._outbox_due = outbox_due
-        self._train_data = train_data
-        self._holdout_data = holdout_data
+        self._data = data
         self._feedback = feedback
         self._eval_topic = eval_topic
         self._config = config
@@ -157,7 +156,11 @@ class Worker:
             self._pause(why, task)
             return
         self._tracker.set(self._tracker.current.on_conditions_met())
-        if loaded.ort.supervised and self._train_data.y is None:
+        train_data = self._data.train  # the window as it is now; it may slide meanwhile
+        if len(train_data) == 0:
+            self._log.warning("task %s not trained: no local data yet", task.task_id)
+            return
+        if loaded.ort.supervised and train_data.y is None:
             self._log.error("task %s not trained: the model needs labels, the data has none",
                             task.task_id)
             return
@@ -165,7 +168,7 @@ class Worker:
         check = StopCheck(task, shutdown=self._shutdown, activity=self._tracker,
                           probe=self._probe.probe, clock=self._clock,
                           interval_s=self._config.probe_interval_s)
-        trained = await self._run_training(task, loaded, check)
+        trained = await self._run_training(task, loaded, check, train_data)
         if check.cause is not None and check.cause not in PAUSE_CAUSES:
             self._log.info("task %s abandoned: %s", task.task_id, check.cause)
             return
@@ -180,13 +183,13 @@ class Worker:
             return
         await self._enqueue(task, trained)
 
-    async def _run_training(self, task: Task, loaded: LoadedModel,
-                            check: StopCheck) -> TrainedUpdate:
+    async def _run_training(self, task: Task, loaded: LoadedModel, check: StopCheck,
+                            data: LocalData) -> TrainedUpdate:
         probe = self._probe.probe
         probe.set_training(True)
         try:
             trained = await self._offload.run(
-                self._train_fn, loaded.ort, loaded.stored, task, self._train_data,
+                self._train_fn, loaded.ort, loaded.stored, task, data,
                 feedback=self._feedback, rng=self._rng, noise_rng=self._noise_rng,
                 should_stop=check, device_class=self._config.device_class)
             await self._simulate_slowness(trained.result.steps, trained.train_ms)
@@ -223,7 +226,10 @@ class Worker:
     # -- evaluation ----------------------------------------------------------------------------
 
     async def _evaluate(self, task: Task, loaded: LoadedModel) -> None:
-        ort, data = loaded.ort, self._holdout_data
+        ort, data = loaded.ort, self._data.holdout
+        if len(data) == 0:
+            self._log.warning("task %s not evaluated: no held-out data yet", task.task_id)
+            return
         if ort.supervised and data.y is None:
             self._log.error("task %s not evaluated: the model needs labels", task.task_id)
             return

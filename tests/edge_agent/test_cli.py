@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge_agent.cli import main
+from edge_agent.cli import _parser, _prepare, main
+from edge_agent.datastream import DataDirectory
 from edge_agent.state import LocalState
 from fedmq.cli import main as fedmq_main
 from schemas import Bundle
@@ -105,6 +106,19 @@ def test_bad_option_values(bundle_file: Path, data_file: Path,
     _one_line_error(capsys, "holdout")
     assert main(["run", "--bundle", str(bundle_file)]) == 2  # argparse: --data is required
     assert "--data" in capsys.readouterr().err
+
+
+def test_a_data_directory_and_its_window(bundle_file: Path, tmp_path: Path,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    incoming = tmp_path / "incoming"
+    incoming.mkdir()
+    run = ["run", "--bundle", str(bundle_file), "--data", str(incoming)]
+    args = _parser().parse_args([*run, "--window", "300", "--data-poll", "0.5", "--unlabeled"])
+    _, data, config, _, _ = _prepare(args)
+    assert data == DataDirectory(incoming.resolve(), None, supervised=False)
+    assert (config.window, config.data_poll_s) == (300, 0.5)
+    assert main([*run, "--window", "0"]) == 2
+    _one_line_error(capsys, "window must be positive")
 
 
 def test_dispatch_through_fedmq_and_python_dash_m(tmp_path: Path, data_file: Path,

@@ -16,6 +16,7 @@ from typing import Any
 from edge_agent.agent import Agent
 from edge_agent.config import AgentConfig
 from edge_agent.data import LocalData
+from edge_agent.datastream import DataDirectory
 from schemas import Bundle
 from tests.support.fake_orchestrator import FakeOrchestrator
 
@@ -25,7 +26,7 @@ FAST = AgentConfig(heartbeat_s=30.0, enroll_retry_s=0.5, ack_timeout_s=1.0,
 """Agent timings for tests: quick retries and reconnects, heartbeats only on events."""
 
 
-def new_agent(bundle: Bundle, data: LocalData, state: str | os.PathLike[str],
+def new_agent(bundle: Bundle, data: LocalData | DataDirectory, state: str | os.PathLike[str],
               config: AgentConfig = FAST, **kwargs: Any) -> Agent:
     return Agent(bundle, data, Path(state), config=config, **kwargs)
 
