@@ -94,15 +94,13 @@ class FleetData:
 
 
 def shard_data(spec: FleetSpec) -> FleetData:
-    """Load the dataset, hold out a test split, and partition the rest over the devices."""
+    """Load the dataset, hold out a test split, and partition the rest over the devices
+    (``split``; unlabeled data is always split iid, a Dirichlet split needs classes)."""
     data = load_named(spec.dataset)
     train, test = split_train_test(data, test_fraction=spec.test_fraction, seed=spec.seed)
     rng = np.random.default_rng(spec.seed)
     labels = train.y
-    if labels is None:
-        if spec.split != "iid":
-            raise ValueError(f"dataset {spec.dataset!r} has no labels: the {spec.split} split "
-                             "needs them (use split iid)")
+    if labels is None:  # unlabeled (anomaly detection, autoencoders): no classes to skew by
         parts = partition_iid(train.X, spec.devices, rng)
     elif spec.split == "iid":
         parts = partition_iid(labels, spec.devices, rng)
