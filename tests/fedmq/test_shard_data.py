@@ -16,7 +16,7 @@ def test_an_unlabeled_npz_is_split_over_the_devices(tmp_path: Path, split: str) 
     path = tmp_path / "sensors.npz"
     X = np.random.default_rng(0).normal(size=(120, 6)).astype(np.float32)
     np.savez(path, X=X)
-    data = shard_data(FleetSpec(devices=4, dataset=str(path), split=split))
+    data = shard_data(FleetSpec(devices=4, dataset=str(path), split=split))  # type: ignore[arg-type]
     assert all(s.y is None for s in data.shards) and data.test.y is None
     rows = np.concatenate([s.X for s in data.shards] + [data.test.X])
     assert len(rows) == len(X) and {r.tobytes() for r in rows} == {r.tobytes() for r in X}
