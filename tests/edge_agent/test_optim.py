@@ -12,11 +12,12 @@ import onnxruntime as ort
 import pytest
 
 from edge_agent.errors import ConfigError
-from edge_agent.optim import LocalOptimizer, OptimizerSpec
+from edge_agent.optim import OPTIMIZERS, LocalOptimizer, OptimizerSpec
 from edge_agent.trainer import OrtModel
 from orchestrator.convergence.datasets import load_named, split_train_test
 from orchestrator.models import ModelSpec, build_model
 from orchestrator.models.importer import compile_model
+from schemas import Optimizer
 from tests.support.paths import REPO
 
 
@@ -186,3 +187,7 @@ def test_bad_hyperparameters_are_config_errors(kwargs: dict[str, object],
                                                complaint: str) -> None:
     with pytest.raises(ConfigError, match=complaint):
         OptimizerSpec(**kwargs)  # type: ignore[arg-type]
+
+
+def test_the_agent_knows_every_optimizer_a_task_can_name() -> None:
+    assert OPTIMIZERS == tuple(o.value for o in Optimizer)
