@@ -31,6 +31,7 @@ from .contract import (
     signature,
 )
 from .errors import ConfigError, DataError, ModelContractError, ModelRunError
+from .optim import LocalOptimizer, OptimizerSpec
 
 __all__ = ["ModelContractError", "ModelRunError", "OrtModel", "TrainResult"]
 
@@ -114,8 +115,10 @@ class OrtModel:
         global_params: Mapping[str, np.ndarray] | None = None,
         rng: np.random.Generator,
         should_stop: Callable[[], bool] | None = None,
+        optimizer: OptimizerSpec | None = None,
     ) -> TrainResult:
-        """Plain SGD over shuffled mini-batches, ``epochs`` times (the last partial batch too).
+        """Mini-batch training over shuffled data, ``epochs`` times (the last partial batch
+        too), with ``optimizer`` (default: plain SGD, the graph's own step).
 
         ``mu`` > 0 adds the FedProx term towards ``global_params`` (default: the starting
         ``params``). ``should_stop`` is asked before every step; when it says yes, training
@@ -134,7 +137,9 @@ class OrtModel:
             else {name: a.copy() for name, a in start.items()}
         )
         X, y = self._check_data(X, y)
-        runner = _StepRunner(self._train, self.param_names, start, anchor, lr, mu, X, y)
+        local = (LocalOptimizer(optimizer, lr, mu, anchor)
+                 if optimizer is not None and not optimizer.in_graph else None)
+        runner = _StepRunner(self._train, self.param_names, start, anchor, lr, mu, X, y, local)
         n = len(X)
         batch = min(batch_size, n)
         steps = samples = 0
@@ -260,7 +265,12 @@ class OrtModel:
 
 
 class _StepRunner:
-    """Runs ``train_step`` with IOBinding: two parameter buffer sets, swapped every step."""
+    """Runs ``train_step`` with IOBinding: two parameter buffer sets, swapped every step.
+
+    With a :class:`LocalOptimizer` the graph runs with ``lr = 1`` and ``mu = 0`` instead: the
+    second set receives ``p - grad``, becomes the gradient in place, and the optimizer steps
+    the first set, which stays the parameters.
+    """
 
     def __init__(
         self,
@@ -272,14 +282,19 @@ class _StepRunner:
         mu: float,
         X: np.ndarray,
         y: np.ndarray | None,
+        optimizer: LocalOptimizer | None = None,
     ) -> None:
         self._session = session
         self._names = names
         self._X, self._y = X, y
         self._sets = (start, {n: np.empty_like(a) for n, a in start.items()})
         self._loss = np.zeros((), dtype=np.float32)
+        self._optimizer = optimizer
+        if optimizer is not None:
+            lr, mu = 1.0, 0.0  # the graph then yields p - grad
         self._scalars = {"lr": np.array(lr, np.float32), "mu": np.array(mu, np.float32)}
-        self._bindings = tuple(self._bind(i, anchor) for i in (0, 1))
+        sources = (0, 1) if optimizer is None else (0,)
+        self._bindings = tuple(self._bind(i, anchor) for i in sources)
         self._batch: tuple[np.ndarray, np.ndarray | None] | None = None
         self._turn = 0
 
@@ -319,7 +334,13 @@ class _StepRunner:
             self._session.run_with_iobinding(self._bindings[self._turn])
         except Exception as exc:  # onnxruntime's own exception types derive from Exception
             raise ModelRunError(f"train_step failed in onnxruntime: {exc}") from exc
-        self._turn = 1 - self._turn
+        if self._optimizer is None:
+            self._turn = 1 - self._turn
+        else:
+            params, grads = self._sets
+            for name in self._names:
+                np.subtract(params[name], grads[name], out=grads[name])
+            self._optimizer.step(params, grads)
         return float(self._loss)
 
     def params(self) -> dict[str, np.ndarray]:

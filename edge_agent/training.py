@@ -19,6 +19,7 @@ from schemas import ErrorFeedback, Task, Update
 
 from .data import LocalData
 from .delta import add_gaussian_noise, clip_global_norm, model_delta
+from .optim import OptimizerSpec
 from .state import StoredModel
 from .trainer import OrtModel, TrainResult
 
@@ -55,7 +56,8 @@ def train_update(
     y = data.y if ort.supervised else None
     started = time.perf_counter()
     result = ort.train(base.params, data.X, y, epochs=task.epochs, batch_size=task.batch_size,
-                       lr=task.lr, mu=task.mu, rng=rng, should_stop=should_stop)
+                       lr=task.lr, mu=task.mu, rng=rng, should_stop=should_stop,
+                       optimizer=optimizer_of(task))
     train_ms = (time.perf_counter() - started) * 1000
     if result.steps == 0:
         return TrainedUpdate(result, train_ms, None, feedback, note="no step ran")
@@ -83,5 +85,12 @@ def train_update(
         clip_norm=task.clip_norm,
         # noise without a clip bound has no defined sensitivity: the task's noise is not applied
         noise_multiplier=task.noise_multiplier if task.clip_norm is not None else 0.0,
+        optimizer=task.optimizer,
     )
     return TrainedUpdate(result, train_ms, update, after, norm)
+
+
+def optimizer_of(task: Task) -> OptimizerSpec:
+    """The task's optimizer; its state starts at zero here and lives for this task only."""
+    return OptimizerSpec(task.optimizer.value, momentum=task.momentum, beta1=task.beta1,
+                         beta2=task.beta2, weight_decay=task.weight_decay)

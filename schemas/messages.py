@@ -49,6 +49,14 @@ class TaskAction(StrEnum):
     EVALUATE = "evaluate"
 
 
+class Optimizer(StrEnum):
+    """The on-device optimizer a task asks for (see edge_agent/optim.py)."""
+
+    SGD = "sgd"
+    MOMENTUM = "momentum"
+    ADAM = "adam"
+
+
 class ControlAction(StrEnum):
     REVOKE = "revoke"
     ISOLATE = "isolate"
@@ -155,6 +163,8 @@ class Update(Message):
     codec: Codec = Codec.INT8
     clip_norm: float | None = None
     noise_multiplier: float = 0.0
+    optimizer: Optimizer = Optimizer.SGD
+    """The optimizer the device trained with (an older agent, not saying, used plain SGD)."""
 
     def __post_init__(self) -> None:
         if self.num_samples <= 0:
@@ -214,6 +224,16 @@ class Task(Message):
     """Absolute time after which the orchestrator stops waiting (0 = none)."""
     min_battery_pct: float = 0.0
     max_thermal: Thermal = Thermal.SERIOUS
+    optimizer: Optimizer = Optimizer.SGD
+    """How the device steps; an older agent ignores it and trains with plain SGD."""
+    momentum: float = 0.9
+    """momentum: the velocity's decay."""
+    beta1: float = 0.9
+    """adam: the first moment's decay."""
+    beta2: float = 0.999
+    """adam: the second moment's decay."""
+    weight_decay: float = 0.0
+    """L2 on the gradient for sgd and momentum, decoupled (AdamW) for adam."""
 
     def __post_init__(self) -> None:
         if self.epochs <= 0 or self.batch_size <= 0:
@@ -222,6 +242,10 @@ class Task(Message):
             raise ValueError("lr, mu and noise_multiplier must be >= 0")
         if self.clip_norm is not None and self.clip_norm <= 0:
             raise ValueError("clip_norm must be positive")
+        if not all(0 <= b < 1 for b in (self.momentum, self.beta1, self.beta2)):
+            raise ValueError("momentum, beta1 and beta2 must be in [0, 1)")
+        if not 0 <= self.weight_decay < float("inf"):
+            raise ValueError("weight_decay must be a finite number >= 0")
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,10 +5,11 @@ A section is a frozen dataclass and each of its fields is one key::
     k: Annotated[int, gt(0), "async: updates per new version"] = 10
 
 The type says what the file may hold (``int``, ``float``, ``bool``, ``str``, a ``Literal`` of
-strings, ``Path``, ``tuple[int, ...]``; ``X | None`` for an optional key), the ``Annotated``
-metadata holds the bounds (:class:`Bound`) and exactly one string, the key's one-line doc, and
-the dataclass default is the key's default. A field without a default is required, unless its
-metadata holds :data:`DERIVED` (the loader computes it when the file leaves it out).
+strings, ``Path``, ``tuple[int, ...]``, ``tuple[float, ...]``; ``X | None`` for an optional
+key), the ``Annotated`` metadata holds the bounds (:class:`Bound`) and exactly one string, the
+key's one-line doc, and the dataclass default is the key's default. A field without a default
+is required, unless its metadata holds :data:`DERIVED` (the loader computes it when the file
+leaves it out).
 :func:`keys_of` reads a section into one :class:`Key` per field; everything the loader checks,
 converts and says about a key comes from there.
 """
@@ -29,6 +30,7 @@ from schemas.topics import valid_id
 
 __all__ = [
     "ANY_PORT",
+    "BETAS",
     "DERIVED",
     "FED_ID",
     "NOT_EMPTY",
@@ -92,6 +94,8 @@ TCP_PORT: Final = Bound(lambda v: 0 < v < 65536, "must be a TCP port (1-65535)")
 ANY_PORT: Final = Bound(lambda v: 0 <= v < 65536, "must be a TCP port (0 = any free port)")
 NOT_EMPTY: Final = Bound(bool, "must not be empty")
 POSITIVE_ITEMS: Final = Bound(lambda v: all(x > 0 for x in v), "must hold positive integers")
+BETAS: Final = Bound(lambda v: len(v) == 2 and all(0 <= x < 1 for x in v),
+                     "must be two numbers in [0, 1)")
 
 
 class _Marker:
@@ -142,6 +146,9 @@ _KINDS: dict[object, _Kind] = {
                 _as_path),
     tuple[int, ...]: _Kind("int_list", lambda v: isinstance(v, list) and all(map(_is_int, v)),
                            "a list of integers", lambda v, _: tuple(v)),
+    tuple[float, ...]: _Kind("float_list",
+                             lambda v: isinstance(v, list) and all(map(_is_number, v)),
+                             "a list of finite numbers", lambda v, _: tuple(map(float, v))),
 }
 _BY_NAME = {kind.name: kind for kind in _KINDS.values()}
 
@@ -163,7 +170,7 @@ class Key:
     section: str
     name: str
     type: str
-    """``str``, ``int``, ``float``, ``bool``, ``path`` or ``int_list``."""
+    """``str``, ``int``, ``float``, ``bool``, ``path``, ``int_list`` or ``float_list``."""
     default: Any
     """The value when the file leaves the key out: :data:`REQUIRED`, ``None`` (optional and
     unset; also for a derived key) or the default as the section holds it."""

@@ -16,6 +16,7 @@ from schemas.tensors import Codec, CodecSpec
 
 from ._fields import (
     ANY_PORT,
+    BETAS,
     DERIVED,
     FED_ID,
     NOT_EMPTY,
@@ -36,6 +37,7 @@ __all__ = [
     "BrokerConfig",
     "CodecName",
     "Config",
+    "DeviceOptimizerName",
     "Enrollment",
     "EvaluationConfig",
     "FederationConfig",
@@ -69,6 +71,7 @@ ThermalName = Literal["nominal", "fair", "serious", "critical"]
 AggregationMode = Literal["async", "sync"]
 StalenessName = Literal["constant", "polynomial", "hinge"]
 OptimizerName = Literal["sgd", "fedadam", "fedyogi"]
+DeviceOptimizerName = Literal["sgd", "momentum", "adam"]
 ReducerName = Literal["mean", "median", "trimmed_mean"]
 Synchronous = Literal["FULL", "NORMAL"]
 PrivacyMode = Literal["off", "local", "server"]
@@ -180,6 +183,12 @@ class TrainingConfig:
     batch_size: Annotated[int, gt(0), "local batch size"] = 32
     lr: Annotated[float, ge(0), "local learning rate"] = 0.05
     mu: Annotated[float, ge(0), "FedProx proximal term"] = 0.0
+    optimizer: Annotated[DeviceOptimizerName, "the on-device optimizer: sgd | momentum | "
+                         "adam"] = "sgd"
+    momentum: Annotated[float, within("[0, 1)"), "momentum: the velocity's decay"] = 0.9
+    adam_betas: Annotated[tuple[float, ...], BETAS, "adam: beta1 and beta2"] = (0.9, 0.999)
+    weight_decay: Annotated[float, ge(0), "L2 on the gradient for sgd and momentum, "
+                            "decoupled (AdamW) for adam"] = 0.0
     codec: Annotated[CodecName, "how updates are encoded (topk: top-k indices, int8 "
                      "values)"] = "topk"
     topk_fraction: Annotated[float, within("(0, 1]"), "topk: share of elements sent"] = 0.05

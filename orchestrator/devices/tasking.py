@@ -31,7 +31,7 @@ from orchestrator.store import AuditEvent, Store
 from orchestrator.versions.cadence import Cadence
 from orchestrator.versions.head import VersionHead
 from schemas.errors import Reason
-from schemas.messages import AgentState, Defer, Status, Task, TaskAction, Thermal
+from schemas.messages import AgentState, Defer, Optimizer, Status, Task, TaskAction, Thermal
 from schemas.topics import ORCHESTRATOR_SENDER
 
 __all__ = ["DORMANT_RETRY_MS", "NO_MODEL_RETRY_MS", "Answer", "FleetView", "Tasker", "decide"]
@@ -165,6 +165,9 @@ class Tasker:
             codec=klass.codec, seal=t.seal,
             deadline_ms=now + int(t.deadline_s * 1000), min_battery_pct=t.min_battery_pct,
             max_thermal=Thermal(t.max_thermal),
+            # fleet-wide, whatever the device class: its state starts afresh with each task
+            optimizer=Optimizer(t.optimizer), momentum=t.momentum, beta1=t.adam_betas[0],
+            beta2=t.adam_betas[1], weight_decay=t.weight_decay,
         )
         self._outstanding.add(Outstanding(device, task.task_id, version, task.deadline_ms))
         self._cadence.on_tasked(device)

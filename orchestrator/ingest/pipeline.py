@@ -372,5 +372,6 @@ def _provenance(u: Update, header: Header) -> dict[str, Any]:
         "task_id": u.task_id, "local_steps": u.local_steps, "train_loss": loss,
         "train_ms": u.train_ms, "device_class": u.device_class, "codec": u.codec.value,
         "clip_norm": u.clip_norm, "noise_multiplier": u.noise_multiplier,
+        "optimizer": u.optimizer.value,
         "sent_ms": header.ts_ms, "sealed": header.enc == "sealed",
     }

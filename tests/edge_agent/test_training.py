@@ -7,11 +7,12 @@ import pytest
 
 from edge_agent.data import LocalData
 from edge_agent.delta import add_gaussian_noise, clip_global_norm, global_norm, model_delta
+from edge_agent.optim import OptimizerSpec
 from edge_agent.state import StoredModel
 from edge_agent.trainer import OrtModel
 from edge_agent.training import train_update
 from orchestrator.models import BuiltModel
-from schemas import Codec, CodecSpec, ErrorFeedback, Task, decode_params
+from schemas import Codec, CodecSpec, ErrorFeedback, Optimizer, Task, decode_params
 
 
 def _delta() -> dict[str, np.ndarray]:
@@ -114,3 +115,22 @@ def test_an_immediate_stop_sends_nothing(
                        rng=np.random.default_rng(0), noise_rng=np.random.default_rng(1),
                        should_stop=lambda: True)
     assert out.update is None and out.result.stopped_early and out.step_time_ms is None
+
+
+def test_the_tasks_optimizer_trains_and_is_reported(
+    ort: OrtModel, built_model: BuiltModel, shard: LocalData,
+) -> None:
+    base = StoredModel(1, built_model.params, built_model.graphs)
+    task = _task(codec=CodecSpec(Codec.FLOAT32), optimizer=Optimizer.ADAM, lr=0.01, beta2=0.99,
+                 weight_decay=0.01, mu=0.1)
+    out = train_update(ort, base, task, shard, feedback=ErrorFeedback(),
+                       rng=np.random.default_rng(0), noise_rng=np.random.default_rng(1))
+    assert out.update is not None and out.update.optimizer is Optimizer.ADAM
+    expected = ort.train(base.params, shard.X, shard.y, epochs=2, batch_size=32, lr=0.01,
+                         mu=0.1, rng=np.random.default_rng(0),
+                         optimizer=OptimizerSpec("adam", beta2=0.99, weight_decay=0.01))
+    for name, delta in decode_params(out.update.tensors).items():
+        np.testing.assert_allclose(base.params[name] + delta, expected.params[name], atol=1e-6)
+    plain = train_update(ort, base, _task(), shard, feedback=ErrorFeedback(),
+                         rng=np.random.default_rng(0), noise_rng=np.random.default_rng(1))
+    assert plain.update is not None and plain.update.optimizer is Optimizer.SGD

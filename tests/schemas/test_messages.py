@@ -48,7 +48,7 @@ from schemas import (
     unseal_key,
     verify,
 )
-from schemas.messages import KeyAnnouncement
+from schemas.messages import KeyAnnouncement, Optimizer
 
 SENDER_KEY = SigningKey(bytes(range(32)))
 RECEIVER_KEY = SigningKey(bytes(range(1, 33)))
@@ -77,6 +77,10 @@ OVERRIDES: dict[tuple[type, str], st.SearchStrategy[Any]] = {
     (Task, "mu"): st.floats(min_value=0, max_value=10),
     (Task, "noise_multiplier"): st.floats(min_value=0, max_value=10),
     (Task, "clip_norm"): st.none() | st.floats(min_value=1e-6, max_value=1e6),
+    (Task, "momentum"): st.floats(min_value=0, max_value=1, exclude_max=True),
+    (Task, "beta1"): st.floats(min_value=0, max_value=1, exclude_max=True),
+    (Task, "beta2"): st.floats(min_value=0, max_value=1, exclude_max=True),
+    (Task, "weight_decay"): st.floats(min_value=0, max_value=10),
     (KeyAnnouncement, "new_public_key"): st.binary(min_size=31, max_size=31).map(
         lambda b: b"\x01" + b),
     (KeyAnnouncement, "old_public_key"): st.binary(min_size=31, max_size=31).map(
@@ -267,6 +271,28 @@ def test_post_init_violations_become_validation_errors() -> None:
                                                             "topk_fraction": 2.0}}
     with pytest.raises(ValidationError, match=r"at \$\.codec$"):
         decode(_signed_with_body(fields, "task"), SENDER_KEY.verify_key, Task)
+
+
+def test_a_task_from_an_older_orchestrator_asks_for_plain_sgd() -> None:
+    _, task = decode(_signed_with_body({"task_id": "t", "model_version": 1}, "task"),
+                     SENDER_KEY.verify_key, Task)
+    assert task.optimizer is Optimizer.SGD and task.weight_decay == 0.0
+    # and an older agent's update says nothing: it trained with plain SGD
+    _, update = decode(_signed_with_body(_update_fields(), "update"), SENDER_KEY.verify_key,
+                       Update)
+    assert update.optimizer is Optimizer.SGD
+
+
+def test_a_tasks_optimizer_settings_are_checked() -> None:
+    _, task = decode(_signed_with_body({"task_id": "t", "model_version": 1, "optimizer": "adam",
+                                        "beta2": 0.99, "weight_decay": 0.01}, "task"),
+                     SENDER_KEY.verify_key, Task)
+    assert (task.optimizer, task.beta2, task.weight_decay) == (Optimizer.ADAM, 0.99, 0.01)
+    for bad in ({"optimizer": "lion"}, {"momentum": 1.0}, {"beta1": -0.5},
+                {"weight_decay": -1.0}, {"weight_decay": float("inf")}):
+        with pytest.raises(ValidationError):
+            decode(_signed_with_body({"task_id": "t", "model_version": 1, **bad}, "task"),
+                   SENDER_KEY.verify_key, Task)
 
 
 def test_wrong_type_is_refused_before_the_body_is_read() -> None:

@@ -31,6 +31,7 @@ from schemas import (
     EnrollStatus,
     Header,
     Limits,
+    Optimizer,
     Reason,
     TaskAction,
     Thermal,
@@ -46,7 +47,7 @@ DOC = REPO / "docs" / "wire-protocol.md"
 VALUE_TYPES: list[type] = [AckEntry, CodecSpec, EncodedTensor, Header, UpdateBatch, Bundle,
                            Limits]
 ENUMS: list[type[Enum]] = [AgentState, Thermal, AckOutcome, EnrollStatus, TaskAction,
-                           ControlAction, Codec, UpKind, DownKind, Verdict]
+                           ControlAction, Codec, UpKind, DownKind, Verdict, Optimizer]
 
 
 def _render_default(f: dataclasses.Field[Any]) -> str:

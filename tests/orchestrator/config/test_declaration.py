@@ -29,12 +29,13 @@ from orchestrator.config._fields import REQUIRED, Key, gt, keys_of
 from orchestrator.config.sections import (
     AccountantName,
     CodecName,
+    DeviceOptimizerName,
     PrivacyMode,
     ThermalName,
 )
 from orchestrator.errors import OrchestratorError
 from orchestrator.privacy.policy import AccountantKind, DpMode
-from schemas.messages import Thermal
+from schemas.messages import Optimizer, Thermal
 from schemas.tensors import Codec
 from tests.support.paths import REPO
 
@@ -84,6 +85,8 @@ def test_the_enumerations_are_the_consumers_own() -> None:
     assert choices("training", "codec") == choices("selection", "slow_codec") == get_args(
         CodecName)
     assert get_args(ThermalName) == tuple(t.value for t in Thermal)
+    assert choices("training", "optimizer") == get_args(DeviceOptimizerName) == tuple(
+        o.value for o in Optimizer)
     assert choices("aggregation", "reducer") == get_args(ReducerName)
     assert get_args(PrivacyMode) == ("off", *get_args(DpMode))
     assert get_args(AccountantName) == get_args(AccountantKind)

@@ -35,7 +35,18 @@ def test_defaults(tmp_path: Path) -> None:
     assert config.model.spec is not None and config.model.spec.n_classes == 3
     assert config.training.codec_spec.codec.value == "topk"
     assert config.training.codec_spec.topk_fraction == 0.05
+    assert config.training.optimizer == "sgd" and config.training.weight_decay == 0.0
+    assert config.training.adam_betas == (0.9, 0.999) and config.training.momentum == 0.9
     assert not config.stopping.enabled
+
+
+def test_the_on_device_optimizer(tmp_path: Path) -> None:
+    config = parse_config(_with(training={"optimizer": "adam", "adam_betas": [0.8, 0.99],
+                                          "weight_decay": 0.01, "momentum": 0}),
+                          base_dir=tmp_path)
+    t = config.training
+    assert (t.optimizer, t.adam_betas, t.weight_decay, t.momentum) == ("adam", (0.8, 0.99),
+                                                                       0.01, 0.0)
 
 
 def test_client_certificate_mode(tmp_path: Path) -> None:
@@ -58,6 +69,15 @@ def test_the_example_file_is_valid() -> None:
     ({"aggregation": {"k": True}}, "aggregation.k: expected an integer, got boolean True"),
     ({"training": {"lr": -0.1}}, "training.lr: must be >= 0, got -0.1"),
     ({"training": {"codec": "zip"}}, "training.codec: must be one of float32, float16, int8"),
+    ({"training": {"optimizer": "lion"}},
+     "training.optimizer: must be one of sgd, momentum, adam, got 'lion'"),
+    ({"training": {"momentum": 1.0}}, "training.momentum: must be in [0, 1), got 1.0"),
+    ({"training": {"adam_betas": [0.9]}},
+     "training.adam_betas: must be two numbers in [0, 1), got [0.9]"),
+    ({"training": {"adam_betas": [0.9, 1.0]}}, "training.adam_betas: must be two numbers in"),
+    ({"training": {"adam_betas": [0.9, "x"]}},
+     "training.adam_betas: expected a list of finite numbers"),
+    ({"training": {"weight_decay": -0.1}}, "training.weight_decay: must be >= 0, got -0.1"),
     ({"aggregation": {"trim_fraction": 0.5}}, "aggregation.trim_fraction: must be in [0, 0.5)"),
     ({"training": {"topk_fraction": 0}}, "training.topk_fraction: must be in (0, 1]"),
     ({"federation": {"id": "a/b"}}, "federation.id: must be 1-64 of letters"),

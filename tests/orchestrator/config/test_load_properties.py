@@ -54,6 +54,8 @@ def _values(key: Key) -> st.SearchStrategy[Any]:
         plausible.append(st.sampled_from(key.choices))
     if key.type == "int_list":
         plausible.append(st.lists(st.integers(min_value=-2, max_value=64), max_size=3))
+    if key.type == "float_list":
+        plausible.append(st.lists(_edges, max_size=3))
     return st.one_of(*plausible, _any_toml)
 
 
@@ -68,6 +70,9 @@ def _fits(value: Any, type_name: str) -> bool:
         "float": number and math.isfinite(value),
         "int_list": isinstance(value, list) and all(
             isinstance(x, int) and not isinstance(x, bool) for x in value),
+        "float_list": isinstance(value, list) and all(
+            isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
+            for x in value),
     }[type_name]
 
 
@@ -77,6 +82,8 @@ def _expected(value: Any, key: Key) -> Any:
         return float(value)
     if key.type == "int_list":
         return tuple(value)
+    if key.type == "float_list":
+        return tuple(float(x) for x in value)
     return key.read(value, BASE_DIR) if key.type == "path" else value
 
 
