@@ -36,14 +36,13 @@ order, no shuffling.
 
 from __future__ import annotations
 
-import io
 import warnings
-import zipfile
 from pathlib import Path
 
 import numpy as np
 import onnx
 import onnxruntime as ort
+from _reference import forward, save_reference, sgd_step, softmax
 from onnx import numpy_helper
 from skl2onnx import convert_sklearn
 from skl2onnx.common.data_types import FloatTensorType
@@ -57,19 +56,6 @@ OPSET = 17
 LR = np.float32(0.05)
 BATCH_SIZE = 8
 N_SAMPLES = 32
-
-
-def save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    """Like np.savez, but with fixed zip timestamps so a re-run gives identical bytes."""
-    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
-        for key, value in arrays.items():
-            buf = io.BytesIO()
-            np.lib.format.write_array(buf, np.asanyarray(value), allow_pickle=False)
-            zf.writestr(
-                zipfile.ZipInfo(f"{key}.npy", date_time=(1980, 1, 1, 0, 0, 0)),
-                buf.getvalue(),
-                compress_type=zipfile.ZIP_DEFLATED,
-            )
 
 
 def train() -> MLPClassifier:
@@ -93,33 +79,6 @@ def trainable_names(proto: onnx.ModelProto) -> list[str]:
     if len(names) != 4:
         raise SystemExit(f"expected 2 MatMul + 2 Add with initializers, found {names}")
     return names
-
-
-def forward(params: list[np.ndarray], x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    w0, b0, w1, b1 = params
-    h = np.maximum(x @ w0 + b0, np.float32(0))
-    return h, h @ w1 + b1
-
-
-def softmax(z: np.ndarray) -> np.ndarray:
-    e = np.exp(z - z.max(axis=1, keepdims=True))
-    return e / e.sum(axis=1, keepdims=True)  # type: ignore[no-any-return]
-
-
-def sgd_step(params: list[np.ndarray], x: np.ndarray, y: np.ndarray) -> float:
-    """One SGD step on mean softmax cross-entropy; updates params in place."""
-    _, _, w1, _ = params
-    h, z = forward(params, x)
-    p = softmax(z)
-    loss = float(-np.mean(np.log(p[np.arange(len(y)), y])))
-    dz = p.copy()
-    dz[np.arange(len(y)), y] -= 1
-    dz /= np.float32(len(y))
-    dh = (dz @ w1.T) * (h > 0)
-    grads = [x.T @ dh, dh.sum(axis=0), h.T @ dz, dz.sum(axis=0)]
-    for param, grad in zip(params, grads, strict=True):
-        param -= LR * grad.astype(np.float32)
-    return loss
 
 
 def main() -> None:
@@ -157,22 +116,13 @@ def main() -> None:
 
     init_params = [p.copy() for p in params]
     losses = [
-        sgd_step(params, x[s : s + BATCH_SIZE], y[s : s + BATCH_SIZE])
+        sgd_step(params, x[s : s + BATCH_SIZE], y[s : s + BATCH_SIZE], LR)
         for s in range(0, N_SAMPLES, BATCH_SIZE)
     ]
-    arrays: dict[str, np.ndarray] = {
-        "X": x,
-        "y": y,
-        "lr": np.array(LR, dtype=np.float32),
-        "batch_size": np.array(BATCH_SIZE, dtype=np.int64),
-        "loss_first_batch": np.array(losses[0], dtype=np.float32),
-        "losses": np.array(losses, dtype=np.float32),
-        "logits_init": logits,
-        "trainable": np.array(names),
-    }
-    arrays.update({f"init/{n}": v for n, v in zip(names, init_params, strict=True)})
-    arrays.update({f"after/{n}": v for n, v in zip(names, params, strict=True)})
-    save_npz(HERE / f"{NAME}_reference.npz", arrays)
+    save_reference(HERE / f"{NAME}_reference.npz", x=x, y=y, lr=LR, batch_size=BATCH_SIZE,
+                   losses=losses, logits=logits, trainable=names,
+                   init=dict(zip(names, init_params, strict=True)),
+                   after=dict(zip(names, params, strict=True)))
 
     print(f"{NAME}: outputs {[o.name for o in proto.graph.output]}")
     print(f"  initializers: {', '.join(f'{k}{list(v.shape)}' for k, v in init.items())}")

@@ -36,8 +36,6 @@ running statistics, which stay frozen, while its weight and bias are trained.
 
 from __future__ import annotations
 
-import io
-import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -46,6 +44,7 @@ import onnx
 import onnxruntime as ort
 import torch
 import torch.nn.functional as F
+from _reference import save_reference
 from onnx import numpy_helper
 from sklearn.datasets import load_digits
 from torch import nn
@@ -216,19 +215,6 @@ def one_epoch(model: nn.Module, x: np.ndarray, y: np.ndarray) -> list[float]:
     return losses
 
 
-def save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    """Like np.savez, but with fixed zip timestamps so a re-run gives identical bytes."""
-    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
-        for key, value in arrays.items():
-            buf = io.BytesIO()
-            np.lib.format.write_array(buf, np.asanyarray(value), allow_pickle=False)
-            zf.writestr(
-                zipfile.ZipInfo(f"{key}.npy", date_time=(1980, 1, 1, 0, 0, 0)),
-                buf.getvalue(),
-                compress_type=zipfile.ZIP_DEFLATED,
-            )
-
-
 def make(name: str, build: Callable[[], tuple[nn.Module, np.ndarray, np.ndarray]]) -> None:
     model, x, y = build()
     path = HERE / f"{name}.onnx"
@@ -247,19 +233,9 @@ def make(name: str, build: Callable[[], tuple[nn.Module, np.ndarray, np.ndarray]
 
     losses = one_epoch(model, x, y)
     after = {k: v.detach().numpy().copy() for k, v in model.state_dict().items() if k in init}
-    arrays: dict[str, np.ndarray] = {
-        "X": x,
-        "y": y,
-        "lr": np.array(LR, dtype=np.float32),
-        "batch_size": np.array(BATCH_SIZE, dtype=np.int64),
-        "loss_first_batch": np.array(losses[0], dtype=np.float32),
-        "losses": np.array(losses, dtype=np.float32),
-        "logits_init": logits_torch,
-        "trainable": np.array(trainable),
-    }
-    arrays.update({f"init/{k}": v for k, v in init.items()})
-    arrays.update({f"after/{k}": v for k, v in after.items()})
-    save_npz(HERE / f"{name}_reference.npz", arrays)
+    save_reference(HERE / f"{name}_reference.npz", x=x, y=y, lr=LR, batch_size=BATCH_SIZE,
+                   losses=losses, logits=logits_torch, trainable=trainable, init=init,
+                   after=after)
 
     ops = [n.op_type for n in proto.graph.node]
     n_params = sum(v.size for v in init.values())

@@ -26,13 +26,12 @@ initial model on X) and ``trainable``. Plain SGD in float32, batches of 8 in ord
 
 from __future__ import annotations
 
-import io
-import zipfile
 from pathlib import Path
 
 import numpy as np
 import onnx
 import onnxruntime as ort
+from _reference import forward, save_reference, sgd_step, softmax
 from onnx import TensorProto, helper, numpy_helper
 
 HERE = Path(__file__).resolve().parent
@@ -42,19 +41,6 @@ LR = np.float32(0.05)
 BATCH_SIZE = 8
 N_SAMPLES = 32
 SIZES = (20, 16, 3)
-
-
-def save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    """Like np.savez, but with fixed zip timestamps so a re-run gives identical bytes."""
-    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
-        for key, value in arrays.items():
-            buf = io.BytesIO()
-            np.lib.format.write_array(buf, np.asanyarray(value), allow_pickle=False)
-            zf.writestr(
-                zipfile.ZipInfo(f"{key}.npy", date_time=(1980, 1, 1, 0, 0, 0)),
-                buf.getvalue(),
-                compress_type=zipfile.ZIP_DEFLATED,
-            )
 
 
 def glorot(rng: np.random.Generator, n_in: int, n_out: int) -> np.ndarray:
@@ -99,33 +85,6 @@ def build(params: dict[str, np.ndarray]) -> onnx.ModelProto:
     return model
 
 
-def forward(params: list[np.ndarray], x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    w0, b0, w1, b1 = params
-    h = np.maximum(x @ w0 + b0, np.float32(0))
-    return h, h @ w1 + b1
-
-
-def softmax(z: np.ndarray) -> np.ndarray:
-    e = np.exp(z - z.max(axis=1, keepdims=True))
-    return e / e.sum(axis=1, keepdims=True)  # type: ignore[no-any-return]
-
-
-def sgd_step(params: list[np.ndarray], x: np.ndarray, y: np.ndarray) -> float:
-    """One SGD step on mean softmax cross-entropy; updates params in place."""
-    _, _, w1, _ = params
-    h, z = forward(params, x)
-    p = softmax(z)
-    loss = float(-np.mean(np.log(p[np.arange(len(y)), y])))
-    dz = p.copy()
-    dz[np.arange(len(y)), y] -= 1
-    dz /= np.float32(len(y))
-    dh = (dz @ w1.T) * (h > 0)
-    grads = [x.T @ dh, dh.sum(axis=0), h.T @ dz, dz.sum(axis=0)]
-    for param, grad in zip(params, grads, strict=True):
-        param -= LR * grad.astype(np.float32)
-    return loss
-
-
 def main() -> None:
     rng = np.random.default_rng(0)
     init = {
@@ -151,22 +110,12 @@ def main() -> None:
         raise SystemExit("numpy forward disagrees with onnxruntime")
 
     losses = [
-        sgd_step(params, x[s : s + BATCH_SIZE], y[s : s + BATCH_SIZE])
+        sgd_step(params, x[s : s + BATCH_SIZE], y[s : s + BATCH_SIZE], LR)
         for s in range(0, N_SAMPLES, BATCH_SIZE)
     ]
-    arrays: dict[str, np.ndarray] = {
-        "X": x,
-        "y": y,
-        "lr": np.array(LR, dtype=np.float32),
-        "batch_size": np.array(BATCH_SIZE, dtype=np.int64),
-        "loss_first_batch": np.array(losses[0], dtype=np.float32),
-        "losses": np.array(losses, dtype=np.float32),
-        "logits_init": logits,
-        "trainable": np.array(names),
-    }
-    arrays.update({f"init/{k}": v for k, v in init.items()})
-    arrays.update({f"after/{n}": v for n, v in zip(names, params, strict=True)})
-    save_npz(HERE / f"{NAME}_reference.npz", arrays)
+    save_reference(HERE / f"{NAME}_reference.npz", x=x, y=y, lr=LR, batch_size=BATCH_SIZE,
+                   losses=losses, logits=logits, trainable=names, init=init,
+                   after=dict(zip(names, params, strict=True)))
     print(f"{NAME}: initializers {', '.join(names)}")
     print(f"  losses: {', '.join(f'{v:.5f}' for v in losses)}")
 
