@@ -105,6 +105,24 @@ def main(argv: list[str] | None = None) -> int:
     return EXIT_OK
 
 
+def _check_fit(bundle: Bundle, data: LocalData, path: Path) -> None:
+    """The data against the model the bundle names, before anything connects (a mismatch
+    found after enrollment would fail every task instead)."""
+    if bundle.n_features and data.n_features != bundle.n_features:
+        raise ConfigError(f"data {path}: {data.n_features} features per sample, but the "
+                          f"federation's model takes {bundle.n_features}")
+    if not bundle.n_classes:
+        return
+    if data.y is None:
+        raise ConfigError(f"data {path}: the federation's model needs labels "
+                          f"(0..{bundle.n_classes - 1}), and --unlabeled reads none")
+    outside = (data.y < 0) | (data.y >= bundle.n_classes)
+    if outside.any():
+        raise ConfigError(f"data {path}: {int(outside.sum())} label(s) outside "
+                          f"0..{bundle.n_classes - 1}, the federation's classes "
+                          f"(e.g. {int(data.y[outside][0])})")
+
+
 def _prepare(
     args: argparse.Namespace,
 ) -> tuple[Bundle, LocalData | DataDirectory, AgentConfig, Path, ssl.SSLContext | None]:
@@ -131,6 +149,7 @@ def _prepare(
         data = DataDirectory(args.data.resolve(), label, supervised=not args.unlabeled)
     else:
         data = load_local_data(args.data, label_column=label, supervised=not args.unlabeled)
+        _check_fit(bundle, data, args.data)
     config = AgentConfig(holdout=args.holdout, heartbeat_s=args.heartbeat,
                          ack_timeout_s=args.ack_timeout, device_class=args.device_class,
                          seed=args.seed, exit_on_revoke=True,

@@ -44,6 +44,10 @@ class Bundle:
     requires one; empty otherwise."""
     client_key_pem: str = ""
     """The private key of ``client_cert_pem`` (PEM)."""
+    n_features: int = 0
+    """The federation's model takes samples of this many features (0: not said)."""
+    n_classes: int = 0
+    """Its labels are classes 0..n_classes-1 (0: it takes no labels, or not said)."""
 
     def __post_init__(self) -> None:
         # JSON gives any type: "tls": "false" would be truthy, "broker_port": true would be 1
@@ -59,6 +63,8 @@ class Bundle:
             raise ValueError("orchestrator_key must be 32 bytes of hex")
         if len(bytes.fromhex(self.enroll_secret)) != ENROLL_SECRET_BYTES:
             raise ValueError("enroll_secret must be 32 bytes of hex")
+        if self.n_features < 0 or self.n_classes < 0:
+            raise ValueError("n_features and n_classes must be >= 0")
         if self.role not in ("device", "operator"):
             raise ValueError(f"role must be device or operator, not {self.role!r}")
         self._check_tls()
@@ -104,6 +110,6 @@ _FIELD_KINDS: dict[str, type] = {
     "device_id": str, "fed": str, "broker_host": str, "broker_port": int, "mqtt_username": str,
     "mqtt_password": str, "orchestrator_key": str, "enroll_secret": str, "tls": bool,
     "ca_file": str, "role": str, "format": int, "ca_pem": str, "client_cert_pem": str,
-    "client_key_pem": str,
+    "client_key_pem": str, "n_features": int, "n_classes": int,
 }
 _CERT_BEGIN = "-----BEGIN CERTIFICATE-----"

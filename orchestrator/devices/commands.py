@@ -19,6 +19,7 @@ from orchestrator.devices.logins import password_file as _password_file
 from orchestrator.devices.logins import reload_broker, restore_login
 from orchestrator.devices.registry import bump_generation
 from orchestrator.errors import OrchestratorError
+from orchestrator.models.architecture import model_signature
 from orchestrator.store import AuditEvent, Device, Role, Store
 from schemas.bundle import Bundle
 from schemas.signing import ENROLL_SECRET_BYTES
@@ -53,6 +54,7 @@ async def provision(
     if await store.get_device(device_id) is not None:
         raise DeviceCommandError(f"device {device_id!r} already exists")
     tls = await asyncio.to_thread(_bundle_tls, config, device_id)  # before anything is stored
+    n_features, n_classes = await asyncio.to_thread(model_signature, config.model)
     secret = secrets.token_bytes(ENROLL_SECRET_BYTES)
     password = generate_password()
     passwords = _password_file(config)
@@ -74,6 +76,7 @@ async def provision(
         mqtt_username=device_id, mqtt_password=password, orchestrator_key=orchestrator_key,
         enroll_secret=secret.hex(), tls=broker.tls, role=role, ca_pem=tls.ca_pem,
         client_cert_pem=tls.cert_pem, client_key_pem=tls.key_pem,
+        n_features=n_features, n_classes=n_classes,
     )
 
 

@@ -9,20 +9,24 @@ and initial parameters in ``params.npz``).
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import msgpack
 import numpy as np
+import onnx
+from google.protobuf.message import DecodeError
 
 from orchestrator.config import ModelConfig
 from orchestrator.errors import OrchestratorError
 from orchestrator.models import GRAPH_NAMES, build_model
+from orchestrator.models.builder import META_SPEC
 from schemas.tensors import Params
 
-__all__ = ["Architecture", "ArchitectureError", "initial_model", "pack_architecture",
-           "unpack_architecture"]
+__all__ = ["Architecture", "ArchitectureError", "initial_model", "model_signature",
+           "pack_architecture", "unpack_architecture"]
 
 _FORMAT = 1
 
@@ -88,3 +92,27 @@ def _from_dir(directory: Path) -> tuple[Architecture, Params]:
             raise ArchitectureError(f"model.graphs_dir: parameter {name!r} is {value.dtype}, "
                                     "not float32")
     return Architecture(graphs, None), params
+
+
+def model_signature(cfg: ModelConfig) -> tuple[int, int]:
+    """``(n_features, n_classes)`` of the configured model, for enrollment bundles (so an agent
+    can check its data before it enrolls); ``n_classes`` is 0 for a model without labels, and
+    both are 0 when ``graphs_dir`` cannot tell (blocking: reads a file)."""
+    if cfg.spec is not None:
+        return cfg.spec.n_features, cfg.spec.n_classes if cfg.spec.supervised else 0
+    assert cfg.graphs_dir is not None
+    try:
+        model = onnx.load_model(cfg.graphs_dir / "train_step.onnx", load_external_data=False)
+    except (OSError, ValueError, DecodeError):
+        return 0, 0
+    inputs = {i.name: i for i in model.graph.input}
+    dims = inputs["X"].type.tensor_type.shape.dim if "X" in inputs else []
+    features = dims[1].dim_value if len(dims) == 2 else 0
+    if "y" not in inputs:
+        return features, 0
+    meta = {p.key: p.value for p in model.metadata_props}
+    try:
+        classes = json.loads(meta[META_SPEC])["n_classes"]
+    except (KeyError, TypeError, ValueError):
+        return features, 0
+    return features, classes if isinstance(classes, int) and classes >= 2 else 0

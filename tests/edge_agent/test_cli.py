@@ -86,6 +86,42 @@ def test_missing_or_bad_data(bundle_file: Path, tmp_path: Path,
     _one_line_error(capsys, "line 3")
 
 
+@pytest.mark.parametrize(("n_features", "n_classes", "argv", "fragment"), [
+    (6, 2, [], "4 features per sample, but the federation's model takes 6"),
+    (4, 2, ["--unlabeled"], "needs labels (0..1), and --unlabeled reads none"),
+    (4, 0, [], None),  # an unlabeled model ignores the labels
+])
+def test_data_that_does_not_fit_the_model_is_one_line_before_connecting(
+        tmp_path: Path, data_file: Path, capsys: pytest.CaptureFixture[str],
+        n_features: int, n_classes: int, argv: list[str], fragment: str | None) -> None:
+    bundle = Bundle(device_id="dev-1", fed="fed", broker_host="127.0.0.1", broker_port=1,
+                    mqtt_username="dev-1", mqtt_password="pw",
+                    orchestrator_key=secrets.token_hex(32), enroll_secret=secrets.token_hex(32),
+                    n_features=n_features, n_classes=n_classes)
+    path = tmp_path / "bundle.json"
+    path.write_text(bundle.to_json())
+    args = _parser().parse_args(["run", "--bundle", str(path), "--data", str(data_file), *argv])
+    if fragment is None:
+        _prepare(args)
+        return
+    assert main(["run", "--bundle", str(path), "--data", str(data_file), *argv]) == 2
+    _one_line_error(capsys, fragment)
+
+
+def test_labels_outside_the_models_classes_are_one_line(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = tmp_path / "five.npz"
+    np.savez(data, X=np.zeros((6, 4), np.float32), y=np.array([0, 1, 4, 2, 1, 0]))
+    bundle = Bundle(device_id="dev-1", fed="fed", broker_host="127.0.0.1", broker_port=1,
+                    mqtt_username="dev-1", mqtt_password="pw",
+                    orchestrator_key=secrets.token_hex(32), enroll_secret=secrets.token_hex(32),
+                    n_features=4, n_classes=3)
+    path = tmp_path / "bundle.json"
+    path.write_text(bundle.to_json())
+    assert main(["run", "--bundle", str(path), "--data", str(data)]) == 2
+    _one_line_error(capsys, "1 label(s) outside 0..2, the federation's classes (e.g. 4)")
+
+
 def test_state_of_another_device(bundle_file: Path, data_file: Path, tmp_path: Path,
                                  capsys: pytest.CaptureFixture[str]) -> None:
     async def make() -> None:

@@ -75,6 +75,8 @@ async def test_add_writes_a_private_bundle_and_a_working_credential(
     bundle = Bundle.from_json(out_file.read_text())
     assert (bundle.device_id, bundle.fed, bundle.broker_host) == ("s1", "clifed", "10.1.2.3")
     assert bundle.broker_port == broker.port and bundle.role == "device"
+    # the model the agent checks its data against before it enrolls (logistic: classes 0, 1)
+    assert (bundle.n_features, bundle.n_classes) == (3, 2)
     assert PasswordFile(broker.password_file).verify("s1", bundle.mqtt_password)
     # the CLI reloaded the running broker (SIGHUP through its pid file)
     await _reloaded(broker, reloads)
