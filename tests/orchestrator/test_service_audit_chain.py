@@ -12,10 +12,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import aiomqtt
-import numpy as np
 import pytest
 
-from edge_agent.data import LocalData
 from orchestrator.broker import MosquittoBroker
 from orchestrator.cli import audit as audit_cli
 from orchestrator.cli import federation as federation_cli
@@ -23,16 +21,10 @@ from orchestrator.config import load_config
 from orchestrator.devices.commands import provision
 from orchestrator.service import Orchestrator
 from schemas.topics import Topics, UpKind
-from tests.support.agents import FAST, new_agent
+from tests.support.agents import FAST, new_agent, random_data
 from tests.support.service_config import config_file
 
 AGENT = FAST
-
-
-def _data(seed: int) -> LocalData:
-    rng = np.random.default_rng(seed)
-    return LocalData(X=rng.standard_normal((30, 8)).astype(np.float32),
-                     y=rng.integers(0, 3, 30).astype(np.int64))
 
 
 def _cli(capsys: pytest.CaptureFixture[str], main: Callable[[list[str]], int],
@@ -56,8 +48,8 @@ async def test_a_running_services_writers_keep_one_chain_and_an_edit_is_named(
         bundles = [await provision(orch.store, config, f"dev-{i}",
                                    orchestrator_key=orch.public_key.hex()) for i in range(3)]
         await broker.reload()
-        async with new_agent(bundles[0], _data(0), tmp_path / "a0.db", AGENT), \
-                new_agent(bundles[1], _data(1), tmp_path / "a1.db", AGENT):
+        async with new_agent(bundles[0], random_data(0), tmp_path / "a0.db", AGENT), \
+                new_agent(bundles[1], random_data(1), tmp_path / "a1.db", AGENT):
             # a stolen credential sends junk: audited as rejections, coalesced
             async with mqtt_client(broker, "dev-2", bundles[2].mqtt_password) as raw:
                 for _ in range(20):

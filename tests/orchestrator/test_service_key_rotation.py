@@ -18,12 +18,10 @@ from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from edge_agent.agent import Agent
 from edge_agent.config import AgentConfig
-from edge_agent.data import LocalData
 from orchestrator.broker import MosquittoBroker
 from orchestrator.config import Config
 from orchestrator.devices.commands import provision
@@ -32,18 +30,12 @@ from orchestrator.link.keys import load_key
 from orchestrator.link.rotation import load_rotation, request_rotation
 from orchestrator.service import Orchestrator
 from schemas import Bundle, DownKind, EnrollStatus, Reason, Task, pack
-from tests.support.agents import FAST, new_agent
+from tests.support.agents import FAST, new_agent, random_data
 from tests.support.clock import FakeClock
 from tests.support.waiting import until
 
 GRACE_S = 60.0
 AGENT = dataclasses.replace(FAST, holdout=0.0)
-
-
-def _data(seed: int) -> LocalData:
-    rng = np.random.default_rng(seed)
-    return LocalData(X=rng.standard_normal((30, 8)).astype(np.float32),
-                     y=rng.integers(0, 3, 30).astype(np.int64))
 
 
 async def _enrolled(orch: Orchestrator, broker: MosquittoBroker, device_id: str) -> Bundle:
@@ -72,7 +64,7 @@ async def test_training_agents_adopt_the_new_key_and_refuse_the_old_one(
         for i in range(2):
             bundle = await _enrolled(orch, broker, f"dev-{i}")
             agents.append(await stack.enter_async_context(Agent(
-                bundle, _data(i), tmp_path / f"dev-{i}.db", config=agent_config)))
+                bundle, random_data(i), tmp_path / f"dev-{i}.db", config=agent_config)))
         async with asyncio.timeout(60):
             await orch.wait_for_version(2)  # they train
 
@@ -125,7 +117,7 @@ async def test_offline_agents_recover_within_the_grace_or_get_one_clear_line_aft
         early = await _enrolled(orch, broker, "dev-early")
         late = await _enrolled(orch, broker, "dev-late")
         for bundle in (early, late):
-            async with new_agent(bundle, _data(1), tmp_path / f"{bundle.device_id}.db",
+            async with new_agent(bundle, random_data(1), tmp_path / f"{bundle.device_id}.db",
                                  AGENT) as agent:
                 await _ready(agent)
         rotation = await request_rotation(orch.store, key_path, grace_s=GRACE_S,
@@ -143,7 +135,7 @@ async def test_offline_agents_recover_within_the_grace_or_get_one_clear_line_aft
         assert announced is not None and announced.phase == "announced"
 
         # back within the grace: the retained announcement, then the model under the new key
-        async with new_agent(early, _data(1), tmp_path / "dev-early.db", AGENT) as agent:
+        async with new_agent(early, random_data(1), tmp_path / "dev-early.db", AGENT) as agent:
             await agent.wait_until(lambda a: a.orchestrator_key == new, 15)
             await _ready(agent)
         # a device added now pins the new key
@@ -158,7 +150,7 @@ async def test_offline_agents_recover_within_the_grace_or_get_one_clear_line_aft
         # back after the grace (its clock says so too): one clear line, and the agent ends
         caplog.set_level(logging.ERROR, logger="edge_agent")
         offset = GRACE_S + 30.0
-        async with new_agent(late, _data(2), tmp_path / "dev-late.db", AGENT,
+        async with new_agent(late, random_data(2), tmp_path / "dev-late.db", AGENT,
                              clock=lambda: time.time() + offset) as agent:
             assert await agent.run_until() == "orchestrator_key_changed"
         lines = [r.getMessage() for r in caplog.records
@@ -186,7 +178,7 @@ async def test_a_second_rotation_is_followed_by_agents_that_saw_the_first_and_re
         # its bundle pins the first key but it boots only after both rotations, so no broker
         # session kept the first announcement for it: only what is retained reaches it
         lost = await _enrolled(orch, broker, "dev-lost")
-        async with new_agent(first, _data(1), tmp_path / "dev-first.db", AGENT,
+        async with new_agent(first, random_data(1), tmp_path / "dev-first.db", AGENT,
                              **on_fake_wall) as agent:
             await _ready(agent)
 
@@ -198,7 +190,7 @@ async def test_a_second_rotation_is_followed_by_agents_that_saw_the_first_and_re
         with pytest.raises(RotationError, match="already announced"):  # not during the grace
             await request_rotation(orch.store, key_path, grace_s=GRACE_S, actor="test",
                                    now_ms=clock.wall_ms())
-        async with new_agent(first, _data(1), tmp_path / "dev-first.db", AGENT,
+        async with new_agent(first, random_data(1), tmp_path / "dev-first.db", AGENT,
                              **on_fake_wall) as agent:
             await agent.wait_until(lambda a: a.orchestrator_key == key_one, 15)
             await _ready(agent)
@@ -212,7 +204,7 @@ async def test_a_second_rotation_is_followed_by_agents_that_saw_the_first_and_re
         await until(lambda: orch.public_key == key_two)
 
         # it saw the first announcement: it follows the second, signed by the key it adopted
-        async with new_agent(first, _data(1), tmp_path / "dev-first.db", AGENT,
+        async with new_agent(first, random_data(1), tmp_path / "dev-first.db", AGENT,
                              **on_fake_wall) as agent:
             await agent.wait_until(lambda a: a.orchestrator_key == key_two, 15)
             await _ready(agent)
@@ -220,7 +212,7 @@ async def test_a_second_rotation_is_followed_by_agents_that_saw_the_first_and_re
         # it saw neither: the first announcement, still retained on model/key/1 and signed by
         # the key it pins, tells it in one line (the second is signed by a key it never knew)
         caplog.set_level(logging.ERROR, logger="edge_agent")
-        async with new_agent(lost, _data(2), tmp_path / "dev-lost.db", AGENT,
+        async with new_agent(lost, random_data(2), tmp_path / "dev-lost.db", AGENT,
                              **on_fake_wall) as agent, asyncio.timeout(30):
             assert await agent.run_until() == "orchestrator_key_changed"
         lines = [r.getMessage() for r in caplog.records

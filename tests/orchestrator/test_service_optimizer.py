@@ -10,23 +10,15 @@ import dataclasses
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
 import pytest
 
-from edge_agent.data import LocalData
 from orchestrator.broker import MosquittoBroker
 from orchestrator.config import Config
 from orchestrator.devices.commands import provision
 from orchestrator.service import Orchestrator
-from tests.support.agents import FAST, new_agent
+from tests.support.agents import FAST, new_agent, random_data
 
 AGENT = dataclasses.replace(FAST, heartbeat_s=0.2, holdout=0.0)
-
-
-def _data(seed: int) -> LocalData:
-    rng = np.random.default_rng(seed)
-    return LocalData(X=rng.standard_normal((30, 8)).astype(np.float32),
-                     y=rng.integers(0, 3, 30).astype(np.int64))
 
 
 @pytest.fixture
@@ -47,8 +39,8 @@ async def test_agents_train_with_the_configured_adam_and_versions_are_made(
         bundles = [await provision(orch.store, config, f"dev-{i}",
                                    orchestrator_key=orch.public_key.hex()) for i in range(2)]
         await broker.reload()
-        async with new_agent(bundles[0], _data(0), tmp_path / "a0.db", AGENT), \
-                new_agent(bundles[1], _data(1), tmp_path / "a1.db", AGENT):
+        async with new_agent(bundles[0], random_data(0), tmp_path / "a0.db", AGENT), \
+                new_agent(bundles[1], random_data(1), tmp_path / "a1.db", AGENT):
             async with asyncio.timeout(60):
                 await orch.wait_for_version(base + 2)
         assert await orch.store.ledger(status="rejected") == []

@@ -17,28 +17,20 @@ from collections.abc import Callable
 from pathlib import Path
 
 import aiomqtt
-import numpy as np
 import pytest
 
 from edge_agent.agent import Agent
-from edge_agent.data import LocalData
 from orchestrator.broker import MosquittoBroker, PasswordFile
 from orchestrator.config import Config
 from orchestrator.devices.commands import provision
 from orchestrator.devices.passwords import PASSWORD_ROTATED, request_password_rotation
 from orchestrator.service import Orchestrator
 from schemas import Bundle
-from tests.support.agents import FAST, new_agent
+from tests.support.agents import FAST, new_agent, random_data
 from tests.support.ledger import no_update_lost_or_counted_twice
 from tests.support.waiting import until
 
 AGENT = dataclasses.replace(FAST, heartbeat_s=0.2, holdout=0.0, auth_retry_s=0.5)
-
-
-def _data(seed: int) -> LocalData:
-    rng = np.random.default_rng(seed)
-    return LocalData(X=rng.standard_normal((30, 8)).astype(np.float32),
-                     y=rng.integers(0, 3, 30).astype(np.int64))
 
 
 @pytest.fixture
@@ -84,8 +76,8 @@ async def test_a_password_rotated_while_training_loses_no_update_and_retires_the
         bundles = [await provision(orch.store, config, f"dev-{i}",
                                    orchestrator_key=orch.public_key.hex()) for i in range(2)]
         await broker.reload()
-        async with new_agent(bundles[0], _data(0), tmp_path / "a0.db", AGENT) as a0, \
-                new_agent(bundles[1], _data(1), tmp_path / "a1.db", AGENT) as a1:
+        async with new_agent(bundles[0], random_data(0), tmp_path / "a0.db", AGENT) as a0, \
+                new_agent(bundles[1], random_data(1), tmp_path / "a1.db", AGENT) as a1:
             await orch.wait_for_version(1)
             old = bundles[0].mqtt_password
             await _request(orch, config, "dev-0")
@@ -117,19 +109,19 @@ async def test_an_agent_away_during_the_offer_gets_it_when_it_returns(
         bundle = await provision(orch.store, config, "dev-away",
                                  orchestrator_key=orch.public_key.hex())
         await broker.reload()
-        async with new_agent(bundle, _data(2), state, AGENT) as agent:
+        async with new_agent(bundle, random_data(2), state, AGENT) as agent:
             await agent.wait_until(lambda a: a.enrollment is not None and a.session.connected,
                                    15)
         await _request(orch, config, "dev-away")
         await until(lambda: orch.counters["password.offered"] >= 1, 20)
         # the offer waits in the device's persistent session; the old password still works
-        async with new_agent(bundle, _data(2), state, AGENT) as agent:
+        async with new_agent(bundle, random_data(2), state, AGENT) as agent:
             await agent.wait_until(lambda a: a.stats.password_receipts >= 1, 20)
             await _switched(orch, broker, "dev-away", "confirmed")
             await agent.wait_until(lambda a: _login(a)[1] is None and a.session.connected, 20)
             await orch.wait_for_version(1)
         # the new password is durable: a restarted agent connects with it at once
-        async with new_agent(bundle, _data(2), state, AGENT) as agent:
+        async with new_agent(bundle, random_data(2), state, AGENT) as agent:
             await agent.wait_until(lambda a: a.session.connected, 15)
             assert _login(agent)[0] != bundle.mqtt_password
     assert not await _connects(broker, "dev-away", bundle.mqtt_password)
@@ -145,13 +137,13 @@ async def test_an_agent_away_past_the_grace_is_refused_with_one_clear_line(
         bundle: Bundle = await provision(orch.store, config, "dev-late",
                                          orchestrator_key=orch.public_key.hex())
         await broker.reload()
-        async with new_agent(bundle, _data(3), state, AGENT) as agent:
+        async with new_agent(bundle, random_data(3), state, AGENT) as agent:
             await agent.wait_until(lambda a: a.enrollment is not None and a.session.connected,
                                    15)
         await _request(orch, config, "dev-late")
         await _switched(orch, broker, "dev-late", "grace_expired")
     with caplog.at_level(logging.ERROR):
-        async with new_agent(bundle, _data(3), state, AGENT) as agent:
+        async with new_agent(bundle, random_data(3), state, AGENT) as agent:
             await until(lambda: agent.session.refused_credentials, 20)
     lines = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR
              and "refused this device's credentials" in r.getMessage()]

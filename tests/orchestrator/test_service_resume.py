@@ -9,10 +9,8 @@ import dataclasses
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
 import pytest
 
-from edge_agent.data import LocalData
 from orchestrator.broker import MosquittoBroker
 from orchestrator.cli import federation as federation_cli
 from orchestrator.config import Config, load_config
@@ -20,16 +18,10 @@ from orchestrator.devices.commands import provision, write_private
 from orchestrator.ops.client import OperatorClient, OperatorRefused
 from orchestrator.service import Orchestrator
 from orchestrator.store.state_keys import StateKey
-from tests.support.agents import FAST, new_agent
+from tests.support.agents import FAST, new_agent, random_data
 from tests.support.service_config import config_file
 
 AGENT = dataclasses.replace(FAST, heartbeat_s=0.2, holdout=0.0)
-
-
-def _data(seed: int) -> LocalData:
-    rng = np.random.default_rng(seed)
-    return LocalData(X=rng.standard_normal((30, 8)).astype(np.float32),
-                     y=rng.integers(0, 3, 30).astype(np.int64))
 
 
 SECTIONS: dict[str, dict[str, object]] = {
@@ -62,8 +54,8 @@ async def test_an_operator_resumes_a_stopped_federation_and_agents_train_again(
         bundles = [await provision(orch.store, config, f"dev-{i}",
                                    orchestrator_key=orch.public_key.hex()) for i in range(2)]
         await broker.reload()
-        async with new_agent(bundles[0], _data(0), tmp_path / "a0.db", AGENT) as a0, \
-                new_agent(bundles[1], _data(1), tmp_path / "a1.db", AGENT):
+        async with new_agent(bundles[0], random_data(0), tmp_path / "a0.db", AGENT) as a0, \
+                new_agent(bundles[1], random_data(1), tmp_path / "a1.db", AGENT):
             async with asyncio.timeout(30):
                 await orch.wait_stopped()
             stopped_at = orch.version
@@ -120,8 +112,8 @@ async def test_resume_on_the_box_through_the_store_while_running_and_while_down(
         assert await _in_thread(federation_cli.main, resume) == 1  # not stopped yet
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and "the federation is not stopped" in err[0], err
-        async with new_agent(bundles[0], _data(0), tmp_path / "a0.db", AGENT), \
-                new_agent(bundles[1], _data(1), tmp_path / "a1.db", AGENT):
+        async with new_agent(bundles[0], random_data(0), tmp_path / "a0.db", AGENT), \
+                new_agent(bundles[1], random_data(1), tmp_path / "a1.db", AGENT):
             async with asyncio.timeout(30):
                 await orch.wait_stopped()
             assert orch.version == 2
@@ -134,8 +126,8 @@ async def test_resume_on_the_box_through_the_store_while_running_and_while_down(
     assert await _in_thread(federation_cli.main, resume) == 0
     assert "next start" in capsys.readouterr().err
     async with Orchestrator(config, store_synchronous="NORMAL") as orch:
-        async with new_agent(bundles[0], _data(0), tmp_path / "a0.db", AGENT), \
-                new_agent(bundles[1], _data(1), tmp_path / "a1.db", AGENT):
+        async with new_agent(bundles[0], random_data(0), tmp_path / "a0.db", AGENT), \
+                new_agent(bundles[1], random_data(1), tmp_path / "a1.db", AGENT):
             async with asyncio.timeout(30):
                 await orch.wait_for_version(6)
                 assert (await orch.wait_stopped()).startswith("max_versions")

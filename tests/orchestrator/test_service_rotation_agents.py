@@ -11,26 +11,18 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
 import pytest
 
-from edge_agent.data import LocalData
 from orchestrator.broker import MosquittoBroker
 from orchestrator.config import Config
 from orchestrator.devices.commands import provision
 from orchestrator.devices.rotation import request_rotation
 from orchestrator.service import Orchestrator
-from tests.support.agents import FAST, new_agent
+from tests.support.agents import FAST, new_agent, random_data
 from tests.support.ledger import no_update_lost_or_counted_twice
 from tests.support.waiting import until
 
 AGENT = dataclasses.replace(FAST, heartbeat_s=0.2, holdout=0.0)
-
-
-def _data(seed: int) -> LocalData:
-    rng = np.random.default_rng(seed)
-    return LocalData(X=rng.standard_normal((30, 8)).astype(np.float32),
-                     y=rng.integers(0, 3, 30).astype(np.int64))
 
 
 @pytest.fixture
@@ -51,8 +43,8 @@ async def test_a_key_rotated_while_training_loses_and_doubles_no_update(
         bundles = [await provision(orch.store, config, f"dev-{i}",
                                    orchestrator_key=orch.public_key.hex()) for i in range(2)]
         await broker.reload()
-        async with new_agent(bundles[0], _data(0), tmp_path / "a0.db", AGENT) as a0, \
-                new_agent(bundles[1], _data(1), tmp_path / "a1.db", AGENT) as a1:
+        async with new_agent(bundles[0], random_data(0), tmp_path / "a0.db", AGENT) as a0, \
+                new_agent(bundles[1], random_data(1), tmp_path / "a1.db", AGENT) as a1:
             async with asyncio.timeout(30):
                 await orch.wait_for_version(1)
             old = bytes(a0.local_state.signing_key.verify_key)
@@ -84,14 +76,14 @@ async def test_a_device_offline_across_its_rotation_recovers_when_it_returns(
         bundle = await provision(orch.store, config, "dev-off",
                                  orchestrator_key=orch.public_key.hex())
         await broker.reload()
-        async with new_agent(bundle, _data(2), state, AGENT) as agent:
+        async with new_agent(bundle, random_data(2), state, AGENT) as agent:
             await agent.wait_until(lambda a: a.enrollment is not None and a.session.connected
                                    and a.stats.statuses_sent > 0, 15)
             old = bytes(agent.local_state.signing_key.verify_key)
         built_before = agent.stats.updates_built
         # the orchestrator is down: the agent starts a rotation, sends it, and goes offline
         # before any confirmation can come
-    async with new_agent(bundle, _data(2), state, AGENT) as agent:
+    async with new_agent(bundle, random_data(2), state, AGENT) as agent:
         await agent.wait_until(lambda a: a.session.connected, 15)
         await agent.rotator.begin("test")
         await agent.wait_until(lambda a: a.stats.rotations_sent >= 1, 15)
@@ -103,7 +95,7 @@ async def test_a_device_offline_across_its_rotation_recovers_when_it_returns(
         # the KeyRotation waited at the broker in the orchestrator's session: it rotates now
         await until(lambda: orch.counters["rotate.rotated"] == 1, 20)
         assert await _key_of(orch, "dev-off") == bytes(pending.verify_key)
-        async with new_agent(bundle, _data(2), state, AGENT) as agent:
+        async with new_agent(bundle, random_data(2), state, AGENT) as agent:
             assert agent.rotator.pending is not None
             assert bytes(agent.local_state.signing_key.verify_key) == old
             # back: confirmed (queued, or asked again with the old key) and switched

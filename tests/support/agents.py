@@ -13,6 +13,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from edge_agent.agent import Agent
 from edge_agent.config import AgentConfig
 from edge_agent.data import LocalData
@@ -24,6 +26,14 @@ FAST = AgentConfig(heartbeat_s=30.0, enroll_retry_s=0.5, ack_timeout_s=1.0,
                    backoff_base_s=0.05, backoff_cap_s=0.5, model_wait_s=10.0, seed=3,
                    keepalive_s=5)
 """Agent timings for tests: quick retries and reconnects, heartbeats only on events."""
+
+
+def random_data(seed: int) -> LocalData:
+    """30 samples of 8 features and 3 classes: the default test model's data (``MODEL`` in
+    ``tests.support.service_config``)."""
+    rng = np.random.default_rng(seed)
+    return LocalData(X=rng.standard_normal((30, 8)).astype(np.float32),
+                     y=rng.integers(0, 3, 30).astype(np.int64))
 
 
 def new_agent(bundle: Bundle, data: LocalData | DataDirectory, state: str | os.PathLike[str],
