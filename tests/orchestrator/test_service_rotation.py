@@ -126,6 +126,9 @@ async def test_a_rotation_without_a_valid_proof_is_refused(
     assert await orch.store.list_audit(device="dev-p", event="key_rotated") == []
 
 
+# In the slow suite until explained: it timed out once in a clean CI run (2026-12-06, 1 of
+# 1669), after passing in every run before; the wait it failed in is not yet known.
+@pytest.mark.slow
 async def test_an_operator_request_reaches_the_device_until_it_rotates(
     orch: Orchestrator, clock: FakeClock, devices: Callable[..., Awaitable[SimDevice]],
 ) -> None:
