@@ -19,13 +19,13 @@ from pathlib import Path
 
 import numpy as np
 
-import fedmq
 from edge_agent.data import LocalData
 from fedmq.datasets.vibration import CLASSES, make_vibration
 from fedmq.errors import ToolError
+from fedmq.examples import compile_example
 from fedmq.simulate import FleetData, FleetSpec, shard_data
 from orchestrator.convergence.datasets import Dataset
-from orchestrator.models.importer import ModelImportError, compile_model, write_model_dir
+from orchestrator.models.importer import ModelImportError, write_model_dir
 
 __all__ = ["TASKS", "VIBRATION_MODEL", "DemoTask", "TaskData", "Training"]
 
@@ -76,17 +76,12 @@ def _digits(out: Path, spec: FleetSpec) -> TaskData:
 def _imported(out: Path, model_file: Path, *, task: str) -> str:
     """Compile ``model_file`` (relative to the checkout) into ``out/model-graphs``; the
     ``[model]`` section that points there."""
-    source = Path(fedmq.__file__).resolve().parent.parent / model_file
-    try:
-        model = source.read_bytes()
-    except OSError:
-        raise ToolError(f"--task {task} needs {model_file} from a fedmq checkout "
-                        f"(not found at {source})") from None
+    _, imported = compile_example(model_file, needed_by=f"--task {task}")
     graphs = out / "model-graphs"
     try:
-        write_model_dir(compile_model(model, loss="cross_entropy"), graphs)
+        write_model_dir(imported, graphs)
     except ModelImportError as exc:
-        raise ToolError(f"cannot compile {source}: {exc}") from None
+        raise ToolError(f"cannot write {graphs}: {exc}") from None
     return (f"# {model_file} compiled for training, as\n"
             f"#   fedmq model import {model_file} --loss cross_entropy -o {graphs}\n"
             f'graphs_dir = "{graphs}"\n')

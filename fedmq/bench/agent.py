@@ -132,18 +132,10 @@ def _write_mlp(directory: Path, args: argparse.Namespace) -> dict[str, Any]:
 
 def _write_conv1d(directory: Path, args: argparse.Namespace) -> dict[str, Any]:
     # the importer needs onnx, which the device-like child must not import: compile here
-    from orchestrator.models.importer import ModelImportError, compile_model
+    from fedmq.examples import compile_example
 
-    source = Path(fedmq.__file__).resolve().parent.parent / CONV1D_MODEL
-    try:
-        exported = source.read_bytes()
-    except OSError:
-        raise BenchError(f"--model conv1d needs {CONV1D_MODEL} from a fedmq checkout "
-                         f"(not found at {source})") from None
-    try:
-        imported = compile_model(exported, loss="cross_entropy")
-    except ModelImportError as exc:
-        raise BenchError(f"cannot compile {source}: {exc}") from None
+    exported, imported = compile_example(CONV1D_MODEL, needed_by="--model conv1d",
+                                         error=BenchError)
     bn = frozen_batchnorm(exported)
     np.savez(directory / "frozen.npz", mean=bn.mean, inv_std=bn.inv_std)
     ((X, y),) = make_vibration(1, CONV1D_SAMPLES, seed=args.seed)
