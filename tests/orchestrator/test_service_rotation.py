@@ -126,27 +126,29 @@ async def test_a_rotation_without_a_valid_proof_is_refused(
     assert await orch.store.list_audit(device="dev-p", event="key_rotated") == []
 
 
-# In the slow suite until explained: it timed out once in a clean CI run (2026-12-06, 1 of
-# 1669), after passing in every run before; the wait it failed in is not yet known.
-@pytest.mark.slow
 async def test_an_operator_request_reaches_the_device_until_it_rotates(
     orch: Orchestrator, clock: FakeClock, devices: Callable[..., Awaitable[SimDevice]],
 ) -> None:
+    # the orders go out from the registry poll, which reads the store (another thread): time
+    # moves only once it is asleep again, so each poll runs at its own time, however slow the
+    # machine (without, a poll still at it when time passed the resend skipped it)
+    polls = ("registry",)
     dev = await devices(orch, "dev-q")
     with pytest.raises(RotationRequestError, match="no device 'nobody'"):
         await request_rotation(orch.store, "nobody", now_ms=clock.wall_ms())
     await request_rotation(orch.store, "dev-q", now_ms=clock.wall_ms())
-    await clock.advance(1.0)  # the registry poll
+    await clock.advance(1.0, wait_for=polls)  # the registry poll
     order = await dev.next("control")
     assert isinstance(order, Control) and order.action is ControlAction.ROTATE_KEY
-    await clock.advance(RESEND_S + 1)  # not rotated yet: asked again
+    await clock.advance(RESEND_S - 1, wait_for=polls)
+    assert orch.counters["rotate.requested"] == 1  # polled, but not yet due again
+    await clock.advance(2.0, wait_for=polls)  # not rotated yet: asked again
     order = await dev.next("control")
     assert isinstance(order, Control) and order.action is ControlAction.ROTATE_KEY
     _, rotation = _rotation(dev, SigningKey.generate())
     await dev.publish("rotate", rotation)
     await _confirmation(dev)
-    await clock.advance(RESEND_S + 1)
-    await clock.advance(1.0)
+    await clock.advance(RESEND_S + 1, wait_for=polls)
     assert orch.counters["rotate.requested"] == 2  # done: not asked a third time
     (row,) = await orch.store.list_audit(device="dev-q", event="rotate_requested")
     assert row.actor == "cli"
