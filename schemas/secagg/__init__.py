@@ -6,9 +6,12 @@ does arithmetic. See docs/secagg.md for the formulas (bit width, graph degree, s
 """
 
 from .errors import Problem, SecAggError
+from .kdf import MaskKeyPair, pair_seed, public_key
 from .keystream import chacha20_keystream, expand_bytes, expand_ring, expand_uniform
+from .shamir import Share, interpolate_at_zero, reconstruct, share
 
 __all__ = [
-    "Problem", "SecAggError", "chacha20_keystream", "expand_bytes", "expand_ring",
-    "expand_uniform",
+    "MaskKeyPair", "Problem", "SecAggError", "Share", "chacha20_keystream", "expand_bytes",
+    "expand_ring", "expand_uniform", "interpolate_at_zero", "pair_seed", "public_key",
+    "reconstruct", "share",
 ]
