@@ -6,12 +6,25 @@ does arithmetic. See docs/secagg.md for the formulas (bit width, graph degree, s
 """
 
 from .errors import Problem, SecAggError
+from .graph import holders, neighbour_graph, ring_order, safe_threshold, share_xs, suggested_degree
 from .kdf import MaskKeyPair, pair_seed, public_key
 from .keystream import chacha20_keystream, expand_bytes, expand_ring, expand_uniform
+from .quantize import (
+    bits_needed,
+    clip_l2,
+    dequantize,
+    from_ring,
+    member_bound,
+    quantize,
+    stochastic_round,
+    to_ring,
+)
 from .shamir import Share, interpolate_at_zero, reconstruct, share
 
 __all__ = [
-    "MaskKeyPair", "Problem", "SecAggError", "Share", "chacha20_keystream", "expand_bytes",
-    "expand_ring", "expand_uniform", "interpolate_at_zero", "pair_seed", "public_key",
-    "reconstruct", "share",
+    "MaskKeyPair", "Problem", "SecAggError", "Share", "bits_needed", "chacha20_keystream",
+    "clip_l2", "dequantize", "expand_bytes", "expand_ring", "expand_uniform", "from_ring",
+    "holders", "interpolate_at_zero", "member_bound", "neighbour_graph", "pair_seed", "public_key",
+    "quantize", "reconstruct", "ring_order", "safe_threshold", "share", "share_xs",
+    "stochastic_round", "suggested_degree", "to_ring",
 ]
