@@ -9,6 +9,8 @@ from .errors import Problem, SecAggError
 from .graph import holders, neighbour_graph, ring_order, safe_threshold, share_xs, suggested_degree
 from .kdf import MaskKeyPair, pair_seed, public_key
 from .keystream import chacha20_keystream, expand_bytes, expand_ring, expand_uniform
+from .masking import mask_input, pair_mask, self_mask, unmask
+from .member import MemberSecrets, Released, ShareKind, ShareLedger
 from .quantize import (
     bits_needed,
     clip_l2,
@@ -19,12 +21,16 @@ from .quantize import (
     stochastic_round,
     to_ring,
 )
+from .recovery import Secrets, rebuild
+from .sealing import SharePair, open_pair, seal_pair
 from .shamir import Share, interpolate_at_zero, reconstruct, share
 
 __all__ = [
-    "MaskKeyPair", "Problem", "SecAggError", "Share", "bits_needed", "chacha20_keystream",
-    "clip_l2", "dequantize", "expand_bytes", "expand_ring", "expand_uniform", "from_ring",
-    "holders", "interpolate_at_zero", "member_bound", "neighbour_graph", "pair_seed", "public_key",
-    "quantize", "reconstruct", "ring_order", "safe_threshold", "share", "share_xs",
-    "stochastic_round", "suggested_degree", "to_ring",
+    "MaskKeyPair", "MemberSecrets", "Problem", "Released", "SecAggError", "Secrets", "Share",
+    "ShareKind", "ShareLedger", "SharePair", "bits_needed", "chacha20_keystream", "clip_l2",
+    "dequantize", "expand_bytes", "expand_ring", "expand_uniform", "from_ring", "holders",
+    "interpolate_at_zero", "mask_input", "member_bound", "neighbour_graph", "open_pair",
+    "pair_mask", "pair_seed", "public_key", "quantize", "rebuild", "reconstruct", "ring_order",
+    "safe_threshold", "seal_pair", "self_mask", "share", "share_xs", "stochastic_round",
+    "suggested_degree", "to_ring", "unmask",
 ]
