@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 from hypothesis import event, given, settings
@@ -14,8 +16,10 @@ from schemas.secagg import (
     bits_needed,
     from_ring,
     neighbour_graph,
+    noise_bound,
     quantize,
     self_mask,
+    skellam_noise,
     to_ring,
     unmask,
 )
@@ -177,3 +181,23 @@ def test_pair_masks_of_survivors_cancel_in_the_sum() -> None:
                     for m in members], axis=0)
     assert bucket.masked(members[0], zero).any()
     assert ((masked - selfs) % (1 << 12)).tolist() == [0] * 16
+
+
+def test_noised_inputs_sum_exactly_within_the_width_bits_needed_chose() -> None:
+    members, t, variance = _members(6), 4, 400.0
+    bits = bits_needed(len(members), CLIP * SCALE, CAP, noise_bound(variance, t))
+    bucket = SecureBucket.set_up("b-n", members, degree=3, share_threshold=3, bits=bits)
+    inputs = {m: q + skellam_noise(q.size, central_variance=variance, min_members=t)
+              for m, q in _quantised(members, 64, 11).items()}
+    survivors = set(members[:5])
+    total = bucket.aggregate({m: to_ring(v, bits) for m, v in inputs.items()},
+                             survivors=survivors, threshold=t)
+    assert np.array_equal(from_ring(total, bits), np.sum([inputs[m] for m in survivors], axis=0))
+
+
+def test_masking_a_million_coordinates_is_fast() -> None:
+    bucket = SecureBucket.set_up("b-m", _members(6), degree=4, share_threshold=3)
+    start = time.perf_counter()
+    masked = bucket.masked(_members(6)[0], np.zeros(1_000_000, dtype=np.uint32))
+    assert time.perf_counter() - start < 1.0  # five 4 MB keystreams: ≈ 0.04 s here
+    assert masked.size == 1_000_000 and int(masked.max()) < 1 << 16
