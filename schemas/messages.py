@@ -7,10 +7,12 @@ keys they do not know, so an older orchestrator accepts a newer agent's status.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, ClassVar
 
+from .annex import SCORE_BINS, FeatureStats, ModelAnnex
 from .tensors import Codec, CodecSpec, EncodedTensor
 
 PROTOCOL_VERSION = 1
@@ -141,6 +143,16 @@ class Status(Message):
     """Optional label histogram of the local data (metadata for fairness, never raw data)."""
     reason: str = ""
     busy_task: str = ""
+    feature_stats: FeatureStats | None = None
+    """Sent only while the published model asks for them (``ModelAnnex.wants_stats``)."""
+    scored: int = 0
+    """Samples the device scored for anomalies since it started (unsupervised models)."""
+    anomalies: int = 0
+    """Of those, how many scored above the federation's anomaly threshold."""
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.anomalies <= self.scored:
+            raise ValueError("anomalies must be in [0, scored]")
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,6 +202,15 @@ class EvalReport(Message):
     loss: float
     metric: float
     metric_name: str = "accuracy"
+    score_hist: list[float] = field(default_factory=list)
+    """For an unsupervised model: the held-out scores' histogram over ``SCORE_EDGES``, with
+    the task's ``score_noise`` added (empty: none)."""
+
+    def __post_init__(self) -> None:
+        if self.score_hist and len(self.score_hist) != SCORE_BINS:
+            raise ValueError(f"score_hist must have {SCORE_BINS} counts")
+        if not all(math.isfinite(c) for c in self.score_hist):
+            raise ValueError("score_hist must be finite")
 
 
 # -- orchestrator → device --------------------------------------------------------------------
@@ -234,6 +255,8 @@ class Task(Message):
     """adam: the second moment's decay."""
     weight_decay: float = 0.0
     """L2 on the gradient for sgd and momentum, decoupled (AdamW) for adam."""
+    score_noise: float = 0.0
+    """evaluate: the std of the Gaussian noise added to each count of ``score_hist``."""
 
     def __post_init__(self) -> None:
         if self.epochs <= 0 or self.batch_size <= 0:
@@ -246,6 +269,8 @@ class Task(Message):
             raise ValueError("momentum, beta1 and beta2 must be in [0, 1)")
         if not 0 <= self.weight_decay < float("inf"):
             raise ValueError("weight_decay must be a finite number >= 0")
+        if not 0 <= self.score_noise < float("inf"):
+            raise ValueError("score_noise must be a finite number >= 0")
 
 
 @dataclass(frozen=True, slots=True)
@@ -293,6 +318,7 @@ class ModelSnapshot(Message):
     created_ms: int = 0
     stopped: bool = False
     """The federation has stopped: agents keep this model and go idle."""
+    annex: ModelAnnex = field(default_factory=ModelAnnex)
 
 
 @dataclass(frozen=True, slots=True)
@@ -308,6 +334,7 @@ class ModelDelta(Message):
     arch_id: str = ""
     created_ms: int = 0
     stopped: bool = False
+    annex: ModelAnnex = field(default_factory=ModelAnnex)
 
 
 @dataclass(frozen=True, slots=True)

@@ -48,7 +48,8 @@ from schemas import (
     unseal_key,
     verify,
 )
-from schemas.messages import KeyAnnouncement, Optimizer
+from schemas.annex import SCORE_BINS, FeatureStats, ModelAnnex
+from schemas.messages import EvalReport, KeyAnnouncement, ModelDelta, ModelSnapshot, Optimizer
 
 SENDER_KEY = SigningKey(bytes(range(32)))
 RECEIVER_KEY = SigningKey(bytes(range(1, 33)))
@@ -64,6 +65,8 @@ ANY_VALUE: st.SearchStrategy[Any] = st.recursive(
     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(TEXT, inner, max_size=3),
     max_leaves=8,
 )
+
+ANNEXES = [ModelAnnex(), ModelAnnex([1.0, -2.0], [0.5, 3.0], 0.25, 4), ModelAnnex(wants_stats=True)]
 
 # Fields whose __post_init__ constrains them; everything else comes from its type hint.
 OVERRIDES: dict[tuple[type, str], st.SearchStrategy[Any]] = {
@@ -91,6 +94,17 @@ OVERRIDES: dict[tuple[type, str], st.SearchStrategy[Any]] = {
     (KeyAnnouncement, "generation"): st.integers(min_value=1, max_value=2**63 - 1),
     (CodecSpec, "chunk"): st.integers(min_value=0, max_value=2**20),
     (CodecSpec, "topk_fraction"): st.floats(min_value=1e-6, max_value=1.0),
+    (Task, "score_noise"): st.floats(min_value=0, max_value=10),
+    (EvalReport, "score_hist"): st.just([]) | st.lists(FLOATS, min_size=SCORE_BINS,
+                                                       max_size=SCORE_BINS),
+    (Status, "scored"): st.integers(min_value=0, max_value=2**62),
+    (Status, "anomalies"): st.just(0),
+    (Status, "feature_stats"): st.none() | st.builds(
+        FeatureStats, count=st.integers(min_value=1, max_value=2**40),
+        mean=st.lists(FLOATS, min_size=2, max_size=2),
+        m2=st.lists(st.floats(min_value=0, max_value=1e6), min_size=2, max_size=2)),
+    (ModelSnapshot, "annex"): st.sampled_from(ANNEXES),
+    (ModelDelta, "annex"): st.sampled_from(ANNEXES),
 }
 
 

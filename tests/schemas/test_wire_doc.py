@@ -41,11 +41,12 @@ from schemas import (
     Verdict,
 )
 from schemas._convert import to_wire
+from schemas.annex import FeatureStats, ModelAnnex
 from tests.support.paths import REPO
 
 DOC = REPO / "docs" / "wire-protocol.md"
 VALUE_TYPES: list[type] = [AckEntry, CodecSpec, EncodedTensor, Header, UpdateBatch, Bundle,
-                           Limits]
+                           Limits, ModelAnnex, FeatureStats]
 ENUMS: list[type[Enum]] = [AgentState, Thermal, AckOutcome, EnrollStatus, TaskAction,
                            ControlAction, Codec, UpKind, DownKind, Verdict, Optimizer]
 
