@@ -47,6 +47,7 @@ from .orchkeys import OrchestratorKeys
 from .outbox import Outbox, ResendPolicy
 from .probes import DeviceProbe, SysfsProbe
 from .rotation import KeyRotator
+from .scoring import AnomalyMonitor
 from .session import BrokerAddress, Session
 from .shared import AgentStats, Offload, Pace, ProbeReader, Pulse, Settings, Shutdown, signal_all
 from .signer import Signer
@@ -361,19 +362,23 @@ class Agent:
         self.log.info("state %s: seq %d, outbox %d, model %s, enrollment %s", state.path,
                       state.last_seq, len(outbox), models.version,
                       enrollment.status.value if enrollment else "none")
-        source = await self._data_source(state)
+        source = await self._data_source(state, models)
         return await self._build(state, outbox, models, tracker, status_due, source)
 
-    async def _data_source(self, state: LocalState) -> DirectorySource | None:
-        """The directory's window, rebuilt from what was consumed before (None: one file)."""
+    async def _data_source(self, state: LocalState,
+                           models: ModelKeeper) -> DirectorySource | None:
+        """The directory's window, rebuilt from what was consumed before (None: one file);
+        what arrives is also scored for anomalies."""
         if self._data_dir is None:
             return None
         c = self.config
+        monitor = AnomalyMonitor(models, stats=self.stats, offload=self._offload,
+                                 logger=self.log)
         source = DirectorySource(
             self._data_dir, store=state, window=c.window, poll_s=c.data_poll_s,
             max_file_bytes=c.max_data_file_bytes, holdout=c.holdout, salt=c.seed or 0,
             clock=self._clock, stats=self.stats, changed=self._changed, offload=self._offload,
-            logger=self.log)
+            logger=self.log, monitor=monitor)
         await source.load()
         self._training = source
         return source
@@ -394,7 +399,7 @@ class Agent:
                              enroll_secret=bytes.fromhex(self.bundle.enroll_secret),
                              device_class=config.device_class)
         reporter = Reporter(profile, signer=signer, tracker=tracker, models=models,
-                            outbox=outbox, pace=self._pace)
+                            outbox=outbox, pace=self._pace, stats=self.stats)
         tasks: asyncio.Queue[Task] = asyncio.Queue(config.max_queued_tasks)
         common: dict[str, Any] = {"clock": clock, "stats": self.stats, "changed": changed}
         login = BrokerLogin(state, self.bundle.mqtt_password, logger=self.log)

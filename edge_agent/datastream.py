@@ -59,6 +59,12 @@ class DataDirectory:
     supervised: bool = True
 
 
+class Monitor(Protocol):
+    """Told of each batch of samples as it arrives (``scoring.AnomalyMonitor``)."""
+
+    async def observe(self, data: LocalData) -> int | None: ...
+
+
 class ValueStore(Protocol):
     """Where the ledger is kept (the agent's ``LocalState``)."""
 
@@ -81,8 +87,9 @@ class DirectorySource:
     def __init__(self, spec: DataDirectory, *, store: ValueStore, window: int, poll_s: float,
                  max_file_bytes: int, holdout: float, salt: int, clock: Clock,
                  stats: AgentStats, changed: Pulse, offload: Offload, logger: logging.Logger,
-                 max_ledger: int = 1024) -> None:
+                 max_ledger: int = 1024, monitor: Monitor | None = None) -> None:
         self._spec = spec
+        self._monitor = monitor
         self._store = store
         self._poll_s = poll_s
         self._max_bytes = max_file_bytes
@@ -191,6 +198,8 @@ class DirectorySource:
         self._stats.data_samples += len(data)
         self._log.info("data: %s: %d samples in (window %d, %d evicted)", key.name, len(data),
                        len(self.window), evicted)
+        if self._monitor is not None:
+            await self._monitor.observe(data)
 
     def _refuse(self, key: FileKey, why: Refusal, line: str) -> None:
         self.ledger.record(key, 0)

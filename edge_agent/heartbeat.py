@@ -15,6 +15,7 @@ import logging
 from dataclasses import dataclass
 
 from schemas import AgentState, Enroll, FedmqError, Status, Topics, UpKind, enroll_mac
+from schemas.annex import FeatureStats
 
 from .clock import Clock, wait_for, wall_ms
 from .config import AGENT_VERSION, AgentConfig
@@ -65,13 +66,16 @@ class Reporter:
     Last Will (the session asks for one before each connection)."""
 
     def __init__(self, profile: Profile, *, signer: Signer, tracker: ActivityTracker,
-                 models: ModelKeeper, outbox: Outbox, pace: Pace) -> None:
+                 models: ModelKeeper, outbox: Outbox, pace: Pace, stats: AgentStats) -> None:
         self.profile = profile
         self.signer = signer
         self._tracker = tracker
         self._models = models
         self._outbox = outbox
         self._pace = pace
+        self._stats = stats
+        self._feature_stats: tuple[int, int, FeatureStats | None] | None = None
+        """(model version, samples, stats): computed once per model and training set size."""
 
     def status(self, state: AgentState, reason: str, device: DeviceState) -> Status:
         return Status(
@@ -89,7 +93,22 @@ class Reporter:
             label_counts=self.profile.label_counts,
             reason=reason,
             busy_task=self._tracker.current.training,
+            feature_stats=self._wanted_stats() if state is not AgentState.OFFLINE else None,
+            scored=self._stats.scored,
+            anomalies=self._stats.anomalies,
         )
+
+    def _wanted_stats(self) -> FeatureStats | None:
+        """The training set's feature statistics while the held model asks for them."""
+        held = self._models.current
+        if held is None or not held.stored.annex.wants_stats:
+            return None
+        train = self.profile.data.train
+        key = (held.stored.version, len(train))
+        if self._feature_stats is None or self._feature_stats[:2] != key:
+            stats = FeatureStats.of(train.X) if len(train) else None
+            self._feature_stats = (*key, stats)
+        return self._feature_stats[2]
 
     async def will(self) -> bytes:
         """The Last Will: a pre-signed offline status (its seq is reserved like any other)."""

@@ -137,8 +137,11 @@ class ModelReceiver:
             return Received(None, f"snapshot v{snap.version} is older than v{current.version}")
         if current is not None and snap.version == current.version:
             if snap.stopped != current.stopped:  # a stop, or a resume, of the federation
-                return Received(replace(current, stopped=snap.stopped),
+                return Received(replace(current, stopped=snap.stopped, annex=snap.annex),
                                 f"v{snap.version} {'stopped' if snap.stopped else 'resumed'}")
+            if snap.annex != current.annex:  # e.g. the threshold agreed for this version
+                return Received(replace(current, annex=snap.annex),
+                                f"v{snap.version} annex updated")
             return Received(None, f"already hold v{snap.version}")
         missing = [g for g in REQUIRED_GRAPHS if g not in snap.graphs]
         if missing:
@@ -146,7 +149,8 @@ class ModelReceiver:
         params = decode_params(snap.params, limits, "$.params")
         if params_digest(params) != snap.params_sha256:
             raise FedmqError(Reason.HASH_MISMATCH, f"snapshot v{snap.version} params digest")
-        model = StoredModel(snap.version, params, dict(snap.graphs), snap.arch_id, snap.stopped)
+        model = StoredModel(snap.version, params, dict(snap.graphs), snap.arch_id, snap.stopped,
+                            snap.annex)
         return Received(model, f"snapshot v{snap.version}")
 
     def _delta(self, delta: ModelDelta, current: StoredModel | None, limits: Limits) -> Received:
@@ -166,7 +170,8 @@ class ModelReceiver:
             raise FedmqError(Reason.SHAPE_MISMATCH, f"delta v{delta.version}: {exc}") from None
         if params_digest(params) != delta.params_sha256:
             raise FedmqError(Reason.HASH_MISMATCH, f"delta v{delta.version} params digest")
-        model = StoredModel(delta.version, params, current.graphs, current.arch_id, delta.stopped)
+        model = StoredModel(delta.version, params, current.graphs, current.arch_id, delta.stopped,
+                            delta.annex)
         return Received(model, f"delta v{delta.base_version}->v{delta.version}")
 
     # -- chunked messages -----------------------------------------------------------------------

@@ -7,12 +7,13 @@ msgpack list of ``[name, shape, float32 bytes]`` in graph order.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import msgpack
 import numpy as np
 
 from schemas import EnrollStatus, Params
+from schemas.annex import ModelAnnex
 
 from .errors import StateError
 
@@ -40,6 +41,8 @@ class StoredModel:
     graphs: dict[str, bytes]
     arch_id: str = ""
     stopped: bool = False
+    annex: ModelAnnex = field(default_factory=ModelAnnex)
+    """What the version carries besides its parameters (standardisation, threshold)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -49,6 +49,10 @@ class AgentStats:
     data_samples: int = 0
     data_refused: collections.Counter[str] = field(default_factory=collections.Counter)
     """Data files refused, by ``datastream.Refusal``."""
+    scored: int = 0
+    """Incoming samples scored for anomalies (``scoring.AnomalyMonitor``)."""
+    anomalies: int = 0
+    """Of those, the ones above the federation's threshold."""
 
 
 class Pulse:

@@ -27,7 +27,8 @@ import aiosqlite
 import msgpack
 from nacl.signing import SigningKey
 
-from schemas import EnrollStatus, Params, ReplayWindow
+from schemas import EnrollStatus, Params, ReplayWindow, ValidationError
+from schemas.annex import ModelAnnex, annex_from_record, annex_to_record
 
 from .errors import RevokedError, StateError
 from .records import (
@@ -46,6 +47,7 @@ _log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
 _RESIDUAL = "residual"
+_ANNEX = "model_annex"
 _REVOKED = "revoked"
 
 _SCHEMA = """
@@ -304,19 +306,22 @@ class LocalState:
     # -- model -------------------------------------------------------------------------------
 
     async def load_model(self) -> StoredModel | None:
-        async with self.reading() as db, db.execute(
-            "SELECT version, arch_id, params, graphs, stopped FROM model WHERE id = 1"
-        ) as cur:
-            row = await cur.fetchone()
+        async with self.reading() as db:
+            async with db.execute(
+                "SELECT version, arch_id, params, graphs, stopped FROM model WHERE id = 1"
+            ) as cur:
+                row = await cur.fetchone()
+            annex_blob = await _meta_get(db, _ANNEX)
         if row is None:
             return None
         try:
             graphs = msgpack.unpackb(row[3], raw=False)
             if not isinstance(graphs, dict):
                 raise ValueError("graphs are not a map")
+            annex = ModelAnnex() if annex_blob is None else annex_from_record(annex_blob)
             return StoredModel(int(row[0]), params_from_blob(row[2]), graphs, str(row[1]),
-                               bool(row[4]))
-        except (ValueError, TypeError, msgpack.UnpackException) as exc:
+                               bool(row[4]), annex)
+        except (ValueError, TypeError, msgpack.UnpackException, ValidationError) as exc:
             raise StateError(f"{self._path}: stored model is malformed ({exc})",
                              reason="malformed") from None
 
@@ -329,6 +334,7 @@ class LocalState:
                 "VALUES (1, ?, ?, ?, ?, ?)",
                 (model.version, model.arch_id, params, graphs, int(model.stopped)),
             )
+            await _meta_set(tx, _ANNEX, annex_to_record(model.annex))
 
 
 # -- helpers -----------------------------------------------------------------------------------

@@ -100,6 +100,11 @@ class OrtModel:
     def has_infer(self) -> bool:
         return self._infer is not None
 
+    @property
+    def scores(self) -> bool:
+        """The ``infer`` graph gives a per-sample ``score`` (an anomaly score)."""
+        return "score" in self._infer_outputs
+
     # -- training --------------------------------------------------------------------------
 
     def train(

@@ -24,9 +24,10 @@ from .activity import Activity, Pause
 from .clock import Clock, wait_for, wall_ms
 from .config import AgentConfig
 from .data import LocalData, TrainingSet
-from .errors import NotConnectedError, OversizedUpdateError
+from .errors import DataError, NotConnectedError, OversizedUpdateError
 from .keeper import LoadedModel, ModelKeeper
 from .probes import DeviceProbe, training_blocked
+from .scoring import model_input, noisy_score_histogram
 from .session import PUBLISH_RETRY_S, Session
 from .shared import AgentStats, Offload, Pace, ProbeReader, Pulse, Shutdown, run_to_end
 from .signer import Signer
@@ -156,7 +157,9 @@ class Worker:
             self._pause(why, task)
             return
         self._tracker.set(self._tracker.current.on_conditions_met())
-        train_data = self._data.train  # the window as it is now; it may slide meanwhile
+        train_data = self._model_input(task, self._data.train, loaded)  # the window as it is
+        if train_data is None:  # now; it may slide meanwhile
+            return
         if len(train_data) == 0:
             self._log.warning("task %s not trained: no local data yet", task.task_id)
             return
@@ -225,8 +228,21 @@ class Worker:
 
     # -- evaluation ----------------------------------------------------------------------------
 
+    def _model_input(self, task: Task, data: LocalData, loaded: LoadedModel) -> LocalData | None:
+        if loaded.stored.annex.wants_stats and task.action is TaskAction.TRAIN:
+            self._log.warning("task %s ignored: model v%d still waits for the federation's "
+                              "standardisation", task.task_id, loaded.stored.version)
+            return None
+        try:
+            return model_input(data, loaded.stored.annex)
+        except DataError as exc:
+            self._log.error("task %s ignored: %s", task.task_id, exc)
+            return None
+
     async def _evaluate(self, task: Task, loaded: LoadedModel) -> None:
-        ort, data = loaded.ort, self._data.holdout
+        ort, data = loaded.ort, self._model_input(task, self._data.holdout, loaded)
+        if data is None:
+            return
         if len(data) == 0:
             self._log.warning("task %s not evaluated: no held-out data yet", task.task_id)
             return
@@ -235,8 +251,11 @@ class Worker:
             return
         metrics = await self._offload.run(ort.evaluate, loaded.stored.params, data.X,
                                           data.y if ort.supervised else None)
+        hist = await self._offload.run(noisy_score_histogram, ort, loaded.stored.params, data.X,
+                                       task.score_noise)
         report = EvalReport(task.task_id, loaded.stored.version, len(data), metrics["loss"],
-                            metrics["metric"], "accuracy" if ort.supervised else "mse")
+                            metrics["metric"], "accuracy" if ort.supervised else "mse",
+                            score_hist=hist)
         try:
             await wait_for(self._clock, self._publish(report), self._config.publish_wait_s)
         except TimeoutError:
