@@ -28,6 +28,7 @@ from orchestrator.convergence.evaluation import (
 )
 from orchestrator.convergence.fedeval import FederatedEvaluation
 from orchestrator.convergence.resume import ResumeWatch
+from orchestrator.convergence.standardize import Standardizer
 from orchestrator.convergence.stopper import Stopper
 from orchestrator.convergence.stopping import StoppingRules, StoppingState
 from orchestrator.convergence.sync_rounds import SyncRounds
@@ -131,7 +132,7 @@ class _Restored:
 
 async def _restore(o: Opened) -> _Restored:
     cfg, store = o.config, o.store
-    start = await load_start(store, cfg.model, o.clock)
+    start = await load_start(store, cfg.model, o.clock, standardize=cfg.standardize.enabled)
     state = await store.server_state()
     stopped = json.loads(state[StateKey.STOPPED])["reason"] if StateKey.STOPPED in state \
         else None
@@ -258,7 +259,9 @@ def _lanes(o: Opened, r: _Restored, outbound: Outbound, selection: BasicSelectio
     """The control lanes with their enroll, status (tasking), eval and rotate handlers."""
     cfg, fed = o.config, o.config.federation
     fedeval = FederatedEvaluation(cfg.evaluation.federated_every,
-                                  cfg.evaluation.federated_devices)
+                                  cfg.evaluation.federated_devices,
+                                  quantile=cfg.anomaly.quantile,
+                                  min_samples=cfg.anomaly.min_samples)
     tasker = Tasker(config=cfg, head=r.head, selection=selection, outstanding=outstanding,
                     cadence=r.cadence, fedeval=fedeval, privacy=r.privacy, store=o.store,
                     counters=o.counters, clock=o.clock, rng=o.rng)
@@ -269,7 +272,10 @@ def _lanes(o: Opened, r: _Restored, outbound: Outbound, selection: BasicSelectio
             outbound=outbound, counters=o.counters),
         UpKind.STATUS.value: StatusHandler(fed=fed.id, registry=r.registry, book=r.book,
                                            tasker=tasker, outbound=outbound,
-                                           counters=o.counters, revocations=revocations),
+                                           counters=o.counters, revocations=revocations,
+                                           standardizer=Standardizer(
+                                               cfg.standardize, head=r.head, store=o.store,
+                                               counters=o.counters)),
         UpKind.EVAL.value: EvalHandler(fed=fed.id, registry=r.registry, book=r.book,
                                        head=r.head, fedeval=fedeval, store=o.store,
                                        counters=o.counters),

@@ -87,12 +87,14 @@ def render(fleet: Mapping[str, Any]) -> Group:
         ("federation ", "dim"), (str(fleet.get("federation")), "bold"),
         ("  version ", "dim"), (str(fleet.get("version")), "bold"),
         ("  online ", "dim"), (f"{totals.get('online', 0)}/{totals.get('devices', 0)}", "bold"),
-        ("  outbox backlog ", "dim"), (str(totals.get("outbox_backlog", 0)), "bold"))
+        ("  outbox backlog ", "dim"), (str(totals.get("outbox_backlog", 0)), "bold"),
+        ("  anomalies ", "dim"), (str(totals.get("anomalies", 0)), "bold"))
     table = Table(box=None, header_style="bold", pad_edge=False)
     for column, justify in (("DEVICE", "left"), ("CLASS", "left"), ("ONLINE", "left"),
                             ("LAST SEEN", "right"), ("BATTERY", "right"),
                             ("THERMAL", "left"), ("MODEL", "right"), ("OUTBOX", "right"),
-                            ("ACC/REJ", "right"), ("EPS", "right"), ("STANDING", "left")):
+                            ("ACC/REJ", "right"), ("EPS", "right"), ("ANOMALIES", "right"),
+                            ("STANDING", "left")):
         table.add_column(column, justify=justify, no_wrap=True)  # type: ignore[arg-type]
     for r in fleet.get("devices", []):
         battery = "-" if r["battery_pct"] is None else f"{r['battery_pct']:.0f}%"
@@ -109,9 +111,17 @@ def render(fleet: Mapping[str, Any]) -> Group:
             Text("online", "green") if r["online"] else Text("offline", "red"),
             ago(r["last_seen_ms"], now), battery, r["thermal"] or "-", model,
             str(r["outbox_len"]), f"{r['accepted']}/{r['rejected']}",
-            number(r["privacy_epsilon"]),
+            number(r["privacy_epsilon"]), _anomalies(r),
             Text(standing, "red" if r["status"] != "active" else ""))
     return Group(heading, table)
+
+
+def _anomalies(row: Mapping[str, Any]) -> Text:
+    """``flagged/scored`` (red when any is flagged), or ``-`` when nothing was scored."""
+    scored, flagged = row.get("scored", 0), row.get("anomalies", 0)
+    if not scored:
+        return Text("-")
+    return Text(f"{flagged}/{scored}", "red" if flagged else "")
 
 
 async def _status(args: argparse.Namespace) -> int:

@@ -17,6 +17,7 @@ from ._fields import ConfigError, Key, keys_of, read_section, shown
 from .sections import (
     SECTIONS,
     AggregationConfig,
+    AnomalyConfig,
     BrokerConfig,
     Config,
     EvaluationConfig,
@@ -29,6 +30,7 @@ from .sections import (
     PrivacyConfig,
     RobustnessConfig,
     SelectionConfig,
+    StandardizeConfig,
     StoppingConfig,
     TrainingConfig,
 )
@@ -93,6 +95,8 @@ def _assemble(v: dict[str, dict[str, Any]], source: Path | None) -> Config:
                   ingest, evaluation, stopping, source,
                   privacy=_privacy(v["privacy"], training, agg),
                   robustness=RobustnessConfig(**v["robustness"]),
+                  anomaly=AnomalyConfig(**v["anomaly"]),
+                  standardize=StandardizeConfig(**v["standardize"]),
                   metrics=MetricsConfig(**v["metrics"]), ops=OpsConfig(**v["ops"]),
                   limits=_limits(v["limits"], ingest))
 

@@ -34,6 +34,7 @@ __all__ = [
     "AccountantName",
     "AggregationConfig",
     "AggregationMode",
+    "AnomalyConfig",
     "BrokerConfig",
     "CodecName",
     "Config",
@@ -54,6 +55,7 @@ __all__ = [
     "RobustnessConfig",
     "SelectionConfig",
     "StalenessName",
+    "StandardizeConfig",
     "StoppingConfig",
     "Synchronous",
     "ThermalName",
@@ -360,6 +362,32 @@ class RobustnessConfig:
 
 
 @dataclass(frozen=True)
+class AnomalyConfig:
+    """The federated anomaly threshold of an unsupervised model (one whose ``infer`` graph
+    gives a ``score``): devices evaluating a version report noisy histograms of their
+    held-out scores, and the threshold is a quantile of their sum. Needs
+    ``evaluation.federated_every``."""
+
+    quantile: Annotated[float, within("(0, 1)"), "the share of healthy samples scored below "
+                        "the threshold"] = 0.99
+    score_noise: Annotated[float, ge(0), "std of the Gaussian noise each device adds to each "
+                           "histogram count (differential privacy; 0: none)"] = 2.0
+    min_samples: Annotated[int, gt(0), "held-out samples (summed over devices) a threshold "
+                           "needs"] = 500
+
+
+@dataclass(frozen=True)
+class StandardizeConfig:
+    """Federated feature standardisation: before any training, devices report their local
+    feature statistics; once enough have, a version fixes the federation-wide mean and
+    scale, which every later version keeps (the devices standardise their data with it)."""
+
+    enabled: Annotated[bool, "standardise the model's input features"] = False
+    min_devices: Annotated[int, gt(0), "devices whose statistics are pooled"] = 3
+    min_samples: Annotated[int, gt(0), "samples those devices hold in all"] = 100
+
+
+@dataclass(frozen=True)
 class MetricsConfig:
     """The Prometheus endpoint (``GET /metrics``): off unless ``port`` is set."""
 
@@ -387,6 +415,8 @@ SECTIONS: Final[dict[str, type]] = {
     "stopping": StoppingConfig,
     "privacy": PrivacyConfig,
     "robustness": RobustnessConfig,
+    "anomaly": AnomalyConfig,
+    "standardize": StandardizeConfig,
     "metrics": MetricsConfig,
     "ops": OpsConfig,
     "limits": LimitsConfig,
@@ -408,6 +438,8 @@ class Config:
     source: Path | None = None
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
     robustness: RobustnessConfig = field(default_factory=RobustnessConfig)
+    anomaly: AnomalyConfig = field(default_factory=AnomalyConfig)
+    standardize: StandardizeConfig = field(default_factory=StandardizeConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     ops: OpsConfig = field(default_factory=OpsConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)

@@ -25,6 +25,7 @@ from orchestrator.convergence.stopper import Stopper
 from orchestrator.errors import OrchestratorError
 from orchestrator.store import Store
 from orchestrator.versions.head import VersionHead
+from schemas.annex import ModelAnnex, standardize
 
 __all__ = ["EvaluationError", "EvaluationLoop", "ServerEvaluator", "load_validation_set"]
 
@@ -71,15 +72,29 @@ class ServerEvaluator:
             self._feeds["y"] = np.ascontiguousarray(data.y, np.int64)
         self._param_names = inputs - set(self._feeds)
         self.samples = len(data.X)
+        self._standardized: tuple[ModelAnnex, np.ndarray] | None = None
 
-    def evaluate(self, params: Mapping[str, np.ndarray]) -> dict[str, float]:
+    def evaluate(self, params: Mapping[str, np.ndarray],
+                 annex: ModelAnnex | None = None) -> dict[str, float]:
+        """``annex``: the version's, whose standardisation the data goes through."""
         missing = self._param_names - params.keys()
         if missing:
             raise EvaluationError(f"parameters missing for the eval graph: {sorted(missing)}")
         feeds = dict(self._feeds)
+        if annex is not None and annex.standardized:
+            feeds["X"] = self._standardize(annex)
         feeds.update({name: params[name] for name in self._param_names})
         loss, metric = self._session.run(["loss", "metric"], feeds)
         return {"loss": float(loss), "metric": float(metric), "samples": float(self.samples)}
+
+    def _standardize(self, annex: ModelAnnex) -> np.ndarray:
+        if self._standardized is None or self._standardized[0] != annex:
+            try:
+                x = standardize(self._feeds["X"], annex)
+            except ValueError as exc:
+                raise EvaluationError(f"evaluation.dataset: {exc}") from None
+            self._standardized = (annex, x)
+        return self._standardized[1]
 
 
 class EvaluationLoop:
@@ -104,7 +119,8 @@ class EvaluationLoop:
             model = self._head.current
             if model.version == self._evaluated:
                 continue
-            metrics = await asyncio.to_thread(self._evaluator.evaluate, model.params)
+            metrics = await asyncio.to_thread(self._evaluator.evaluate, model.params,
+                                              model.annex)
             await self._store.set_version_metrics(
                 model.version, {f"server_{k}": v for k, v in metrics.items()})
             self._evaluated = model.version

@@ -3,16 +3,21 @@ reports are combined, sample-weighted, into that version's metrics (pure; no I/O
 
 Every ``every``-th published version is offered to the first ``devices`` distinct devices that
 ask for work while it is current; each gets a ``Task(action=evaluate)``. A report counts only
-when it answers a task handed out here (same device and task id), once.
+when it answers a task handed out here (same device and task id), once. For an unsupervised
+model the reports carry noisy histograms of held-out anomaly scores: their sum gives the
+version's anomaly threshold (:func:`agreed_threshold`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
+
+from schemas.annex import SCORE_BINS, histogram_quantile
 from schemas.messages import EvalReport
 
-__all__ = ["FederatedEvaluation", "combine_reports"]
+__all__ = ["FederatedEvaluation", "agreed_threshold", "combine_reports"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -20,6 +25,20 @@ class _Report:
     samples: int
     loss: float
     metric: float
+    hist: list[float]
+
+
+def agreed_threshold(reports: list[tuple[int, list[float]]], quantile: float,
+                     min_samples: int) -> dict[str, float]:
+    """The anomaly threshold from the devices' ``(samples, noisy score histogram)``: the
+    ``quantile`` of the histograms' sum, once they describe at least ``min_samples``."""
+    usable = [(n, h) for n, h in reports if len(h) == SCORE_BINS and n > 0]
+    total = sum(n for n, _ in usable)
+    if not usable or total < min_samples:
+        return {}
+    summed = np.sum([np.asarray(h, dtype=np.float64) for _, h in usable], axis=0)
+    threshold, _ = histogram_quantile(summed.tolist(), quantile, total=total)
+    return {"anomaly_threshold": threshold, "anomaly_samples": float(total)}
 
 
 def combine_reports(reports: list[tuple[int, float, float]]) -> dict[str, float]:
@@ -42,6 +61,9 @@ class FederatedEvaluation:
     every: int
     """Evaluate versions divisible by this (0: never)."""
     devices: int
+    quantile: float = 0.99
+    """Of the score histograms: the anomaly threshold's quantile (``[anomaly]``)."""
+    min_samples: int = 500
     _asked: dict[int, set[str]] = field(default_factory=dict, init=False, repr=False)
     _tasks: dict[tuple[str, str], int] = field(default_factory=dict, init=False, repr=False)
     _reports: dict[int, dict[str, _Report]] = field(default_factory=dict, init=False,
@@ -75,6 +97,9 @@ class FederatedEvaluation:
             return None
         version = report.model_version
         per_version = self._reports.setdefault(version, {})
-        per_version[device_id] = _Report(report.num_samples, report.loss, report.metric)
+        per_version[device_id] = _Report(report.num_samples, report.loss, report.metric,
+                                         report.score_hist)
         combined = combine_reports([(r.samples, r.loss, r.metric) for r in per_version.values()])
+        combined.update(agreed_threshold([(r.samples, r.hist) for r in per_version.values()],
+                                         self.quantile, self.min_samples))
         return version, combined

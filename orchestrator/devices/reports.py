@@ -7,17 +7,20 @@ from __future__ import annotations
 import dataclasses
 import json
 from collections.abc import MutableMapping
+from dataclasses import replace
 from typing import Any, Protocol
 
 from nacl.signing import VerifyKey
 
 from orchestrator.convergence.fedeval import FederatedEvaluation
+from orchestrator.convergence.standardize import Standardizer
 from orchestrator.devices.registry import Registry
 from orchestrator.devices.replay_book import ReplayBook
 from orchestrator.devices.tasking import Tasker
 from orchestrator.link.sender import Outbound
 from orchestrator.store import Store
 from orchestrator.versions.head import VersionHead
+from schemas.annex import annex_to_record
 from schemas.envelope import Opened, check_header, decode_body, verify
 from schemas.errors import FedmqError, Reason
 from schemas.messages import EvalReport, Status
@@ -63,8 +66,11 @@ class StatusHandler:
 
     def __init__(self, *, fed: str, registry: Registry, book: ReplayBook, tasker: Tasker,
                  outbound: Outbound, counters: MutableMapping[str, int],
-                 revocations: RevocationReceipts | None = None) -> None:
+                 revocations: RevocationReceipts | None = None,
+                 standardizer: Standardizer | None = None) -> None:
+        """``standardizer``: told of the statistics in heartbeats (``[standardize]``)."""
         self._fed = fed
+        self._standardizer = standardizer
         self._registry = registry
         self._book = book
         self._tasker = tasker
@@ -87,6 +93,8 @@ class StatusHandler:
         await self._book.mark_seen(device_id, opened.header.seq, seen_ms=received_ms,
                                    last_status=json.dumps(_jsonable(status)).encode())
         self._counters["status"] += 1
+        if self._standardizer is not None:
+            await self._standardizer.observe(device_id, status.feature_stats)
         answer = await self._tasker.answer(device_id, status)
         if answer is not None:
             await self._outbound.send(device_id, DownKind.TASK, answer)
@@ -138,8 +146,31 @@ class EvalHandler:
             if folded is not None and folded[0] == report.model_version:
                 metrics.update(folded[1])
             await self._store.set_version_metrics(report.model_version, metrics)
+            threshold = metrics.get("anomaly_threshold")
+            if isinstance(threshold, float):
+                await self._agreed(report.model_version, threshold)
         self._counters["eval_reports"] += 1
+
+    async def _agreed(self, version: int, threshold: float) -> None:
+        """A threshold agreed for ``version`` goes out with the current version (unless one
+        agreed for a later version already does)."""
+        annex = self._head.current.annex
+        if annex.threshold_version is not None and annex.threshold_version > version:
+            return
+        new = replace(annex, anomaly_threshold=threshold, threshold_version=version)
+        if new == annex:
+            return
+        # recorded on the version it goes out with, so that a restart publishes it again
+        await self._store.set_version_metrics(self._head.version,
+                                              {"annex": annex_to_record(new)})
+        await self._head.annotate(new)
+        self._counters["anomaly.thresholds"] += 1
+
+
+_NOT_KEPT = frozenset({"feature_stats"})
+"""Status fields not kept in the registry's last status (used once, and kilobytes large)."""
 
 
 def _jsonable(status: Status) -> dict[str, Any]:
-    return {f.name: getattr(status, f.name) for f in dataclasses.fields(status)}
+    return {f.name: getattr(status, f.name) for f in dataclasses.fields(status)
+            if f.name not in _NOT_KEPT}

@@ -59,6 +59,8 @@ class FleetView:
     busy: bool
     version: int
     """What a training task would train on (the published version, or the round's)."""
+    standardizing: bool = False
+    """The federation waits for its feature standardisation: no training yet."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +88,8 @@ def decide(device: str, status: Status, view: FleetView, selection: BasicSelecti
         # checked here, not through the selection's budget_left hook: the device is told the
         # protocol reason (budget_exhausted)
         return Defer(DORMANT_RETRY_MS, Reason.BUDGET_EXHAUSTED.value)
+    if view.standardizing:
+        return Defer(NO_MODEL_RETRY_MS, "standardizing")
     if view.evaluate:
         return Evaluate(view.published)
     decision = selection.decide(device, status, outstanding=view.outstanding, busy=view.busy,
@@ -123,9 +127,13 @@ class Tasker:
         evaluate = (published is not None and not busy
                     and self._fedeval.wants(device, published)
                     and self._selection.unfit(status) is None)  # evaluation spends battery too
+        # until the standardisation went out, a device holds a model without it
+        standardizing = (self._head.current.annex.wants_stats
+                         or self._head.published_annex.wants_stats)
         return FleetView(stopped=self._head.stopped is not None, published=published,
                          budget_left=self._privacy.budget_left(device), evaluate=evaluate,
-                         outstanding=slot.outstanding, busy=slot.busy, version=slot.version)
+                         outstanding=slot.outstanding, busy=slot.busy, version=slot.version,
+                         standardizing=standardizing)
 
     async def answer(self, device: str, status: Status) -> Task | Defer | None:
         if status.state not in _ASKING:
@@ -149,7 +157,8 @@ class Tasker:
     def _evaluation(self, device: str, version: int, now: int) -> Task:
         task = Task(task_id=self._task_id(), model_version=version,
                     action=TaskAction.EVALUATE,
-                    deadline_ms=now + int(self._config.training.deadline_s * 1000))
+                    deadline_ms=now + int(self._config.training.deadline_s * 1000),
+                    score_noise=self._config.anomaly.score_noise)
         self._fedeval.on_task(device, task.task_id, version)
         self._counters["tasks.evaluate"] += 1
         return task

@@ -39,7 +39,7 @@ ONLINE_HEARTBEATS = 3.0
 DEVICE_FIELDS = (
     "device_id", "class", "status", "online", "state", "last_seen_ms", "battery_pct",
     "charging", "thermal", "model_version", "staleness", "outbox_len", "accepted", "rejected",
-    "quarantined", "isolated", "privacy_epsilon",
+    "quarantined", "isolated", "privacy_epsilon", "scored", "anomalies",
 )
 """The keys of every device row, in display order."""
 
@@ -54,6 +54,10 @@ def _last_status(device: Device) -> dict[str, Any]:
     except (ValueError, UnicodeDecodeError):
         return {}  # a row written by an older service: show the registry fields only
     return value if isinstance(value, dict) else {}
+
+
+def _count(value: Any) -> int:
+    return max(0, value) if isinstance(value, int) and not isinstance(value, bool) else 0
 
 
 def _number(value: Any) -> float | None:
@@ -94,13 +98,14 @@ def device_row(
         "model_version": model_version,
         "staleness": (max(0, current_version - model_version)
                       if model_version is not None else None),
-        "outbox_len": (max(0, outbox) if isinstance(outbox, int) and not isinstance(outbox, bool)
-                       else 0),
+        "outbox_len": _count(outbox),
         "accepted": device.accepted_count,
         "rejected": device.rejected_count,
         "quarantined": device.quarantine_count,
         "isolated": device.status == "isolated",
         "privacy_epsilon": privacy_epsilon,
+        "scored": _count(status.get("scored")),
+        "anomalies": _count(status.get("anomalies")),
     }
 
 
@@ -132,10 +137,12 @@ class FleetTotals:
     """Online devices by their reported agent state; offline ones count as ``offline``."""
     outbox_backlog: int
     """The sum of the online devices' reported outbox lengths."""
+    anomalies: int = 0
+    """The sum of the devices' reported anomaly counts (since each started)."""
 
     def to_dict(self) -> dict[str, Any]:
         return {"devices": self.devices, "online": self.online, "by_state": self.by_state,
-                "outbox_backlog": self.outbox_backlog}
+                "outbox_backlog": self.outbox_backlog, "anomalies": self.anomalies}
 
 
 def fleet_totals(rows: Sequence[Mapping[str, Any]]) -> FleetTotals:
@@ -149,7 +156,8 @@ def fleet_totals(rows: Sequence[Mapping[str, Any]]) -> FleetTotals:
         # an offline device's outbox is still waiting: count what it last reported
         backlog += int(row["outbox_len"])
     return FleetTotals(devices=len(rows), online=sum(1 for r in rows if r["online"]),
-                       by_state=dict(sorted(states.items())), outbox_backlog=backlog)
+                       by_state=dict(sorted(states.items())), outbox_backlog=backlog,
+                       anomalies=sum(int(r["anomalies"]) for r in rows))
 
 
 def select_rows(

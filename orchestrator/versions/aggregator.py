@@ -34,6 +34,7 @@ from orchestrator.versions.cadence import Cadence
 from orchestrator.versions.guard import RobustGuard
 from orchestrator.versions.head import ModelVersion, VersionHead
 from orchestrator.versions.rollback import RollbackError, apply_rollback, pending_rollback
+from schemas.annex import annex_to_record
 from schemas.tensors import Params
 from schemas.topics import ORCHESTRATOR_SENDER
 
@@ -146,7 +147,9 @@ class Aggregator:
                 applied=dict(result.weights), dropped=dict(result.dropped),
                 server_state={StateKey.OPTIMIZER: optimizer.state_dict(), **self._guard.state(),
                               **(plan.server_state if plan is not None else {})},
-                metrics=_version_metrics(result, staleness, drift),
+                metrics={**_version_metrics(result, staleness, drift),
+                         # inherited: the standardisation, and the threshold agreed so far
+                         "annex": annex_to_record(model.annex)},
                 privacy=plan.charges if plan is not None else None,
             )
         except BaseException:
@@ -178,7 +181,8 @@ class Aggregator:
 
     async def _advance(self, info: VersionInfo, params: Params) -> None:
         await self._head.advance(ModelVersion(info.version, params, info.arch_hash,
-                                              info.created_ms, info.parent))
+                                              info.created_ms, info.parent,
+                                              self._head.current.annex))
         self._metrics.set_version(info.version)
 
     async def _apply_rollback(self) -> None:

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
+from schemas.annex import ModelAnnex
 from schemas.tensors import Params
 
 __all__ = ["ModelVersion", "VersionHead"]
@@ -19,6 +20,8 @@ class ModelVersion:
     arch_hash: str
     created_ms: int
     parent: int | None
+    annex: ModelAnnex = field(default_factory=ModelAnnex)
+    """Published with it: the input standardisation, the anomaly threshold agreed so far."""
 
 
 class VersionHead:
@@ -29,6 +32,7 @@ class VersionHead:
         self._model = model
         self._shapes = {name: tuple(p.shape) for name, p in model.params.items()}
         self._published: tuple[int, Params] | None = None
+        self._published_annex = ModelAnnex()
         self._stopped = stopped
         self._changed = asyncio.Condition()
         self._watchers: list[asyncio.Event] = []
@@ -51,6 +55,11 @@ class VersionHead:
         return self._published
 
     @property
+    def published_annex(self) -> ModelAnnex:
+        """The annex of the last complete publication."""
+        return self._published_annex
+
+    @property
     def published_version(self) -> int | None:
         return self._published[0] if self._published is not None else None
 
@@ -70,8 +79,15 @@ class VersionHead:
         self._model = model
         await self._notify()
 
-    async def mark_published(self, version: int, params: Params) -> None:
+    async def annotate(self, annex: ModelAnnex) -> None:
+        """The current version's annex changed (e.g. its anomaly threshold was agreed)."""
+        self._model = replace(self._model, annex=annex)
+        await self._notify()
+
+    async def mark_published(self, version: int, params: Params,
+                             annex: ModelAnnex | None = None) -> None:
         self._published = (version, params)
+        self._published_annex = annex if annex is not None else ModelAnnex()
         await self._notify()
 
     async def mark_stopped(self, reason: str | None) -> None:

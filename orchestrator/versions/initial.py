@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Any
 
 from orchestrator.clock import Clock
 from orchestrator.config import ModelConfig
@@ -19,6 +20,8 @@ from orchestrator.models.architecture import (
 from orchestrator.store import AuditEvent, Store
 from orchestrator.store.state_keys import StateKey
 from orchestrator.versions.head import ModelVersion
+from schemas.annex import ModelAnnex, annex_from_record
+from schemas.errors import ValidationError
 from schemas.tensors import Params
 from schemas.topics import ORCHESTRATOR_SENDER
 
@@ -35,7 +38,10 @@ class Start:
     """The latest version's parent and its parameters: the first publication's delta base."""
 
 
-async def load_start(store: Store, config: ModelConfig, clock: Clock) -> Start:
+async def load_start(store: Store, config: ModelConfig, clock: Clock, *,
+                     standardize: bool = False) -> Start:
+    """``standardize``: the federation standardises its features (``[standardize]``); until
+    a version fixed the standardisation, the published model asks devices for statistics."""
     latest = await store.latest_version()
     if latest is None:
         arch, params = await asyncio.to_thread(initial_model, config)
@@ -58,5 +64,19 @@ async def load_start(store: Store, config: ModelConfig, clock: Clock) -> Start:
     parent = None
     if info.parent is not None:
         parent = (info.parent, (await store.get_version(info.parent)).params)
-    model = ModelVersion(info.version, params, info.arch_hash, info.created_ms, info.parent)
+    annex = _annex(info.metrics.get("annex"), info.version)
+    annex = replace(annex, wants_stats=standardize and not annex.standardized)
+    model = ModelVersion(info.version, params, info.arch_hash, info.created_ms, info.parent,
+                         annex)
     return Start(model, arch, parent)
+
+
+def _annex(record: Any, version: int) -> ModelAnnex:
+    if record is None:
+        return ModelAnnex()
+    try:
+        return annex_from_record(record)
+    except ValidationError as exc:
+        log.warning("version %d's annex is unreadable (%s); publishing it without", version,
+                    exc)
+        return ModelAnnex()

@@ -4,7 +4,8 @@ Versions made while a publication waits are coalesced: the latest one goes out (
 downloads every publication, so 50 versions a second would be 50 snapshots a second to every
 device). The delta goes from what was published last (at start-up: from the latest version's
 parent). A stop republishes the same version with ``stopped``; every (re)connect republishes
-it too, since the broker may have lost its retained messages.
+it too, since the broker may have lost its retained messages; so does a change of its annex
+(the anomaly threshold agreed for it, the federation's standardisation).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from orchestrator.clock import Clock
 from orchestrator.link.mqtt import NotConnectedError
 from orchestrator.versions.head import VersionHead
 from orchestrator.versions.publisher import ModelPublisher, ModelRelease
+from schemas.annex import ModelAnnex
 from schemas.tensors import Params
 
 __all__ = ["Publication"]
@@ -36,8 +38,8 @@ class Publication:
         self._counters = counters
         self._due = head.watch()
         self._republish = True
-        self._sent: tuple[int, bool] | None = None
-        """(version, stopped) of what is retained on the broker now."""
+        self._sent: tuple[int, bool, ModelAnnex] | None = None
+        """(version, stopped, annex) of what is retained on the broker now."""
         self._base = first_base
         """The delta base of the last publication (a republication reuses it)."""
 
@@ -58,7 +60,7 @@ class Publication:
     async def _publish_latest(self) -> bool:
         model = self._head.current
         stopped = self._head.stopped is not None
-        if self._sent == (model.version, stopped) and not self._republish:
+        if self._sent == (model.version, stopped, model.annex) and not self._republish:
             return False
         published = self._head.published
         base = published if published is not None and published[0] < model.version \
@@ -66,7 +68,7 @@ class Publication:
         republish, self._republish = self._republish, False
         release = ModelRelease(version=model.version, params=model.params, graphs=self._graphs,
                                parent=model.parent, created_ms=model.created_ms,
-                               stopped=stopped, base=base)
+                               stopped=stopped, base=base, annex=model.annex)
         try:
             await self._publisher.publish(release)
         except NotConnectedError as exc:
@@ -74,7 +76,7 @@ class Publication:
             self._republish = self._republish or republish
             return False  # the next connect triggers it again
         self._base = base
-        self._sent = (model.version, stopped)
+        self._sent = (model.version, stopped, model.annex)
         self._counters["published"] += 1
-        await self._head.mark_published(model.version, model.params)
+        await self._head.mark_published(model.version, model.params, model.annex)
         return True

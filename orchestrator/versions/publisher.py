@@ -23,6 +23,7 @@ from nacl.signing import SigningKey
 from orchestrator.errors import OrchestratorError
 from orchestrator.link.sender import Outbound
 from orchestrator.store.state_keys import ServerState, StateKey
+from schemas.annex import ModelAnnex
 from schemas.envelope import pack
 from schemas.messages import Chunk, ChunkManifest, Message, ModelDelta, ModelSnapshot
 from schemas.tensors import (
@@ -75,6 +76,7 @@ class ModelRelease:
     created_ms: int
     stopped: bool = False
     base: tuple[int, Params] | None = field(default=None, repr=False)
+    annex: ModelAnnex = field(default_factory=ModelAnnex)
 
 
 @dataclass(frozen=True)
@@ -136,6 +138,7 @@ def build_release(
         parent=release.parent,
         created_ms=release.created_ms,
         stopped=release.stopped,
+        annex=release.annex,
     )
     models: list[tuple[str, Message]] = [(topics.model, snapshot)]
     if release.base is not None:
@@ -149,6 +152,7 @@ def build_release(
             arch_id=aid,
             created_ms=release.created_ms,
             stopped=release.stopped,
+            annex=release.annex,
         )))
     chunks: list[Outgoing] = []
     messages: list[Outgoing] = []

@@ -139,7 +139,7 @@ async def test_operator_enrolls_and_reads_the_fleet(
     assert one["status"] == "active" and one["isolated"] is False
     assert two["online"] is False and two["state"] == "offline" and two["battery_pct"] == 12.0
     assert fleet["totals"] == {"devices": 2, "online": 1, "by_state": {"idle": 1, "offline": 1},
-                               "outbox_backlog": 3}
+                               "outbox_backlog": 3, "anomalies": 0}
     # enrollment and the commands are on record
     enrolled = await orch.store.list_audit(event="enrolled", device="ops-1")
     assert len(enrolled) == 1

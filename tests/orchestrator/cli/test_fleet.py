@@ -98,7 +98,7 @@ async def test_fleet_status_lists_filters_and_sorts(
     doc = json.loads(out)
     assert doc["federation"] == "testfed" and doc["version"] == 0
     assert doc["totals"] == {"devices": 3, "online": 2, "outbox_backlog": 5,
-                             "by_state": {"idle": 2, "offline": 1}}
+                             "by_state": {"idle": 2, "offline": 1}, "anomalies": 0}
     rows = {r["device_id"]: r for r in doc["devices"]}
     assert list(rows) == ["dev-a", "dev-b", "dev-c"]
     assert rows["dev-a"] | {"last_seen_ms": None} == {
@@ -106,7 +106,7 @@ async def test_fleet_status_lists_filters_and_sorts(
         "state": "idle", "last_seen_ms": None, "battery_pct": 90.0, "charging": True,
         "thermal": "nominal", "model_version": 0, "staleness": 0, "outbox_len": 1,
         "accepted": 1, "rejected": 0, "quarantined": 0, "isolated": False,
-        "privacy_epsilon": None}
+        "privacy_epsilon": None, "scored": 0, "anomalies": 0}
     assert rows["dev-b"]["online"] is False and rows["dev-b"]["class"] is None
     assert (rows["dev-c"]["class"], rows["dev-c"]["thermal"]) == ("sensor", "serious")
     assert (rows["dev-c"]["accepted"], rows["dev-c"]["rejected"]) == (1, 1)

@@ -53,12 +53,15 @@ def test_rows_read_the_heartbeat_defensively() -> None:
                                        "battery_pct": "full", "outbox_len": -0.5}),
                      now_ms=NOW, current_version=5, heartbeat_s=10)
     assert (odd["model_version"], odd["battery_pct"], odd["outbox_len"]) == (None, None, 0)
+    forged = device_row(device("d", last={"state": "idle", "scored": "many", "anomalies": -4}),
+                        now_ms=NOW, current_version=5, heartbeat_s=10)
+    assert (forged["scored"], forged["anomalies"]) == (0, 0)
 
 
 def test_totals_filters_and_sorting() -> None:
     rows = fleet_rows([
         device("c", last={"state": "idle", "battery_pct": 20.0, "model_version": 5,
-                          "outbox_len": 1}),
+                          "outbox_len": 1, "scored": 40, "anomalies": 3}),
         device("a", last={"state": "training", "battery_pct": 80.0, "model_version": 3}),
         device("b", last={"state": "offline", "outbox_len": 6}),
         device("ops", role="operator", last={"state": "idle"}),
@@ -66,7 +69,9 @@ def test_totals_filters_and_sorting() -> None:
     assert [r["device_id"] for r in rows] == ["a", "b", "c"]
     totals = fleet_totals(rows)
     assert totals.to_dict() == {"devices": 3, "online": 2, "outbox_backlog": 7,
-                                "by_state": {"idle": 1, "offline": 1, "training": 1}}
+                                "by_state": {"idle": 1, "offline": 1, "training": 1},
+                                "anomalies": 3}
+    assert [(r["scored"], r["anomalies"]) for r in rows] == [(0, 0), (0, 0), (40, 3)]
 
     def ids(**kw: Any) -> list[str]:
         return [r["device_id"] for r in select_rows(rows, **kw)]
