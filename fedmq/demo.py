@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import shutil
 import sys
@@ -27,17 +28,19 @@ from typing import Any, TextIO
 import numpy as np
 
 from edge_agent.config import AgentConfig
-from fedmq.demo_tasks import TASKS, DemoTask
+from fedmq.demo_tasks import TASKS, AnomalyFigures, AnomalyTest, DemoTask, score_anomalies
 from fedmq.errors import ToolError
 from fedmq.simulate import Fleet, FleetData, FleetSpec, provision_fleet
 from orchestrator.broker import pick_free_port
 from orchestrator.config import Config, ConfigError, load_config
+from orchestrator.models.architecture import unpack_architecture
 from orchestrator.privacy import FederationAccountant
 from orchestrator.report import write_report
 from orchestrator.service import Orchestrator
 from orchestrator.store import Store
 from orchestrator.store.state_keys import StateKey
 from orchestrator.versions.export import export_version
+from schemas.annex import annex_from_record
 
 _MARKER = ".fedmq-demo"
 
@@ -80,14 +83,17 @@ synchronous = "NORMAL"
 
 [evaluation]
 dataset = "{validation}"
-
+{evaluation}
 [stopping]
+{stopping}{extra}{privacy}"""
+
+STOPPING = """\
 target_metric = {target}
 patience = {patience}
 min_delta = 0.002
 max_versions = 200
 max_wall_s = {max_wall_s}
-{privacy}"""
+"""
 
 DP_SECTION = """
 [privacy]
@@ -111,9 +117,12 @@ class DemoResult:
     elapsed_s: float
     epsilon: float | None = None
     """The federation's DP epsilon (at delta 1e-5) when ``--dp`` was on."""
+    anomaly: AnomalyFigures | None = None
+    """The ``anomaly`` task: what the final model flags at the agreed threshold."""
 
     def to_dict(self) -> dict[str, Any]:
         return {
+            **(dataclasses.asdict(self.anomaly) if self.anomaly is not None else {}),
             "epsilon": self.epsilon,
             "final_accuracy": self.final_accuracy, "versions": self.versions,
             "updates_accepted": self.updates_accepted,
@@ -143,6 +152,7 @@ class DemoSetup:
     task: DemoTask
     description: str
     """The data, in words, for the demo's first line."""
+    anomaly_test: AnomalyTest | None = None
 
 
 def prepare_demo(out: Path, *, task: str = "digits", devices: int = 20, k: int = 10,
@@ -160,22 +170,27 @@ def prepare_demo(out: Path, *, task: str = "digits", devices: int = 20, k: int =
                      seed=seed, battery_fraction=0.5, time_scale=60.0)
     prepared = chosen.prepare(out, spec)
     data = prepared.data
-    assert data.test.y is not None  # every demo task is labelled
-    np.savez(out / "validation.npz", X=data.test.X, y=data.test.y)
+    if data.test.y is None:  # unlabeled (the anomaly task)
+        np.savez(out / "validation.npz", X=data.test.X)
+    else:
+        np.savez(out / "validation.npz", X=data.test.X, y=data.test.y)
     config_path = out / "orchestrator.toml"
     training = chosen.training
+    wall = chosen.max_wall_s if max_wall_s is None else max_wall_s
+    stopping = (chosen.stopping or STOPPING).format(
+        target=chosen.target if target is None else target, max_wall_s=wall,
+        patience=30 if dp else 15)
     config_path.write_text(CONFIG_TEMPLATE.format(
         config_path=config_path, port=pick_free_port(), model=prepared.model_section,
         epochs=training.epochs, batch_size=training.batch_size, lr=training.lr,
-        k=k, concurrency=max(k + k // 2, 2),
-        target=chosen.target if target is None else target,
-        validation=out / "validation.npz",
-        max_wall_s=chosen.max_wall_s if max_wall_s is None else max_wall_s,
+        k=k, concurrency=max(k + k // 2, 2), validation=out / "validation.npz",
         # with DP every version adds noise: smaller server steps average more of it away
-        server_lr=0.5 if dp else 1.0, patience=30 if dp else 15,
+        server_lr=0.5 if dp else 1.0, stopping=stopping, evaluation=chosen.evaluation,
+        extra=chosen.extra_config.format(min_devices=max(1, devices // 2)),
         privacy=DP_SECTION if dp else ""))
     return DemoSetup(out=out, config=load_config(config_path), spec=spec, data=data,
-                     task=chosen, description=prepared.description)
+                     task=chosen, description=prepared.description,
+                     anomaly_test=prepared.anomaly_test)
 
 
 async def run_demo(setup: DemoSetup, *, progress: TextIO = sys.stdout) -> DemoResult:
@@ -186,10 +201,10 @@ async def run_demo(setup: DemoSetup, *, progress: TextIO = sys.stdout) -> DemoRe
           f"{setup.description}; output in {out}", file=progress)
 
     async with Orchestrator(config) as orch:
-        agent_config = AgentConfig(heartbeat_s=2.0, holdout=0.2)
+        agent_config = AgentConfig(heartbeat_s=2.0, holdout=setup.task.holdout)
         async with Fleet(bundles, data.shards, out / "agents", spec,
                          agent_config=agent_config) as fleet:
-            await _watch(orch, fleet, progress)
+            await _watch(orch, fleet, progress, setup.task.metric_name)
         stop_reason = orch.stopped_reason or "interrupted"
         counters = dict(orch.counters)
 
@@ -204,17 +219,24 @@ async def run_demo(setup: DemoSetup, *, progress: TextIO = sys.stdout) -> DemoRe
         accuracy = version.info.metrics.get("server_metric")
         epsilon = await _epsilon(store)
         await export_version(store, latest.version, model_path)
+        anomaly = None
+        if setup.anomaly_test is not None:
+            annex = annex_from_record(version.info.metrics.get("annex", {}))
+            graphs = unpack_architecture(await store.get_architecture(latest.arch_hash)).graphs
+            anomaly = await asyncio.to_thread(score_anomalies, graphs, version.params, annex,
+                                              setup.anomaly_test)
         accepted = sum(n for (status, _), n in (await store.ledger_counts()).items()
                        if status in ("buffered", "applied"))
         rejected = sum(n for (status, _), n in (await store.ledger_counts()).items()
                        if status in ("rejected", "quarantined"))
     del counters, report  # the demo reports from the store, the single source of truth
     return DemoResult(
-        final_accuracy=float(accuracy) if isinstance(accuracy, int | float) else None,
+        final_accuracy=(float(accuracy) if isinstance(accuracy, int | float)
+                        and setup.task.metric_name == "accuracy" else None),
         versions=latest.version, updates_accepted=accepted, updates_rejected=rejected,
         stop_reason=stop_reason, report_dir=str(out / "report"), model_path=str(model_path),
         elapsed_s=time.monotonic() - started,
-        epsilon=epsilon,
+        epsilon=epsilon, anomaly=anomaly,
     )
 
 
@@ -226,7 +248,8 @@ async def _epsilon(store: Store) -> float | None:
     return await asyncio.to_thread(lambda: FederationAccountant.from_state(state).epsilon())
 
 
-async def _watch(orch: Orchestrator, fleet: Fleet, progress: TextIO) -> None:
+async def _watch(orch: Orchestrator, fleet: Fleet, progress: TextIO,
+                 metric_name: str = "accuracy") -> None:
     """Print a progress line per new version (and a heartbeat line now and then) until the
     orchestrator stops the federation."""
     stopped = asyncio.create_task(orch.wait_stopped())
@@ -244,7 +267,7 @@ async def _watch(orch: Orchestrator, fleet: Fleet, progress: TextIO) -> None:
             last_accepted, last_t = accepted, now
             metric = await _latest_metric(orch)
             acc = f"{metric:.3f}" if isinstance(metric, float) else "  -  "
-            print(f"  version {version:3d}  accuracy {acc}  ingest {rate:6.1f} updates/s  "
+            print(f"  version {version:3d}  {metric_name} {acc}  ingest {rate:6.1f} updates/s  "
                   f"devices online {fleet.online():2d}/{len(fleet.agents)}  "
                   f"buffer {orch.buffered}", file=progress, flush=True)
             last_version, last_print = version, now
@@ -259,6 +282,17 @@ async def _latest_metric(orch: Orchestrator) -> float | None:
         if isinstance(value, int | float):
             return float(value)
     return None
+
+
+def _anomaly_line(figures: AnomalyFigures | None) -> str:
+    if figures is None:
+        return ""
+    if figures.threshold is None or figures.detection_rate is None:
+        return "anomaly threshold: none agreed (too few devices evaluated)\n"
+    assert figures.false_positive_rate is not None
+    return (f"anomaly threshold {figures.threshold:.4g} (agreed on v{figures.threshold_version}): "
+            f"flags {figures.detection_rate:.1%} of injected faults, "
+            f"{figures.false_positive_rate:.1%} of healthy windows\n")
 
 
 def main(argv: list[str]) -> int:
@@ -301,7 +335,7 @@ def main(argv: list[str]) -> int:
         privacy = ("" if result.epsilon is None else
                    f"privacy: epsilon {result.epsilon:.2f} at delta 1e-5 "
                    f"(fedmq privacy report --config {setup.out / 'orchestrator.toml'})\n")
-        print(f"\nfinal accuracy {acc} after {result.versions} versions "
+        print(f"\n{_anomaly_line(result.anomaly)}final accuracy {acc} after {result.versions} versions "
               f"({result.stop_reason}); updates accepted {result.updates_accepted}, "
               f"rejected {result.updates_rejected}; {result.elapsed_s:.0f} s\n{privacy}"
               f"report: {result.report_dir}/summary.md\nmodel:  {result.model_path}")

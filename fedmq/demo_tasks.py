@@ -6,7 +6,11 @@ training settings and stopping defaults that suit it.
 built-in MLP; ``digits-cnn``: the same shards on the 2-D CNN in
 ``examples/models/conv2d_digits.onnx``. ``vibration``: synthetic 3-axis machine vibration
 (:mod:`fedmq.datasets.vibration`), each device its own machine, on the 1-D CNN in
-``examples/models/conv1d_vibration.onnx``. Imported models are compiled for training by
+``examples/models/conv1d_vibration.onnx``. ``anomaly``: the same machines' healthy windows as
+power spectra, unlabeled, on the built-in autoencoder, with the federation's feature
+standardisation and anomaly threshold (``[standardize]``, ``[anomaly]``); afterwards each
+device's new windows, a quarter of them faulty, are scored against the agreed threshold.
+Imported models are compiled for training by
 :func:`orchestrator.models.importer.compile_model` (what ``fedmq model import`` does).
 """
 
@@ -20,14 +24,22 @@ from pathlib import Path
 import numpy as np
 
 from edge_agent.data import LocalData
-from fedmq.datasets.vibration import CLASSES, make_vibration
+from edge_agent.trainer import OrtModel
+from fedmq.datasets.vibration import (
+    CLASSES,
+    make_vibration,
+    make_vibration_anomaly,
+    power_spectra,
+)
 from fedmq.errors import ToolError
 from fedmq.examples import compile_example
 from fedmq.simulate import FleetData, FleetSpec, shard_data
 from orchestrator.convergence.datasets import Dataset
 from orchestrator.models.importer import ModelImportError, write_model_dir
+from schemas.annex import ModelAnnex, standardize
 
-__all__ = ["TASKS", "VIBRATION_MODEL", "DemoTask", "TaskData", "Training"]
+__all__ = ["TASKS", "VIBRATION_MODEL", "AnomalyFigures", "AnomalyTest", "DemoTask", "TaskData",
+           "Training", "score_anomalies"]
 
 VIBRATION_MODEL = Path("examples") / "models" / "conv1d_vibration.onnx"
 """The vibration task's model, relative to the checkout that holds the ``fedmq`` package."""
@@ -45,6 +57,38 @@ class Training:
 
 
 @dataclass(frozen=True, slots=True)
+class AnomalyTest:
+    """Samples the devices will see after training, with the truth: injected faults."""
+
+    X: np.ndarray
+    is_anomaly: np.ndarray
+
+
+@dataclass(frozen=True, slots=True)
+class AnomalyFigures:
+    threshold: float | None
+    threshold_version: int | None
+    detection_rate: float | None
+    """Share of the injected faults scored above the threshold."""
+    false_positive_rate: float | None
+    """Share of the healthy windows scored above it."""
+
+
+def score_anomalies(graphs: dict[str, bytes], params: dict[str, np.ndarray], annex: ModelAnnex,
+                    test: AnomalyTest) -> AnomalyFigures:
+    """What the devices would flag with this model and annex (as ``AnomalyMonitor`` does:
+    standardise, score, compare)."""
+    t = annex.anomaly_threshold
+    if t is None:
+        return AnomalyFigures(None, None, None, None)
+    scores = OrtModel(graphs).predict(params, standardize(test.X, annex))["score"]
+    flagged = ~(scores <= t)
+    bad = test.is_anomaly
+    return AnomalyFigures(t, annex.threshold_version, float(flagged[bad].mean()),
+                          float(flagged[~bad].mean()))
+
+
+@dataclass(frozen=True, slots=True)
 class TaskData:
     """What a task prepared: the shards, the held-out set, the ``[model]`` section's body and
     the words that name the data in the demo's first line."""
@@ -52,6 +96,7 @@ class TaskData:
     data: FleetData
     model_section: str
     description: str
+    anomaly_test: AnomalyTest | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +108,15 @@ class DemoTask:
     max_wall_s: float
     prepare: Callable[[Path, FleetSpec], TaskData]
     """Make the data and write the model's files (if any) into the output folder."""
+    stopping: str | None = None
+    """The ``[stopping]`` body, when the default (a target accuracy) does not fit."""
+    evaluation: str = ""
+    """More ``[evaluation]`` keys (the ``anomaly`` task: evaluation by devices)."""
+    extra_config: str = ""
+    """More config sections (the ``anomaly`` task: its threshold, standardisation)."""
+    metric_name: str = "accuracy"
+    holdout: float = 0.2
+    """The share of each device's data it keeps for evaluation."""
 
 
 def _digits(out: Path, spec: FleetSpec) -> TaskData:
@@ -117,6 +171,45 @@ def _vibration(out: Path, spec: FleetSpec) -> TaskData:
                     f"from {_VIBRATION_HELD_OUT_DEVICES} unseen machines")
 
 
+_ANOMALY_TRAIN, _ANOMALY_TEST = 400, 200
+
+
+def _anomaly(out: Path, spec: FleetSpec) -> TaskData:
+    # each device trains on its own machine's healthy windows (power spectra, in its sensor's
+    # own units) and is later tested on new windows of the same machine, a quarter faulty;
+    # the server's validation set is healthy windows of machines no device has
+    shards = make_vibration_anomaly(spec.devices + _VIBRATION_HELD_OUT_DEVICES,
+                                    _ANOMALY_TRAIN, _ANOMALY_TEST, seed=spec.seed)
+    fleet, held_out = shards[:spec.devices], shards[spec.devices:]
+    train = [LocalData(X=power_spectra(s.train), y=None) for s in fleet]
+    test = Dataset(X=np.concatenate([power_spectra(s.train) for s in held_out]), y=None,
+                   n_classes=0)
+    n_features = train[0].n_features
+    section = (f'kind = "autoencoder"\nn_features = {n_features}\nn_classes = 0\n'
+               f'hidden = [64, 16, 64]\nactivation = "relu"\n')
+    monitored = AnomalyTest(X=np.concatenate([power_spectra(s.test) for s in fleet]),
+                            is_anomaly=np.concatenate([s.is_anomaly for s in fleet]))
+    return TaskData(
+        FleetData(shards=train, test=test, n_classes=0), section,
+        f"synthetic 3-axis vibration as power spectra ({n_features} features, raw sensor "
+        f"units), {_ANOMALY_TRAIN} healthy windows per device; afterwards "
+        f"{len(monitored.X)} new windows of the same machines, "
+        f"{int(monitored.is_anomaly.sum())} with injected faults",
+        anomaly_test=monitored)
+
+
+_ANOMALY_CONFIG = """
+[anomaly]
+quantile = 0.99
+score_noise = 1.0
+min_samples = 1000
+
+[standardize]
+enabled = true
+min_devices = {min_devices}
+min_samples = 1000
+"""
+
 TASKS: dict[str, DemoTask] = {
     "digits": DemoTask("digits", Training(epochs=2, batch_size=16, lr=0.1), target=0.94,
                        max_wall_s=150.0, prepare=_digits),
@@ -124,4 +217,9 @@ TASKS: dict[str, DemoTask] = {
                            target=0.94, max_wall_s=150.0, prepare=_digits_cnn),
     "vibration": DemoTask("vibration", Training(epochs=2, batch_size=16, lr=0.1),
                           target=0.95, max_wall_s=150.0, prepare=_vibration),
+    "anomaly": DemoTask("anomaly", Training(epochs=2, batch_size=32, lr=0.05), target=0.0,
+                        max_wall_s=150.0, prepare=_anomaly,
+                        stopping="max_versions = 60\nmax_wall_s = {max_wall_s}\n",
+                        evaluation="federated_every = 1\nfederated_devices = 20\n",
+                        extra_config=_ANOMALY_CONFIG, metric_name="mse", holdout=0.5),
 }

@@ -25,6 +25,7 @@ __all__ = [
     "AnomalyShard",
     "make_vibration",
     "make_vibration_anomaly",
+    "power_spectra",
 ]
 
 SAMPLE_RATE_HZ = 1024.0
@@ -194,3 +195,13 @@ def make_vibration_anomaly(
             )
         )
     return shards
+
+
+def power_spectra(X: NDArray[np.floating], channels: int = 3) -> FloatArray:
+    """Per-channel power spectra of ``[n, channels*window]`` windows, DC dropped:
+    ``[n, channels*(window//2)]`` float32 in the sensor's own (squared) units, as a sensor
+    with an on-board FFT reports them."""
+    n = X.shape[0]
+    x = np.asarray(X, dtype=np.float64).reshape(n, channels, -1)
+    power = np.abs(np.fft.rfft(x, axis=2))[:, :, 1 : x.shape[2] // 2 + 1] ** 2
+    return power.reshape(n, -1).astype(np.float32)
