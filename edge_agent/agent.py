@@ -46,6 +46,7 @@ from .models import ModelReceiver
 from .orchkeys import OrchestratorKeys
 from .outbox import Outbox, ResendPolicy
 from .probes import DeviceProbe, SysfsProbe
+from .records import StoredModel
 from .rotation import KeyRotator
 from .scoring import AnomalyMonitor
 from .session import BrokerAddress, Session
@@ -221,6 +222,12 @@ class Agent:
     @property
     def model_version(self) -> int | None:
         return self._parts.models.version if self._parts is not None else None
+
+    @property
+    def model(self) -> StoredModel | None:
+        """The model held (with its annex), if any."""
+        held = self._parts.models.current if self._parts is not None else None
+        return held.stored if held is not None else None
 
     @property
     def enrollment(self) -> Enrollment | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import time
 
@@ -29,6 +30,7 @@ from schemas import (
     verify,
     xor_delta,
 )
+from schemas.annex import ModelAnnex
 
 FED = "fed1"
 KEY = SigningKey.generate()
@@ -52,6 +54,24 @@ def _sign(message: Message, *, key: SigningKey = KEY, fed: str = FED,
 def _snapshot(version: int, params: Params, stopped: bool = False) -> ModelSnapshot:
     return ModelSnapshot(version, encode_params(params, F32, RNG), params_digest(params),
                          GRAPHS, "arch", stopped=stopped)
+
+
+def test_a_republished_version_with_a_new_annex_is_adopted_as_such(
+        receiver: ModelReceiver) -> None:
+    p1 = _params(1)
+    held = receiver.handle("snapshot", _sign(_snapshot(3, p1)), None).model
+    assert held is not None and held.annex == ModelAnnex()
+    agreed = ModelAnnex([1.0], [2.0], anomaly_threshold=0.7, threshold_version=3)
+    snap = dataclasses.replace(_snapshot(3, p1), annex=agreed)
+    got = receiver.handle("snapshot", _sign(snap), held)
+    assert got.model is not None and got.model.annex == agreed and "annex" in got.note
+    assert _same(got.model.params, p1) and got.model.version == 3
+    assert receiver.handle("snapshot", _sign(snap), got.model).model is None  # nothing new
+    # a newer version's annex comes with it, by snapshot as by delta
+    p2 = _params(2)
+    later = dataclasses.replace(_delta(4, 3, p1, p2), annex=agreed)
+    moved = receiver.handle("delta", _sign(later), got.model).model
+    assert moved is not None and moved.version == 4 and moved.annex == agreed
 
 
 def _delta(version: int, base: int, old: Params, new: Params,

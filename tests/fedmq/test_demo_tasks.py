@@ -71,3 +71,15 @@ def test_a_missing_vibration_model_is_one_line_and_exit_1(
     assert demo.main(["--task", "vibration", "--out", str(tmp_path / "b")]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("fedmq demo: --task vibration needs ")
+
+
+def test_anomaly_standardises_and_keeps_the_faults_for_afterwards(tmp_path: Path) -> None:
+    setup = prepare_demo(tmp_path / "demo", task="anomaly", devices=DEVICES)
+    cfg = setup.config
+    assert cfg.standardize.enabled and cfg.evaluation.federated_every == 1
+    assert cfg.model.spec is not None and cfg.model.spec.kind == "autoencoder"
+    assert all(s.y is None and s.n_features == 192 for s in setup.data.shards)
+    test = setup.anomaly_test
+    assert test is not None and len(test.X) == DEVICES * 200
+    assert 0.2 < test.is_anomaly.mean() < 0.3
+    assert setup.task.holdout == 0.5

@@ -3,6 +3,7 @@ version, only its own tasks counted."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from orchestrator.convergence.fedeval import FederatedEvaluation, combine_reports
@@ -33,3 +34,15 @@ def test_federated_evaluation_asks_a_few_devices_per_version_and_counts_only_its
     assert metrics["federated_metric"] == pytest.approx(0.8)
     assert fe.on_report("a", EvalReport("t-a", 2, 10, 1.0, 0.5)) is None  # once only
     assert not FederatedEvaluation(every=0, devices=3).wants("a", 0)
+
+
+def test_the_threshold_needs_enough_samples_and_ignores_reports_without_histograms() -> None:
+    from orchestrator.convergence.fedeval import agreed_threshold
+    from schemas.annex import score_histogram
+
+    rng = np.random.default_rng(0)
+    hists = [(300, score_histogram(rng.lognormal(0, 0.3, 300)).tolist()) for _ in range(3)]
+    assert agreed_threshold(hists[:1], 0.99, 500) == {}
+    got = agreed_threshold([*hists, (50, []), (0, hists[0][1])], 0.99, 500)
+    assert got["anomaly_samples"] == 900
+    assert 1.5 < got["anomaly_threshold"] < 2.8  # lognormal(0, 0.3): 99th pct ~2.0
