@@ -4,6 +4,9 @@ A device's messages are handled in order, other devices' meanwhile. Each handler
 store write and a QoS 1 publish; one at a time, a 5,000-device fleet's heartbeats outran them
 (196 answered of 496 a second), so :class:`ControlLanes` runs ``lanes`` of them at once.
 A refusal (:class:`~schemas.errors.FedmqError`) is counted as ``<kind>.rejected.<reason>``.
+Anything else a handler raises is a fault of ours, not the sender's: it is logged with its
+traceback and counted as ``<kind>.error``, and the lane goes on, so that one message that
+trips a bug cannot silence every device on its lane (heartbeats and enrolls are re-sent).
 """
 
 from __future__ import annotations
@@ -67,3 +70,6 @@ class ControlLanes:
             except FedmqError as exc:
                 self._counters[f"{item.kind}.rejected.{exc.reason.value}"] += 1
                 log.debug("%s from %s refused: %s", item.kind, item.device, exc)
+            except Exception:
+                self._counters[f"{item.kind}.error"] += 1
+                log.exception("%s from %s: the handler failed", item.kind, item.device)
