@@ -335,7 +335,8 @@ def main(argv: list[str]) -> int:
         privacy = ("" if result.epsilon is None else
                    f"privacy: epsilon {result.epsilon:.2f} at delta 1e-5 "
                    f"(fedmq privacy report --config {setup.out / 'orchestrator.toml'})\n")
-        print(f"\n{_anomaly_line(result.anomaly)}final accuracy {acc} after {result.versions} versions "
+        print(f"\n{_anomaly_line(result.anomaly)}final accuracy {acc} after "
+              f"{result.versions} versions "
               f"({result.stop_reason}); updates accepted {result.updates_accepted}, "
               f"rejected {result.updates_rejected}; {result.elapsed_s:.0f} s\n{privacy}"
               f"report: {result.report_dir}/summary.md\nmodel:  {result.model_path}")
