@@ -23,8 +23,9 @@ from dataclasses import replace
 
 from orchestrator.config import StandardizeConfig
 from orchestrator.store import AuditEvent, Store
+from orchestrator.versions.annex import record_annex
 from orchestrator.versions.head import VersionHead
-from schemas.annex import FeatureStats, annex_to_record, pool_stats
+from schemas.annex import FeatureStats, pool_stats
 from schemas.topics import ORCHESTRATOR_SENDER
 
 __all__ = ["Standardizer"]
@@ -73,13 +74,11 @@ class Standardizer:
         model = self._head.current
         annex = replace(model.annex, feature_mean=mean, feature_scale=scale, wants_stats=False)
         devices, samples = len(parts), sum(p.count for p in parts)
-        await self._store.set_version_metrics(model.version, {
-            "annex": annex_to_record(annex),
-            "standardized": {"devices": devices, "samples": samples}})
+        await record_annex(self._store, self._head, annex,
+                           standardized={"devices": devices, "samples": samples})
         await self._store.append_audit(AuditEvent("standardized", ORCHESTRATOR_SENDER, detail={
             "version": model.version, "devices": devices, "samples": samples,
             "features": len(mean)}))
-        await self._head.annotate(annex)
         self._reports.clear()
         self._counters["standardize.fixed"] += 1
         log.info("standardisation fixed on v%d from %d devices (%d samples, %d features)",

@@ -19,8 +19,8 @@ from orchestrator.devices.replay_book import ReplayBook
 from orchestrator.devices.tasking import Tasker
 from orchestrator.link.sender import Outbound
 from orchestrator.store import Store
+from orchestrator.versions.annex import record_annex
 from orchestrator.versions.head import VersionHead
-from schemas.annex import annex_to_record
 from schemas.envelope import Opened, check_header, decode_body, verify
 from schemas.errors import FedmqError, Reason
 from schemas.messages import EvalReport, Status
@@ -160,10 +160,7 @@ class EvalHandler:
         new = replace(annex, anomaly_threshold=threshold, threshold_version=version)
         if new == annex:
             return
-        # recorded on the version it goes out with, so that a restart publishes it again
-        await self._store.set_version_metrics(self._head.version,
-                                              {"annex": annex_to_record(new)})
-        await self._head.annotate(new)
+        await record_annex(self._store, self._head, new)  # goes out with the current version
         self._counters["anomaly.thresholds"] += 1
 
 
