@@ -5,9 +5,10 @@
 - ``noisy_score_histogram``: an unsupervised model's held-out scores as a histogram with
   Gaussian noise on every count, drawn from libsodium's CSPRNG (the noise is what makes the
   report differentially private, so it must be unpredictable and is never seeded).
-- ``AnomalyMonitor``: scores each batch of incoming samples (a data file arriving in a
-  watched directory) with the model held now, counting those above the annex's threshold
-  for the device's status.
+- ``flag_anomalies``: which samples score above the annex's threshold (the one rule the
+  device and ``fedmq demo`` both apply).
+- ``AnomalyMonitor``: flags each batch of incoming samples (a data file arriving in a
+  watched directory) with the model held now, counting them for the device's status.
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ from .keeper import ModelKeeper
 from .shared import AgentStats, Offload
 from .trainer import OrtModel
 
-__all__ = ["AnomalyMonitor", "model_input", "noisy_score_histogram", "secure_normal"]
+__all__ = ["AnomalyMonitor", "flag_anomalies", "model_input", "noisy_score_histogram",
+           "secure_normal"]
 
 
 def model_input(data: LocalData, annex: ModelAnnex) -> LocalData:
@@ -63,6 +65,19 @@ def noisy_score_histogram(ort: OrtModel, params: dict[str, np.ndarray], X: np.nd
     return noisy
 
 
+def flag_anomalies(ort: OrtModel, params: dict[str, np.ndarray], annex: ModelAnnex,
+                   X: np.ndarray) -> np.ndarray | None:
+    """Which samples of raw ``X`` score above the annex's threshold under ``params`` (a NaN
+    score counts as one); None when there is nothing to score with (no score output, no
+    threshold). ``DataError`` if X does not fit the standardisation. Synchronous."""
+    threshold = annex.anomaly_threshold
+    if threshold is None or not ort.scores:
+        return None
+    scores = ort.predict(params, model_input(LocalData(X, None), annex).X)["score"]
+    flagged: np.ndarray = ~(scores <= threshold)
+    return flagged
+
+
 class AnomalyMonitor:
     """Counts incoming samples whose score, under the held model, is above its threshold."""
 
@@ -76,21 +91,22 @@ class AnomalyMonitor:
     async def observe(self, data: LocalData) -> int | None:
         """Score ``data``; returns how many are anomalies (None: nothing to score with)."""
         loaded = self._models.current
-        if loaded is None or len(data) == 0 or not loaded.ort.scores:
+        if loaded is None or len(data) == 0:
             return None
-        threshold = loaded.stored.annex.anomaly_threshold
-        if threshold is None:
-            return None
+        stored = loaded.stored
         try:
-            x = model_input(data, loaded.stored.annex).X
-            scores = await self._offload.run(loaded.ort.predict, loaded.stored.params, x)
+            flags = await self._offload.run(flag_anomalies, loaded.ort, stored.params,
+                                            stored.annex, data.X)
         except DataError as exc:
             self._log.warning("anomaly scoring skipped: %s", exc)
             return None
-        flagged = int(np.count_nonzero(~(scores["score"] <= threshold)))  # NaN is flagged
+        if flags is None:
+            return None
+        flagged = int(np.count_nonzero(flags))
         self._stats.scored += len(data)
         self._stats.anomalies += flagged
         if flagged:
             self._log.warning("anomaly: %d of %d new samples score above %.4g (model v%d)",
-                              flagged, len(data), threshold, loaded.stored.version)
+                              flagged, len(data), stored.annex.anomaly_threshold,
+                              stored.version)
         return flagged

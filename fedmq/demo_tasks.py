@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from edge_agent.data import LocalData
+from edge_agent.scoring import flag_anomalies
 from edge_agent.trainer import OrtModel
 from fedmq.datasets.vibration import (
     CLASSES,
@@ -36,7 +37,7 @@ from fedmq.examples import compile_example
 from fedmq.simulate import FleetData, FleetSpec, shard_data
 from orchestrator.convergence.datasets import Dataset
 from orchestrator.models.importer import ModelImportError, write_model_dir
-from schemas.annex import ModelAnnex, standardize
+from schemas.annex import ModelAnnex
 
 __all__ = ["TASKS", "VIBRATION_MODEL", "AnomalyFigures", "AnomalyTest", "DemoTask", "TaskData",
            "Training", "score_anomalies"]
@@ -76,16 +77,14 @@ class AnomalyFigures:
 
 def score_anomalies(graphs: dict[str, bytes], params: dict[str, np.ndarray], annex: ModelAnnex,
                     test: AnomalyTest) -> AnomalyFigures:
-    """What the devices would flag with this model and annex (as ``AnomalyMonitor`` does:
-    standardise, score, compare)."""
-    t = annex.anomaly_threshold
-    if t is None:
+    """What the devices would flag with this model and annex (what ``AnomalyMonitor``
+    counts)."""
+    flagged = flag_anomalies(OrtModel(graphs), params, annex, test.X)
+    if flagged is None:
         return AnomalyFigures(None, None, None, None)
-    scores = OrtModel(graphs).predict(params, standardize(test.X, annex))["score"]
-    flagged = ~(scores <= t)
     bad = test.is_anomaly
-    return AnomalyFigures(t, annex.threshold_version, float(flagged[bad].mean()),
-                          float(flagged[~bad].mean()))
+    return AnomalyFigures(annex.anomaly_threshold, annex.threshold_version,
+                          float(flagged[bad].mean()), float(flagged[~bad].mean()))
 
 
 @dataclass(frozen=True, slots=True)
