@@ -11,7 +11,6 @@ object.
 
 from __future__ import annotations
 
-import argparse
 import json
 import resource
 import sys
@@ -26,6 +25,7 @@ import onnxruntime as ort
 from edge_agent.data import load_local_data
 from edge_agent.trainer import OrtModel
 from fedmq.bench import _numpy_conv1d, _numpy_mlp
+from fedmq.bench._child_args import child_parser
 
 # what a device does not have; their presence would make the RSS figure meaningless
 _FOREIGN = ("onnx", "orchestrator", "sklearn", "scipy", "torch")
@@ -116,15 +116,7 @@ def _max_difference(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m fedmq.bench._agent_child")
-    parser.add_argument("directory", type=Path)
-    parser.add_argument("--steps", type=int, required=True)
-    parser.add_argument("--warmup", type=int, required=True)
-    parser.add_argument("--batch-size", type=int, required=True)
-    parser.add_argument("--threads", type=int, required=True)
-    parser.add_argument("--lr", type=float, required=True)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--model", choices=("mlp", "conv1d"), default="mlp")
+    parser = child_parser("python -m fedmq.bench._agent_child")
     args = parser.parse_args(argv)
     rss_after_import = _peak_rss_mb()
 

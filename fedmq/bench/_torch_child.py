@@ -11,7 +11,6 @@ object: ``{"torch": null}`` when torch cannot be imported.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
@@ -23,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from fedmq.bench import _numpy_conv1d, _numpy_mlp
+from fedmq.bench._child_args import child_parser
 
 _MU = 0.01  # as the agent child
 
@@ -48,15 +48,7 @@ def _conv1d_forward(torch: Any, mean: Any, var: Any, params: list[Any], x: Any) 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m fedmq.bench._torch_child")
-    parser.add_argument("directory", type=Path)
-    parser.add_argument("--model", choices=("mlp", "conv1d"), default="mlp")
-    parser.add_argument("--steps", type=int, required=True)
-    parser.add_argument("--warmup", type=int, required=True)
-    parser.add_argument("--batch-size", type=int, required=True)
-    parser.add_argument("--threads", type=int, required=True)
-    parser.add_argument("--lr", type=float, required=True)
-    parser.add_argument("--seed", type=int, default=0)
+    parser = child_parser("python -m fedmq.bench._torch_child")
     args = parser.parse_args(argv)
     try:
         import torch
