@@ -13,6 +13,7 @@ from enum import StrEnum
 from typing import Any, ClassVar
 
 from .annex import SCORE_BINS, FeatureStats, ModelAnnex
+from .secagg.spec import BucketSpec
 from .tensors import Codec, CodecSpec, EncodedTensor
 
 PROTOCOL_VERSION = 1
@@ -257,6 +258,8 @@ class Task(Message):
     """L2 on the gradient for sgd and momentum, decoupled (AdamW) for adam."""
     score_noise: float = 0.0
     """evaluate: the std of the Gaussian noise added to each count of ``score_hist``."""
+    bucket: BucketSpec | None = None
+    """train in a secure bucket: the delta goes out masked (``SecAggInput``), never alone."""
 
     def __post_init__(self) -> None:
         if self.epochs <= 0 or self.batch_size <= 0:
@@ -428,3 +431,7 @@ MESSAGE_TYPES: dict[str, type[Message]] = {
         OperatorRequest, OperatorResponse,
     )
 }
+
+from .secagg.wire import STAGE_TYPES  # noqa: E402  (the stages subclass Message, above)
+
+MESSAGE_TYPES.update({cls.TYPE: cls for cls in STAGE_TYPES})

@@ -6,7 +6,7 @@
 ``fl/{fed}/model/chunks/{sha}`` orch → all retained chunk of an oversized model message
 ``fl/{fed}/model/key``          orch → all retained announcement of the orchestrator's new key
 ``fl/{fed}/model/key/{gen}``    orch → all retained earlier announcement (generation ``gen``)
-``fl/{fed}/down/{dev}/{kind}``  orch → dev  task, ack, control, enrolled
+``fl/{fed}/down/{dev}/{kind}``  orch → dev  task, ack, control, enrolled, secagg
 ``fl/{fed}/up/{dev}/{kind}``    dev → orch  enroll, status (retained), updates, eval,
                                            rotate
 ``fl/{fed}/fleet``              orch → ops  retained fleet summary
@@ -44,6 +44,7 @@ class DownKind(StrEnum):
     ACK = "ack"
     CONTROL = "control"
     ENROLLED = "enrolled"
+    SECAGG = "secagg"
 
 
 _UP_KINDS = frozenset(k.value for k in UpKind)

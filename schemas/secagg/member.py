@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Any
 
 from nacl.utils import random
 
@@ -69,6 +70,30 @@ class ShareLedger:
     @property
     def owners(self) -> frozenset[str]:
         return frozenset(self._pairs)
+
+    def export(self) -> dict[str, Any]:
+        """Everything the ledger holds and has released, as msgpack-able values (a member
+        keeps it durably: a restart must not forget what was released)."""
+        return {
+            "bucket": self._bucket, "holder": self._holder,
+            "pairs": {o: [p.self_share.to_bytes(), p.key_share.to_bytes()]
+                      for o, p in self._pairs.items()},
+            "released": {o: k.value for o, k in self._released.items()},
+        }
+
+    @classmethod
+    def restore(cls, saved: Mapping[str, Any]) -> ShareLedger:
+        try:
+            ledger = cls(str(saved["bucket"]), str(saved["holder"]))
+            for owner, (self_share, key_share) in dict(saved["pairs"]).items():
+                ledger._pairs[str(owner)] = SharePair(
+                    ledger._bucket, str(owner), ledger._holder, Share.from_bytes(self_share),
+                    Share.from_bytes(key_share))
+            ledger._released = {str(o): ShareKind(k) for o, k in dict(saved["released"]).items()}
+        except (KeyError, TypeError, ValueError) as exc:
+            raise SecAggError(Problem.BAD_SHARE, f"a saved share ledger is malformed ({exc})"
+                              ) from None
+        return ledger
 
     def accept(self, pair: SharePair) -> None:
         """Keep ``pair`` (once per owner: a second pair from one owner is refused)."""

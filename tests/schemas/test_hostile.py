@@ -72,6 +72,16 @@ from schemas import (
 )
 from schemas._convert import to_wire
 from schemas.messages import KeyAnnouncement
+from schemas.secagg.spec import BucketMember, BucketSpec
+from schemas.secagg.wire import (
+    RevealedShare,
+    SecAggEnd,
+    SecAggInput,
+    SecAggKeys,
+    SecAggRelay,
+    SecAggReveal,
+    SecAggUnmask,
+)
 
 KEY = SigningKey(b"\x11" * 32)
 MiB = 1 << 20
@@ -93,7 +103,9 @@ SAMPLES: dict[str, Message] = {m.TYPE: m for m in (
     Update("t", 1, 10, list(_TENSORS), clip_norm=1.0, train_loss=0.5),
     EvalReport("t", 3, 10, 0.5, 0.9),
     Enrolled("dev-a", EnrollStatus.ACTIVE),
-    Task("t", 3, codec=CodecSpec(Codec.TOPK, 0, 0.1), clip_norm=1.0),
+    Task("t", 3, codec=CodecSpec(Codec.TOPK, 0, 0.1), clip_norm=1.0, bucket=BucketSpec(
+        "b-1", [BucketMember("a", b"\x01" * 32), BucketMember("b", b"\x02" * 32)], 2, 1, 16,
+        100.0, 1.0, 8.0, 10.0)),
     Defer(1000, "busy"),
     Ack([AckEntry(1, AckOutcome.ACCEPTED), AckEntry(2, AckOutcome.REJECTED, "stale")]),
     Control(ControlAction.RECONFIGURE, params={"k": [1, 2.5, "x"]}),
@@ -104,6 +116,12 @@ SAMPLES: dict[str, Message] = {m.TYPE: m for m in (
     FleetSummary(1, {"version": 3}, [{"id": "a", "battery": 40.0}]),
     OperatorRequest("r1", "status", {"device": "a"}),
     OperatorResponse("r1", True, {"x": [1, 2]}),
+    SecAggKeys("b-1", b"\x01" * 32, {"a": b"sealed", "b": b"sealed"}),
+    SecAggRelay("b-1", {"a": b"\x01" * 32}, {"a": b"sealed"}),
+    SecAggInput("b-1", "t", 10, 1.0, 3, b"\x00\x01" * 3),
+    SecAggUnmask("b-1", 1, ["a", "b"], []),
+    SecAggReveal("b-1", 1, [RevealedShare("a", "self_mask", b"\x00" * 70)]),
+    SecAggEnd("b-1", "done"),
 )}
 TYPES = sorted(MESSAGE_TYPES)
 

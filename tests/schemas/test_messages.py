@@ -50,6 +50,7 @@ from schemas import (
 )
 from schemas.annex import SCORE_BINS, FeatureStats, ModelAnnex
 from schemas.messages import EvalReport, KeyAnnouncement, ModelDelta, ModelSnapshot, Optimizer
+from schemas.secagg.spec import BucketMember, BucketSpec
 
 SENDER_KEY = SigningKey(bytes(range(32)))
 RECEIVER_KEY = SigningKey(bytes(range(1, 33)))
@@ -69,6 +70,9 @@ ANY_VALUE: st.SearchStrategy[Any] = st.recursive(
 ANNEXES = [ModelAnnex(), ModelAnnex([1.0, -2.0], [0.5, 3.0], 0.25, 4), ModelAnnex(wants_stats=True)]
 
 # Fields whose __post_init__ constrains them; everything else comes from its type hint.
+BUCKET = BucketSpec("b-1", [BucketMember("a", b"\x01" * 32), BucketMember("b", b"\x02" * 32)],
+                    threshold=2, degree=1, bits=16, scale=100.0, clip_norm=1.0,
+                    weight_cap=8.0, weight_unit=10.0, noise_variance=4.0, deadline_ms=5)
 OVERRIDES: dict[tuple[type, str], st.SearchStrategy[Any]] = {
     (MESSAGE_TYPES["enroll"], "public_key"): st.binary(min_size=32, max_size=32),
     (MESSAGE_TYPES["enroll"], "mac"): st.binary(min_size=32, max_size=32),
@@ -95,6 +99,8 @@ OVERRIDES: dict[tuple[type, str], st.SearchStrategy[Any]] = {
     (CodecSpec, "chunk"): st.integers(min_value=0, max_value=2**20),
     (CodecSpec, "topk_fraction"): st.floats(min_value=1e-6, max_value=1.0),
     (Task, "score_noise"): st.floats(min_value=0, max_value=10),
+    (Task, "bucket"): st.none() | st.just(BUCKET),
+    (BucketSpec, "members"): st.just(BUCKET.members),
     (EvalReport, "score_hist"): st.just([]) | st.lists(FLOATS, min_size=SCORE_BINS,
                                                        max_size=SCORE_BINS),
     (Status, "scored"): st.integers(min_value=0, max_value=2**62),

@@ -42,11 +42,14 @@ from schemas import (
 )
 from schemas._convert import to_wire
 from schemas.annex import FeatureStats, ModelAnnex
+from schemas.secagg.spec import BucketMember, BucketSpec
+from schemas.secagg.wire import RevealedShare
 from tests.support.paths import REPO
 
 DOC = REPO / "docs" / "wire-protocol.md"
 VALUE_TYPES: list[type] = [AckEntry, CodecSpec, EncodedTensor, Header, UpdateBatch, Bundle,
-                           Limits, ModelAnnex, FeatureStats]
+                           Limits, ModelAnnex, FeatureStats, BucketSpec, BucketMember,
+                           RevealedShare]
 ENUMS: list[type[Enum]] = [AgentState, Thermal, AckOutcome, EnrollStatus, TaskAction,
                            ControlAction, Codec, UpKind, DownKind, Verdict, Optimizer]
 
