@@ -29,6 +29,7 @@ from .sections import (
     OpsConfig,
     PrivacyConfig,
     RobustnessConfig,
+    SecureAggregationConfig,
     SelectionConfig,
     StandardizeConfig,
     StoppingConfig,
@@ -97,8 +98,17 @@ def _assemble(v: dict[str, dict[str, Any]], source: Path | None) -> Config:
                   robustness=RobustnessConfig(**v["robustness"]),
                   anomaly=AnomalyConfig(**v["anomaly"]),
                   standardize=StandardizeConfig(**v["standardize"]),
+                  secure_aggregation=_secure_aggregation(v["secure_aggregation"], agg),
                   metrics=MetricsConfig(**v["metrics"]), ops=OpsConfig(**v["ops"]),
                   limits=_limits(v["limits"], ingest))
+
+
+def _secure_aggregation(s: dict[str, Any], agg: AggregationConfig) -> SecureAggregationConfig:
+    secure = SecureAggregationConfig(**s)
+    if secure.enabled and agg.mode != "async":
+        raise ConfigError("secure_aggregation.enabled: needs aggregation.mode = \"async\" "
+                          "(buckets enter FedBuff)")
+    return secure
 
 
 def _broker(b: dict[str, Any]) -> BrokerConfig:

@@ -388,6 +388,33 @@ class StandardizeConfig:
 
 
 @dataclass(frozen=True)
+class SecureAggregationConfig:
+    """Secure buckets (docs/secagg.md): devices are tasked in cohorts whose deltas the
+    orchestrator sees only summed. Each completed bucket enters FedBuff as one update, so
+    ``[aggregation] buffer_size`` counts buckets."""
+
+    enabled: Annotated[bool, "task devices in secure buckets"] = False
+    bucket_size: Annotated[int, ge(2), "members per bucket"] = 10
+    threshold: Annotated[float, within("(0, 1]"), "the share of a member's holders whose "
+                         "shares rebuild its secrets (and of members that must survive)"] = 0.5
+    degree: Annotated[int, ge(0), "neighbours per member (0: ceil(3·log2 n), at most "
+                      "n − 1)"] = 0
+    value_bound: Annotated[float, gt(0), "a clipped coordinate's largest magnitude in ring "
+                           "units, before weighting (127: int8 resolution)"] = 127.0
+    clip_norm: Annotated[float, gt(0), "members clip their delta to this L2 norm (with "
+                         "[privacy] on, its clip_norm is used)"] = 1.0
+    weight_cap: Annotated[float, gt(0), "the largest weight one member may carry"] = 8.0
+    weight_unit: Annotated[float, gt(0), "samples per unit of weight"] = 32.0
+    form_timeout_s: Annotated[float, gt(0), "a bucket short of bucket_size forms after this "
+                              "with the members it has (if they reach the threshold)"] = 60.0
+    key_timeout_s: Annotated[float, gt(0), "the key stage closes after this"] = 60.0
+    deadline_s: Annotated[float, gt(0), "the input stage closes after this (training time)"
+                          ] = 300.0
+    unmask_timeout_s: Annotated[float, gt(0), "a bucket whose shares are not in after this "
+                                "is abandoned"] = 300.0
+
+
+@dataclass(frozen=True)
 class MetricsConfig:
     """The Prometheus endpoint (``GET /metrics``): off unless ``port`` is set."""
 
@@ -417,6 +444,7 @@ SECTIONS: Final[dict[str, type]] = {
     "robustness": RobustnessConfig,
     "anomaly": AnomalyConfig,
     "standardize": StandardizeConfig,
+    "secure_aggregation": SecureAggregationConfig,
     "metrics": MetricsConfig,
     "ops": OpsConfig,
     "limits": LimitsConfig,
@@ -440,6 +468,8 @@ class Config:
     robustness: RobustnessConfig = field(default_factory=RobustnessConfig)
     anomaly: AnomalyConfig = field(default_factory=AnomalyConfig)
     standardize: StandardizeConfig = field(default_factory=StandardizeConfig)
+    secure_aggregation: SecureAggregationConfig = field(
+        default_factory=SecureAggregationConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     ops: OpsConfig = field(default_factory=OpsConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)

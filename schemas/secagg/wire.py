@@ -17,7 +17,6 @@ downstream stages go to ``down/{dev}/secagg``. Every one is an envelope signed b
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -42,30 +41,33 @@ __all__ = [
 ]
 
 
-def ring_bytes(bits: int) -> int:
-    """Bytes per coordinate on the wire: masked values are uniform, so nothing compresses
-    them; each coordinate costs its width rounded up to whole bytes."""
-    return max(1, math.ceil(bits / 8))
+def ring_bytes(n: int, bits: int) -> int:
+    """Bytes of ``n`` packed coordinates: masked values are uniform, so nothing compresses
+    them; every bit of the ring is paid, and only those."""
+    return (n * bits + 7) // 8
 
 
 def pack_ring(values: npt.NDArray[np.uint32], bits: int) -> bytes:
-    width = ring_bytes(bits)
+    """``values`` (each below ``2^bits``) as a little-endian bit string, ``bits`` per value."""
     raw = np.ascontiguousarray(values, dtype="<u4").view(np.uint8).reshape(-1, 4)
-    return raw[:, :width].tobytes()
+    flat = np.unpackbits(raw, axis=1, bitorder="little")[:, :bits]
+    return np.packbits(flat.reshape(-1), bitorder="little").tobytes()
 
 
 def unpack_ring(data: bytes, n: int, bits: int) -> npt.NDArray[np.uint32]:
-    """The ``n`` coordinates of ``data``, each checked to be below ``2^bits``."""
-    width = ring_bytes(bits)
-    if len(data) != n * width:
+    """The ``n`` coordinates packed in ``data`` (exactly :func:`ring_bytes` long; the padding
+    bits of the last byte must be zero)."""
+    if not 1 <= bits <= 32 or n < 0:
+        raise SecAggError(Problem.BAD_PARAMETER, f"{n} coordinates of {bits} bits")
+    if len(data) != ring_bytes(n, bits):
         raise SecAggError(Problem.BAD_PARAMETER,
-                          f"{len(data)} bytes for {n} coordinates of {width} bytes")
-    raw = np.zeros((n, 4), dtype=np.uint8)
-    raw[:, :width] = np.frombuffer(data, dtype=np.uint8).reshape(n, width)
-    values = raw.view("<u4").reshape(n).astype(np.uint32)
-    if bits < 32 and n and int(values.max()) >> bits:
-        raise SecAggError(Problem.BAD_PARAMETER, f"a coordinate exceeds {bits} bits")
-    return values
+                          f"{len(data)} bytes for {n} coordinates of {bits} bits")
+    flat = np.unpackbits(np.frombuffer(data, dtype=np.uint8), bitorder="little")
+    if flat[n * bits:].any():
+        raise SecAggError(Problem.BAD_PARAMETER, "nonzero padding after the last coordinate")
+    wide = np.zeros((n, 32), dtype=np.uint8)
+    wide[:, :bits] = flat[: n * bits].reshape(n, bits)
+    return np.packbits(wide, axis=1, bitorder="little").view("<u4").reshape(n).astype(np.uint32)
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,7 +98,7 @@ class SecAggInput(Message):
     weight: float
     n: int
     values: bytes
-    """``n`` ring coordinates, :func:`pack_ring` at the bucket's width."""
+    """``n`` ring coordinates, :func:`pack_ring` at the bucket's width (``ring_bytes``)."""
     local_steps: int = 0
     train_loss: float = float("nan")
     train_ms: float = 0.0

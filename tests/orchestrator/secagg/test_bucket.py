@@ -19,7 +19,15 @@ from schemas.messages import Message
 from schemas.secagg import Problem, SecAggError, clip_l2
 from schemas.secagg.session import MemberSession, TrainedInput
 from schemas.secagg.spec import BucketMember, BucketSpec
-from schemas.secagg.wire import RevealedShare, SecAggInput, SecAggKeys, SecAggReveal
+from schemas.secagg.wire import (
+    RevealedShare,
+    SecAggInput,
+    SecAggKeys,
+    SecAggReveal,
+    pack_ring,
+    ring_bytes,
+    unpack_ring,
+)
 
 D = 300  # coordinates
 M = TypeVar("M", bound=Message)
@@ -145,7 +153,7 @@ def test_bad_input_is_refused_and_leaves_the_bucket_intact() -> None:
     fleet = _ready()
     m = fleet.ids[0]
     good = fleet.sessions[m].masked_input(TrainedInput("t", fleet.deltas[m], fleet.samples[m]))
-    short = replace(good, n=D - 1, values=good.values[: (D - 1) * 3])
+    short = replace(good, n=D - 1, values=good.values[: ring_bytes(D - 1, 20)])
     with pytest.raises(SecAggError, match="coordinates"):
         fleet.state.on_input(m, short)
     with pytest.raises(SecAggError, match="bytes for"):
@@ -275,3 +283,18 @@ def test_messages_carry_no_secret_in_clear() -> None:
     assert RevealedShare("x", "self_mask", b"") is not None
     assert isinstance(fleet.seal[fleet.ids[0]], PrivateKey)
     _ = SecAggInput
+
+
+@settings(max_examples=60, deadline=None)
+@given(bits=st.integers(1, 32), data=st.data())
+def test_ring_packing_round_trips_with_every_bit_paid(bits: int, data: st.DataObject) -> None:
+    n = data.draw(st.integers(0, 40))
+    values = np.array(data.draw(st.lists(st.integers(0, 2**bits - 1), min_size=n, max_size=n)),
+                      dtype=np.uint32)
+    packed = pack_ring(values, bits)
+    assert len(packed) == ring_bytes(n, bits) == (n * bits + 7) // 8
+    assert np.array_equal(unpack_ring(packed, n, bits), values)
+    if n * bits % 8:
+        spoiled = packed[:-1] + bytes([packed[-1] | 0x80])
+        with pytest.raises(SecAggError, match="padding"):
+            unpack_ring(spoiled, n, bits)
