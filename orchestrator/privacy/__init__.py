@@ -29,15 +29,18 @@ from .noise import add_server_noise, server_noise_std
 from .policy import (
     ACCOUNTANT_KINDS,
     DP_MODES,
+    SAMPLINGS,
     AccountantKind,
     DpMode,
     DpPolicy,
+    Sampling,
 )
 from .summary import PrivacySummary, summarize
 
 __all__ = [
     "ACCOUNTANT_KINDS",
     "DP_MODES",
+    "SAMPLINGS",
     "AccountantKind",
     "AccountantStep",
     "DeviceLedger",
@@ -49,6 +52,7 @@ __all__ = [
     "PrivacyError",
     "PrivacyStateError",
     "PrivacySummary",
+    "Sampling",
     "add_server_noise",
     "new_accountant",
     "sampling_rate",

@@ -96,9 +96,10 @@ class PrivacyRuntime:
                 try:
                     steps = FederationAccountant.from_state(saved).steps
                     # the spend so far stays; new versions use the configured settings
+                    # and the whole history is accounted under the configured sampling
                     accountant = FederationAccountant(
                         policy.noise_multiplier, policy.target_delta, policy.accountant,
-                        steps=steps)
+                        steps=steps, sampling=policy.sampling)
                 except PrivacyStateError as exc:
                     raise PrivacyStateError(f"cannot restore the privacy accountant: {exc}"
                                             ) from None
@@ -135,7 +136,8 @@ class PrivacyRuntime:
             return None
         counts = Counter(senders)
         accountant = FederationAccountant(policy.noise_multiplier, policy.target_delta,
-                                          policy.accountant, steps=current.steps)
+                                          policy.accountant, steps=current.steps,
+                                          sampling=policy.sampling)
         accountant.record_version(len(counts), max(population, len(counts)),
                                   max_contributions=max(counts.values()))
         charges = PrivacyCharge.for_senders(
