@@ -53,6 +53,7 @@ __all__ = [
     "PrivacyMode",
     "ReducerName",
     "RobustnessConfig",
+    "SamplingName",
     "SelectionConfig",
     "StalenessName",
     "StandardizeConfig",
@@ -78,6 +79,7 @@ ReducerName = Literal["mean", "median", "trimmed_mean"]
 Synchronous = Literal["FULL", "NORMAL"]
 PrivacyMode = Literal["off", "local", "server"]
 AccountantName = Literal["rdp", "pld"]
+SamplingName = Literal["none", "poisson"]
 
 
 @dataclass(frozen=True)
@@ -338,6 +340,8 @@ class PrivacyConfig:
     epsilon_max: Annotated[float | None, gt(0), "each device's budget: a spent device is no "
                            "longer tasked"] = None
     accountant: Annotated[AccountantName, "dp-accounting's RDP or PLD accountant"] = "rdp"
+    sampling: Annotated[SamplingName, "none: no amplification by subsampling (fedmq's "
+                        "selection is not Poisson); poisson: assume it (optimistic)"] = "none"
 
     @property
     def enabled(self) -> bool:

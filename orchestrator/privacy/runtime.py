@@ -69,6 +69,7 @@ class PrivacyRuntime:
                 mode=config.mode, clip_norm=config.clip_norm,
                 noise_multiplier=config.noise_multiplier, target_delta=config.target_delta,
                 epsilon_max=config.epsilon_max, accountant=config.accountant,
+                sampling=config.sampling,
             )
         self._accountant: FederationAccountant | None = None
         self._ledger: DeviceLedger | None = None

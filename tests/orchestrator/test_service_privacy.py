@@ -178,6 +178,7 @@ async def test_server_mode_noises_the_reduction_before_the_optimizer_steps(
      "training.clip_norm: with privacy.mode set"),
     ({"privacy": {"mode": "on"}}, "privacy.mode: must be one of off, local, server"),
     ({"privacy": {"noise_multiplier": 0.0}}, "privacy.noise_multiplier: must be > 0"),
+    ({"privacy": {"sampling": "fixed"}}, "privacy.sampling: must be one of none, poisson"),
     ({"privacy": {"target_delta": 1.0}}, "privacy.target_delta: must be in (0, 1)"),
     ({"robustness": {"max_flags": 0}}, "robustness.max_flags: must be > 0"),
 ])
