@@ -21,6 +21,10 @@ one history can be accounted under both; the accountant's ``sampling`` decides w
 
 Noise added by each device (``local`` mode) is accounted like noise added once at the server:
 conservative, since the aggregate of n locally noised deltas carries sqrt(n) times more noise.
+Noise added in shares by the members of secure buckets (``distributed`` mode) is central noise
+and accounted exactly like ``server`` mode: each bucket's sum carries Gaussian-equivalent
+(Skellam) noise of ``z`` times its sensitivity, ``clip_norm`` times the weight cap, and a
+version is a post-processing of its buckets' sums.
 
 The saved state is the list of steps, run-length compressed: ``(q, z, count)``. Epsilon is
 always computed afresh from the steps (one :class:`dp_accounting.SelfComposedDpEvent` per

@@ -8,7 +8,9 @@ version it sat out costs it nothing. This is the accountant's ``sampling = "none
 one device: under it no device's epsilon exceeds the federation's. Under ``poisson`` the
 federation's figure is amplified and a device's is not, so a frequent participant may show
 more than the federation. The same holds in every mode: noise ``z * C`` on its own clipped
-delta (``local``), or on a sum its delta moves by at most ``C`` (``server``).
+delta (``local``), on a sum its delta moves by at most ``C`` (``server``), or ``z * C * W`` on a
+secure bucket's sum its delta, weighed by at most ``W``, moves by at most ``C * W``
+(``distributed``; ``m`` then counts the version's buckets it was a member of).
 
 ``rdp`` composes with dp-accounting's RDP accountant. ``pld`` uses dp-accounting's exact
 Gaussian epsilon: composed Gaussian mechanisms are one Gaussian with multiplier

@@ -3,8 +3,12 @@
 Client-level DP (DP-FedAvg, McMahan et al., "Learning Differentially Private Recurrent Language
 Models", ICLR 2018): every device clips its whole delta to ``clip_norm``; Gaussian noise with
 standard deviation ``noise_multiplier * clip_norm`` per contribution is added either by each
-device to its own clipped delta (``local``) or once by the orchestrator to the aggregate
-(``server``: a trusted server, see :func:`~.noise.add_server_noise`).
+device to its own clipped delta (``local``), once by the orchestrator to the aggregate
+(``server``: a trusted server, see :func:`~.noise.add_server_noise`), or in shares by the
+members of each secure bucket so that the bucket's sum carries it (``distributed``: no trusted
+server; the sensitivity of a bucket sum is ``clip_norm`` times the weight cap, see
+:func:`~.noise.bucket_noise_std`). ``server`` and ``distributed`` are both central DP,
+accounted alike.
 
 ``sampling`` says how the accountant treats selection: ``none`` (default) accounts every
 version as a Gaussian mechanism on the whole population, without amplification by
@@ -37,9 +41,10 @@ __all__ = [
     "Sampling",
 ]
 
-DpMode = Literal["local", "server"]
+DpMode = Literal["local", "server", "distributed"]
 """``local``: each device noises its own clipped delta; ``server``: the orchestrator noises the
-aggregate (trusted server)."""
+aggregate (trusted server); ``distributed``: the members of each secure bucket add shares of
+noise that sum to the central noise on the bucket's sum (the orchestrator adds none)."""
 AccountantKind = Literal["rdp", "pld"]
 """dp-accounting's Rényi-DP accountant (fast, a little loose) or its privacy-loss-distribution
 accountant (tight, slower: seconds per distinct sampling rate)."""
