@@ -4,10 +4,12 @@
 
 Reads the store (the config's ``data_dir``, or the database file itself): the DP policy and
 federation accountant the orchestrator saved, and each device's participations. Shows the
-federation's epsilon at its delta, then each device's participations, epsilon, budget and
+mode (where the noise comes from) and the sampling assumption the epsilon rests on, in words,
+the federation's epsilon at its delta, then each device's participations, epsilon, budget and
 whether it may still be selected. ``--json`` prints one JSON object instead (an unbounded
-epsilon is null). Every mistake is one line on stderr and a non-zero exit status: 2 for bad
-usage, 1 for failures.
+epsilon is null; ``mode``, ``sampling``, ``amplification`` and ``accounting`` say which
+accounting gave the epsilon). Every mistake is one line on stderr and a non-zero exit
+status: 2 for bad usage, 1 for failures.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from orchestrator.privacy import (
     PrivacySummary,
     summarize,
 )
+from orchestrator.privacy.summary import DEVICE_WORDS, mode_words
 from orchestrator.store import Store, StoreError
 from orchestrator.store.state_keys import StateKey
 
@@ -78,10 +81,14 @@ def _print_human(summary: PrivacySummary) -> None:
     else:
         budget = "none" if p.epsilon_max is None else f"epsilon {p.epsilon_max:.2f}"
         console.print(f"differential privacy: on ({p.mode} noise, {p.accountant} accountant)")
+        console.print(f"noise: {mode_words(p.mode)}")
         console.print(f"noise multiplier {p.noise_multiplier:g}, clip norm {p.clip_norm:g}, "
                       f"per-device budget {budget}")
+    if summary.accounting is not None:
+        console.print(f"accounting: {summary.accounting}")
     console.print(f"federation epsilon {_number(summary.epsilon)} at delta "
                   f"{summary.target_delta:g} after {summary.versions} version(s)")
+    console.print(DEVICE_WORDS)
     table = Table("device", "participations", "epsilon", "budget", "budget left")
     for d in summary.devices:
         table.add_row(d.device_id, str(d.participations), _number(d.epsilon),

@@ -53,6 +53,7 @@ __all__ = [
     "PrivacyMode",
     "ReducerName",
     "RobustnessConfig",
+    "SamplingName",
     "SelectionConfig",
     "StalenessName",
     "StandardizeConfig",
@@ -76,8 +77,9 @@ OptimizerName = Literal["sgd", "fedadam", "fedyogi"]
 DeviceOptimizerName = Literal["sgd", "momentum", "adam"]
 ReducerName = Literal["mean", "median", "trimmed_mean"]
 Synchronous = Literal["FULL", "NORMAL"]
-PrivacyMode = Literal["off", "local", "server"]
+PrivacyMode = Literal["off", "local", "server", "distributed"]
 AccountantName = Literal["rdp", "pld"]
+SamplingName = Literal["none", "poisson"]
 
 
 @dataclass(frozen=True)
@@ -329,15 +331,19 @@ class StoppingConfig:
 class PrivacyConfig:
     """Client-level differential privacy (see :mod:`orchestrator.privacy`). ``off``: tasks
     carry ``[training]``'s clip/noise as given and nothing is accounted; ``local``: devices
-    clip and noise; ``server``: devices clip, the orchestrator noises each aggregate."""
+    clip and noise; ``server``: devices clip, the orchestrator noises each aggregate;
+    ``distributed``: secure-bucket members clip and add shares of the noise on their bucket's
+    sum, the orchestrator adds none."""
 
-    mode: Annotated[PrivacyMode, "off | local | server"] = "off"
+    mode: Annotated[PrivacyMode, "off | local | server | distributed"] = "off"
     clip_norm: Annotated[float, gt(0), "every delta is clipped to this global L2 norm"] = 1.0
     noise_multiplier: Annotated[float, gt(0), "Gaussian noise std over clip_norm"] = 1.0
     target_delta: Annotated[float, within("(0, 1)"), "epsilon is reported at this delta"] = 1e-5
     epsilon_max: Annotated[float | None, gt(0), "each device's budget: a spent device is no "
                            "longer tasked"] = None
     accountant: Annotated[AccountantName, "dp-accounting's RDP or PLD accountant"] = "rdp"
+    sampling: Annotated[SamplingName, "none: no amplification by subsampling (fedmq's "
+                        "selection is not Poisson); poisson: assume it (optimistic)"] = "none"
 
     @property
     def enabled(self) -> bool:

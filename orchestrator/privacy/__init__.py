@@ -6,7 +6,7 @@ Per aggregated version, the service does about this::
 
     senders = [u.sender for u in used]                  # one entry per applied update
     counts = Counter(senders)
-    if policy.mode == "server":
+    if policy.mode == "server":     # "distributed": the buckets' members added it already
         delta = add_server_noise(delta, clip_norm=policy.clip_norm,
                                  noise_multiplier=policy.noise_multiplier,
                                  n_participants=len(used), rng=rng)
@@ -25,19 +25,22 @@ and selection skips a device unless ``ledger.budget_left(device)`` (``Reason.BUD
 from .accountant import AccountantStep, FederationAccountant, new_accountant, sampling_rate
 from .errors import PrivacyError, PrivacyStateError
 from .ledger import DeviceLedger, DeviceSpend, ParticipationLike
-from .noise import add_server_noise, server_noise_std
+from .noise import add_server_noise, bucket_noise_std, server_noise_std
 from .policy import (
     ACCOUNTANT_KINDS,
     DP_MODES,
+    SAMPLINGS,
     AccountantKind,
     DpMode,
     DpPolicy,
+    Sampling,
 )
 from .summary import PrivacySummary, summarize
 
 __all__ = [
     "ACCOUNTANT_KINDS",
     "DP_MODES",
+    "SAMPLINGS",
     "AccountantKind",
     "AccountantStep",
     "DeviceLedger",
@@ -49,7 +52,9 @@ __all__ = [
     "PrivacyError",
     "PrivacyStateError",
     "PrivacySummary",
+    "Sampling",
     "add_server_noise",
+    "bucket_noise_std",
     "new_accountant",
     "sampling_rate",
     "server_noise_std",

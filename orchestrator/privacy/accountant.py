@@ -1,19 +1,35 @@
 """The federation's (epsilon, delta), accounted with dp-accounting (not by hand).
 
-Each model version is one Poisson-sampled Gaussian mechanism: the sampling rate is
-``q = participants / population`` (population = the enrolled, active devices when the version
-was made) and the noise multiplier is the configured one (divided by the most updates any one
-device contributed to that version: its sensitivity grows with every extra contribution).
-Selection in fedmq is not literally Poisson sampling; treating it as such is the usual
-approximation in federated DP accounting, and it is what dp-accounting can account.
+Each model version is one Gaussian mechanism on the version's aggregate, with the configured
+noise multiplier divided by the most updates any one device contributed to that version (its
+sensitivity grows with every extra contribution). How selection enters is ``sampling``:
+
+- ``none`` (the default): no amplification by subsampling. Every version is charged as if every
+  device had taken part (q = 1). This is the figure that holds for fedmq: selection answers
+  heartbeats by battery, thermal state, pace, participation caps and budgets, so taking part is
+  neither independent across devices nor random at a known rate, and neither Poisson
+  subsampling nor fixed-size sampling without replacement describes it.
+- ``poisson``: each version is a Poisson-subsampled Gaussian at ``q = participants /
+  population`` (population = the enrolled, active devices when the version was made), the
+  usual approximation in federated DP accounting. Kept for comparison: fedmq's selection does
+  not meet its assumption, so its epsilon is optimistic.
+
+Each step keeps the rate it observed (``participants / population``) under either setting, so
+one history can be accounted under both; the accountant's ``sampling`` decides which
+:meth:`FederationAccountant.epsilon` reports. A state saved before the setting existed has no
+``sampling`` key and was accounted with ``poisson``: it loads as such.
 
 Noise added by each device (``local`` mode) is accounted like noise added once at the server:
 conservative, since the aggregate of n locally noised deltas carries sqrt(n) times more noise.
+Noise added in shares by the members of secure buckets (``distributed`` mode) is central noise
+and accounted exactly like ``server`` mode: each bucket's sum carries Gaussian-equivalent
+(Skellam) noise of ``z`` times its sensitivity, ``clip_norm`` times the weight cap, and a
+version is a post-processing of its buckets' sums.
 
 The saved state is the list of steps, run-length compressed: ``(q, z, count)``. Epsilon is
 always computed afresh from the steps (one :class:`dp_accounting.SelfComposedDpEvent` per
-distinct ``(q, z)``: composition does not depend on order), so a reloaded accountant reports
-exactly the epsilon the saved one did. Everything here is synchronous CPU work: call it
+distinct accounted ``(q, z)``: composition does not depend on order), so a reloaded accountant
+reports exactly the epsilon the saved one did. Everything here is synchronous CPU work: call it
 through ``asyncio.to_thread`` (about 0.1 s per distinct (q, z) for RDP, a second for PLD).
 """
 
@@ -30,7 +46,15 @@ from dp_accounting.rdp import RdpAccountant
 
 from ._state import dump_json, load_json
 from .errors import PrivacyError, PrivacyStateError
-from .policy import ACCOUNTANT_KINDS, AccountantKind, DpPolicy, check_target_delta
+from .policy import (
+    ACCOUNTANT_KINDS,
+    LEGACY_SAMPLING,
+    AccountantKind,
+    DpPolicy,
+    Sampling,
+    check_sampling,
+    check_target_delta,
+)
 
 __all__ = ["AccountantStep", "FederationAccountant", "new_accountant", "sampling_rate"]
 
@@ -79,6 +103,7 @@ class AccountantStep:
     """``count`` consecutive versions with the same sampling rate and noise multiplier."""
 
     sampling_rate: float
+    """The rate observed, ``participants / population`` (accounted under ``poisson`` only)."""
     noise_multiplier: float
     """Effective multiplier: the configured one divided by the version's most contributions
     by one device."""
@@ -92,11 +117,17 @@ class AccountantStep:
         if isinstance(self.count, bool) or not isinstance(self.count, int) or self.count < 1:
             raise PrivacyError(f"count must be an integer >= 1, got {self.count!r}")
 
-    def event(self) -> dp_accounting.DpEvent:
-        """The dp-accounting event for all ``count`` versions."""
-        one = dp_accounting.PoissonSampledDpEvent(
-            self.sampling_rate, dp_accounting.GaussianDpEvent(self.noise_multiplier)
-        )
+    def accounted_rate(self, sampling: Sampling) -> float:
+        """The sampling rate ``sampling`` accounts: the observed one for ``poisson``, 1 (no
+        amplification) for ``none``."""
+        return self.sampling_rate if sampling == "poisson" else 1.0
+
+    def event(self, sampling: Sampling) -> dp_accounting.DpEvent:
+        """The dp-accounting event for all ``count`` versions under ``sampling``."""
+        q = self.accounted_rate(sampling)
+        one: dp_accounting.DpEvent = dp_accounting.GaussianDpEvent(self.noise_multiplier)
+        if q < 1.0:
+            one = dp_accounting.PoissonSampledDpEvent(q, one)
         return one if self.count == 1 else dp_accounting.SelfComposedDpEvent(one, self.count)
 
 
@@ -110,14 +141,17 @@ class FederationAccountant:
         accountant: AccountantKind = "rdp",
         *,
         steps: Iterable[AccountantStep] = (),
+        sampling: Sampling = "none",
     ) -> None:
         _check_multiplier(noise_multiplier)
         check_target_delta(target_delta)
+        check_sampling(sampling)
         self._noise_multiplier = float(noise_multiplier)
         self._target_delta = float(target_delta)
         if accountant not in ACCOUNTANT_KINDS:
             raise PrivacyError(f"accountant must be one of {ACCOUNTANT_KINDS}, not {accountant!r}")
         self._kind: AccountantKind = accountant
+        self._sampling: Sampling = sampling
         self._steps: list[AccountantStep] = []
         self._epsilon: float | None = None  # None: recompute from the steps when asked
         for step in steps:
@@ -125,7 +159,8 @@ class FederationAccountant:
 
     @classmethod
     def for_policy(cls, policy: DpPolicy) -> FederationAccountant:
-        return cls(policy.noise_multiplier, policy.target_delta, policy.accountant)
+        return cls(policy.noise_multiplier, policy.target_delta, policy.accountant,
+                   sampling=policy.sampling)
 
     @property
     def noise_multiplier(self) -> float:
@@ -139,6 +174,16 @@ class FederationAccountant:
     @property
     def kind(self) -> AccountantKind:
         return self._kind
+
+    @property
+    def sampling(self) -> Sampling:
+        """How selection is accounted (see the module's docstring)."""
+        return self._sampling
+
+    @property
+    def amplification(self) -> bool:
+        """Whether the epsilon counts amplification by subsampling (``poisson`` only)."""
+        return self._sampling == "poisson"
 
     @property
     def steps(self) -> tuple[AccountantStep, ...]:
@@ -159,7 +204,7 @@ class FederationAccountant:
     ) -> AccountantStep:
         """Account one version made from ``participants`` distinct devices out of
         ``population``; ``max_contributions`` is the most updates one device put into it.
-        Returns the step as recorded (sampling rate, effective multiplier)."""
+        Returns the step as recorded (observed sampling rate, effective multiplier)."""
         z = self._noise_multiplier if noise_multiplier is None else noise_multiplier
         _check_multiplier(z)
         if (isinstance(max_contributions, bool) or not isinstance(max_contributions, int)
@@ -175,17 +220,19 @@ class FederationAccountant:
         """Epsilon spent so far at ``target_delta`` (0.0 before the first version; inf if a
         version had no noise)."""
         if self._epsilon is None:
-            self._epsilon = _epsilon_of(self._steps, self._kind, self._target_delta)
+            self._epsilon = _epsilon_of(self._steps, self._kind, self._target_delta,
+                                        self._sampling)
         return self._epsilon
 
     def dp_event(self) -> dp_accounting.DpEvent:
         """All versions as one dp-accounting event (what :meth:`epsilon` accounts)."""
-        return dp_accounting.ComposedDpEvent([s.event() for s in self._steps])
+        return dp_accounting.ComposedDpEvent([s.event(self._sampling) for s in self._steps])
 
     def state_dict(self) -> bytes:
         return dump_json("federation_accountant", {
             "accountant": self._kind,
             "noise_multiplier": self._noise_multiplier,
+            "sampling": self._sampling,
             "target_delta": self._target_delta,
             "steps": [[s.sampling_rate, s.noise_multiplier, s.count] for s in self._steps],
         })
@@ -197,7 +244,7 @@ class FederationAccountant:
         try:
             steps = [AccountantStep(float(q), float(z), int(n)) for q, z, n in raw["steps"]]
             return cls(raw["noise_multiplier"], raw["target_delta"], raw["accountant"],
-                       steps=steps)
+                       steps=steps, sampling=raw.get("sampling", LEGACY_SAMPLING))
         except KeyError as exc:
             raise PrivacyStateError(f"saved accountant lacks {exc.args[0]!r}") from None
         except (TypeError, ValueError) as exc:
@@ -213,17 +260,19 @@ class FederationAccountant:
             self._steps.append(step)
 
 
-def _epsilon_of(steps: list[AccountantStep], kind: AccountantKind, target_delta: float) -> float:
-    """Compose every step afresh, one event per distinct (q, z): the result depends only on
-    the steps, so a reloaded accountant gives the very same number, and a PLD accountant is
-    built once instead of convolved version by version."""
+def _epsilon_of(steps: list[AccountantStep], kind: AccountantKind, target_delta: float,
+                sampling: Sampling) -> float:
+    """Compose every step afresh, one event per distinct accounted (q, z): the result depends
+    only on the steps and ``sampling``, so a reloaded accountant gives the very same number,
+    and a PLD accountant is built once instead of convolved version by version (without
+    amplification every step of one multiplier is one event, whatever rates it observed)."""
     if not steps:
         return 0.0
     grouped: dict[tuple[float, float], int] = {}
     for s in steps:
-        key = (s.sampling_rate, s.noise_multiplier)
+        key = (s.accounted_rate(sampling), s.noise_multiplier)
         grouped[key] = grouped.get(key, 0) + s.count
     impl = new_accountant(kind)
     for (q, z), n in grouped.items():
-        impl.compose(AccountantStep(q, z, n).event())
+        impl.compose(AccountantStep(q, z, n).event(sampling))
     return float(impl.get_epsilon(target_delta))

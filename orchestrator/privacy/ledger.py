@@ -1,10 +1,16 @@
 """Each device's own privacy spend and budget.
 
-A device's epsilon ignores sampling: whether it was selected is not secret from its own point
-of view, so each version it contributed to is one Gaussian mechanism on its data (q = 1), with
-noise multiplier ``z / m`` when it put ``m`` updates into that version. The same holds in both
-modes: noise ``z * C`` on its own clipped delta (``local``), or on a sum its delta moves by at
-most ``C`` (``server``).
+A device's epsilon never counts amplification by subsampling, whatever ``[privacy] sampling``
+says: whether it was selected is not secret from its own point of view (and selection does not
+look at its data), so each version it contributed to is one Gaussian mechanism on its data
+(q = 1), with noise multiplier ``z / m`` when it put ``m`` updates into that version, and a
+version it sat out costs it nothing. This is the accountant's ``sampling = "none"`` applied to
+one device: under it no device's epsilon exceeds the federation's. Under ``poisson`` the
+federation's figure is amplified and a device's is not, so a frequent participant may show
+more than the federation. The same holds in every mode: noise ``z * C`` on its own clipped
+delta (``local``), on a sum its delta moves by at most ``C`` (``server``), or ``z * C * W`` on a
+secure bucket's sum its delta, weighed by at most ``W``, moves by at most ``C * W``
+(``distributed``; ``m`` then counts the version's buckets it was a member of).
 
 ``rdp`` composes with dp-accounting's RDP accountant. ``pld`` uses dp-accounting's exact
 Gaussian epsilon: composed Gaussian mechanisms are one Gaussian with multiplier

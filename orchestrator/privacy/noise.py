@@ -1,4 +1,5 @@
-"""Server-side Gaussian noise for trusted-server DP (pure numpy, injectable randomness)."""
+"""Central DP noise: server-side Gaussian noise for trusted-server DP (pure numpy, injectable
+randomness), and the scale that secure-bucket members' noise must reach in distributed DP."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from schemas.tensors import Params
 
 from .errors import PrivacyError
 
-__all__ = ["add_server_noise", "server_noise_std"]
+__all__ = ["add_server_noise", "bucket_noise_std", "server_noise_std"]
 
 
 def server_noise_std(
@@ -68,3 +69,20 @@ def add_server_noise(
         noise = rng.normal(0.0, std, size=values.shape)
         out[name] = (values.astype(np.float64) + noise).astype(values.dtype)
     return out
+
+
+def bucket_noise_std(*, clip_norm: float, weight_cap: float, noise_multiplier: float) -> float:
+    """Standard deviation of the central noise a secure bucket's sum must carry in
+    ``distributed`` mode: ``z * C * W``. Each member clips its delta to ``clip_norm`` (C) and
+    weighs it by at most ``weight_cap`` (W), so one member moves the bucket's weighted sum by at
+    most ``C * W``: the same Gaussian mechanism with multiplier ``z`` as ``server`` mode, which
+    is how the accountant charges it. The members split this noise between them (Skellam
+    shares), the orchestrator adds none. A zero multiplier is allowed: no noise."""
+    if not (math.isfinite(clip_norm) and clip_norm > 0):
+        raise PrivacyError(f"clip_norm must be a finite number > 0, got {clip_norm!r}")
+    if not (math.isfinite(weight_cap) and weight_cap > 0):
+        raise PrivacyError(f"weight_cap must be a finite number > 0, got {weight_cap!r}")
+    if not (math.isfinite(noise_multiplier) and noise_multiplier >= 0):
+        raise PrivacyError(f"noise_multiplier must be a finite number >= 0, "
+                           f"got {noise_multiplier!r}")
+    return noise_multiplier * clip_norm * weight_cap

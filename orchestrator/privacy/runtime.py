@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from orchestrator.config import PrivacyConfig
 from orchestrator.privacy import (
     DeviceLedger,
+    DpMode,
     DpPolicy,
     FederationAccountant,
     PrivacyStateError,
@@ -69,6 +70,7 @@ class PrivacyRuntime:
                 mode=config.mode, clip_norm=config.clip_norm,
                 noise_multiplier=config.noise_multiplier, target_delta=config.target_delta,
                 epsilon_max=config.epsilon_max, accountant=config.accountant,
+                sampling=config.sampling,
             )
         self._accountant: FederationAccountant | None = None
         self._ledger: DeviceLedger | None = None
@@ -96,9 +98,10 @@ class PrivacyRuntime:
                 try:
                     steps = FederationAccountant.from_state(saved).steps
                     # the spend so far stays; new versions use the configured settings
+                    # and the whole history is accounted under the configured sampling
                     accountant = FederationAccountant(
                         policy.noise_multiplier, policy.target_delta, policy.accountant,
-                        steps=steps)
+                        steps=steps, sampling=policy.sampling)
                 except PrivacyStateError as exc:
                     raise PrivacyStateError(f"cannot restore the privacy accountant: {exc}"
                                             ) from None
@@ -107,9 +110,33 @@ class PrivacyRuntime:
 
         self._accountant, self._ledger, self.epsilon = await asyncio.to_thread(build)
 
+    @property
+    def mode(self) -> DpMode | None:
+        """The DP mode in force (None: DP off)."""
+        return None if self.policy is None else self.policy.mode
+
+    @property
+    def clip_norm(self) -> float | None:
+        """The L2 norm every delta is clipped to (None: DP off, tasks carry ``[training]``'s)."""
+        return None if self.policy is None else self.policy.clip_norm
+
+    @property
+    def central_noise_multiplier(self) -> float:
+        """The multiplier ``z`` the noise of a secure bucket's members must add up to on the
+        bucket's sum, relative to its sensitivity ``clip_norm`` times the weight cap (see
+        :func:`~orchestrator.privacy.noise.bucket_noise_std`): the configured one in
+        ``distributed`` mode, 0.0 otherwise (``local``: each device's own noise is in its
+        task; ``server``: the orchestrator adds it; off: none)."""
+        policy = self.policy
+        if policy is None or policy.mode != "distributed":
+            return 0.0
+        return policy.noise_multiplier
+
     def task_noise(self, clip_norm: float | None, noise_multiplier: float) -> TaskNoise:
         """The clip and noise a task carries: ``[training]``'s when DP is off; the policy's
-        clip and (local mode) noise when it is on."""
+        clip and (local mode) noise when it is on. ``server`` and ``distributed`` tasks carry
+        noise 0 for the device's own Gaussian path: in ``distributed`` mode the secure-bucket
+        code adds :attr:`central_noise_multiplier` in shares instead."""
         policy = self.policy
         if policy is None:
             return TaskNoise(clip_norm, noise_multiplier)
@@ -128,14 +155,16 @@ class PrivacyRuntime:
 
     def plan(self, senders: Sequence[str], population: int) -> PrivacyPlan | None:
         """The privacy record of a version made from updates by ``senders`` (one entry per
-        applied update) out of ``population`` active devices; None when DP is off. Cheap: no
+        applied update; in ``distributed`` mode one per member of each secure bucket the
+        version applied) out of ``population`` active devices; None when DP is off. Cheap: no
         epsilon is computed here."""
         policy, current = self.policy, self._accountant
         if policy is None or current is None or not senders:
             return None
         counts = Counter(senders)
         accountant = FederationAccountant(policy.noise_multiplier, policy.target_delta,
-                                          policy.accountant, steps=current.steps)
+                                          policy.accountant, steps=current.steps,
+                                          sampling=policy.sampling)
         accountant.record_version(len(counts), max(population, len(counts)),
                                   max_contributions=max(counts.values()))
         charges = PrivacyCharge.for_senders(

@@ -12,7 +12,7 @@ import math
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import aiosqlite
 
@@ -22,8 +22,8 @@ from .errors import NotFoundError
 
 __all__ = ["DP_LEDGER_MODES", "PrivacyCharge", "PrivacyMethods", "PrivacyRecord"]
 
-LedgerMode = Literal["local", "server"]
-DP_LEDGER_MODES: tuple[LedgerMode, ...] = ("local", "server")
+LedgerMode = Literal["local", "server", "distributed"]
+DP_LEDGER_MODES: tuple[LedgerMode, ...] = get_args(LedgerMode)
 _COLUMNS = "device_id, version, noise_multiplier, clip_norm, mode, contributions, ts_ms"
 
 

@@ -152,10 +152,33 @@ _V3 = (
     ) STRICT""",
 )
 
+# Distributed DP (noise added by secure-bucket members, charged like central noise) is a third
+# ledger mode. SQLite cannot alter a CHECK: the table is rebuilt with it allowed (create, copy,
+# drop, rename), its rows and index as they were.
+_LEDGER_COLUMNS = "device_id, version, noise_multiplier, clip_norm, mode, contributions, ts_ms"
+_V4 = (
+    """CREATE TABLE privacy_ledger_v4 (
+        device_id TEXT NOT NULL,
+        version INTEGER NOT NULL REFERENCES versions(version),
+        noise_multiplier REAL NOT NULL CHECK (noise_multiplier >= 0),
+        clip_norm REAL NOT NULL CHECK (clip_norm > 0),
+        mode TEXT NOT NULL CHECK (mode IN ('local', 'server', 'distributed')),
+        contributions INTEGER NOT NULL DEFAULT 1 CHECK (contributions >= 1),
+        ts_ms INTEGER NOT NULL,
+        PRIMARY KEY (device_id, version)
+    ) STRICT, WITHOUT ROWID""",
+    f"INSERT INTO privacy_ledger_v4 ({_LEDGER_COLUMNS}) "
+    f"SELECT {_LEDGER_COLUMNS} FROM privacy_ledger",
+    "DROP TABLE privacy_ledger",
+    "ALTER TABLE privacy_ledger_v4 RENAME TO privacy_ledger",
+    "CREATE INDEX privacy_ledger_version ON privacy_ledger(version)",
+)
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "devices, replay windows, ledger, buffer, versions, server state, audit", _V1),
     Migration(2, "privacy ledger", _V2),
     Migration(3, "audit hash chain", _V3),
+    Migration(4, "privacy ledger: distributed mode", _V4),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

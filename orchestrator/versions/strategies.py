@@ -4,7 +4,8 @@
 
 from the inside out: the algorithm of ``[aggregation] mode`` weighs the updates; a robust
 ``reducer`` replaces their mean; ``clip_norm`` clips every update first; ``[privacy] mode =
-"server"`` clips to the privacy clip norm, weighs uniformly and noises the aggregate; the
+"server"`` clips to the privacy clip norm, weighs uniformly and noises the aggregate (``local``
+and ``distributed`` add no server noise: the devices, or the secure buckets' members, did); the
 server optimizer steps last. Each layer is there only when its option is set.
 """
 

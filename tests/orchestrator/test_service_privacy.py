@@ -61,9 +61,11 @@ async def _epsilon(orch: Orchestrator, version: int) -> float:
 
 
 def _rdp_epsilon(q: float, z: float, steps: int, delta: float) -> float:
-    """dp-accounting's own calculation, written out independently of orchestrator.privacy."""
+    """dp-accounting's own calculation, written out independently of orchestrator.privacy
+    (q = 1: the plain Gaussian mechanism)."""
     accountant = RdpAccountant()
-    accountant.compose(dp_accounting.PoissonSampledDpEvent(q, dp_accounting.GaussianDpEvent(z)),
+    gaussian = dp_accounting.GaussianDpEvent(z)
+    accountant.compose(gaussian if q == 1 else dp_accounting.PoissonSampledDpEvent(q, gaussian),
                        steps)
     return float(accountant.get_epsilon(delta))
 
@@ -86,10 +88,12 @@ async def test_versions_charge_devices_and_the_epsilon_matches_dp_accounting(
             await _contribute(orch, devs[v % 2], devs[2 + v % 2])
             epsilons.append(await _epsilon(orch, orch.version))
         assert epsilons == sorted(epsilons) and epsilons[0] < epsilons[-1]
-        # 2 of 4 active devices per version, noise multiplier 1.0, 3 versions
-        expected = _rdp_epsilon(0.5, 1.0, 3, 1e-5)
+        # 2 of 4 active devices per version, noise multiplier 1.0, 3 versions; sampling
+        # "none" (the default): no amplification, each version a plain Gaussian mechanism
+        expected = _rdp_epsilon(1.0, 1.0, 3, 1e-5)
         assert epsilons[-1] == pytest.approx(expected, rel=1e-9)
-        assert epsilons[0] == pytest.approx(_rdp_epsilon(0.5, 1.0, 1, 1e-5), rel=1e-9)
+        assert epsilons[0] == pytest.approx(_rdp_epsilon(1.0, 1.0, 1, 1e-5), rel=1e-9)
+        assert expected > _rdp_epsilon(0.5, 1.0, 3, 1e-5)  # what Poisson would have claimed
         saved = await orch.store.get_server_state(StateKey.ACCOUNTANT)
         assert saved is not None
         assert FederationAccountant.from_state(saved).epsilon() == pytest.approx(expected)
@@ -174,6 +178,7 @@ async def test_server_mode_noises_the_reduction_before_the_optimizer_steps(
      "training.clip_norm: with privacy.mode set"),
     ({"privacy": {"mode": "on"}}, "privacy.mode: must be one of off, local, server"),
     ({"privacy": {"noise_multiplier": 0.0}}, "privacy.noise_multiplier: must be > 0"),
+    ({"privacy": {"sampling": "fixed"}}, "privacy.sampling: must be one of none, poisson"),
     ({"privacy": {"target_delta": 1.0}}, "privacy.target_delta: must be in (0, 1)"),
     ({"robustness": {"max_flags": 0}}, "robustness.max_flags: must be > 0"),
 ])

@@ -13,6 +13,7 @@ from dp_accounting.rdp import RdpAccountant
 
 from fedmq.cli import main as fedmq
 from orchestrator.privacy import (
+    AccountantStep,
     DpPolicy,
     FederationAccountant,
 )
@@ -67,15 +68,20 @@ def test_json_report_has_the_right_numbers(db: Path, capsys: pytest.CaptureFixtu
     assert fedmq(["privacy", "report", "--db", str(db), "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
 
+    # sampling "none": three plain Gaussian mechanisms, whatever the participation
     direct = RdpAccountant().compose(dp_accounting.SelfComposedDpEvent(
-        dp_accounting.PoissonSampledDpEvent(2 / POPULATION, dp_accounting.GaussianDpEvent(1.0)),
-        3))
+        dp_accounting.GaussianDpEvent(1.0), 3))
     assert report["epsilon"] == pytest.approx(direct.get_epsilon(DELTA), rel=1e-9)
     assert report["target_delta"] == DELTA
     assert report["versions_accounted"] == 3
     assert (report["enabled"], report["mode"], report["accountant"]) == (True, "server", "rdp")
     assert (report["noise_multiplier"], report["clip_norm"]) == (1.0, 1.0)
     assert report["epsilon_max"] == pytest.approx(EPSILON_MAX)
+    # which accounting gave the epsilon
+    assert (report["sampling"], report["amplification"]) == ("none", False)
+    assert "without amplification by subsampling" in report["accounting"]
+    assert "orchestrator adds Gaussian noise" in report["noise"]
+    assert report["device_amplification"] is False
 
     devices = {d["device_id"]: d for d in report["devices"]}
     assert list(devices) == ["dev-a", "dev-b", "dev-c", "dev-d"]
@@ -95,10 +101,77 @@ def test_human_report_via_config(db: Path, tmp_path: Path,
     assert fedmq(["privacy", "report", "--config", str(config)]) == 0
     out = capsys.readouterr().out
     assert "differential privacy: on (server noise, rdp accountant)" in out
+    assert "noise: the orchestrator adds Gaussian noise to each aggregate" in out
+    assert ("accounting: every version charged as a Gaussian mechanism without amplification "
+            'by subsampling (sampling = "none"') in out
+    assert "never amplified" in out
     assert f"per-device budget epsilon {EPSILON_MAX:.2f}" in out
     assert "after 3 version(s)" in out
     for dev in ("dev-a", "dev-b", "dev-c", "dev-d"):
         assert dev in out
+
+
+def _populate_as(path: Path, policy: DpPolicy, accountant_state: bytes) -> None:
+    async def populate() -> None:
+        async with Store.open(path) as store:
+            await store.add_device("dev-a", secret=b"s", status="active")
+            arch = await store.put_architecture(b"arch")
+            await store.commit_version(params={"w": np.zeros(2, np.float32)}, kind="initial",
+                                       parent=None, arch_hash=arch)
+            await store.commit_version(
+                params={"w": np.zeros(2, np.float32)}, kind="aggregate", parent=0,
+                privacy=PrivacyCharge.for_senders(["dev-a"], noise_multiplier=1.0,
+                                                  clip_norm=1.0, mode=policy.mode),
+                server_state={StateKey.ACCOUNTANT: accountant_state,
+                              StateKey.PRIVACY_POLICY: policy.to_bytes()})
+
+    asyncio.run(populate())
+
+
+def test_distributed_mode_with_poisson_sampling_says_so(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    path = tmp_path / "orch.db"
+    policy = DpPolicy(mode="distributed", clip_norm=1.0, noise_multiplier=1.0,
+                      sampling="poisson")
+    accountant = FederationAccountant.for_policy(policy)
+    accountant.record_version(1, POPULATION)
+    _populate_as(path, policy, accountant.state_dict())
+
+    assert fedmq(["privacy", "report", "--db", str(path), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert (report["mode"], report["sampling"], report["amplification"]) == (
+        "distributed", "poisson", True)
+    assert "optimistic" in report["accounting"]
+    assert "secure bucket" in report["noise"]
+    direct = RdpAccountant().compose(dp_accounting.PoissonSampledDpEvent(
+        1 / POPULATION, dp_accounting.GaussianDpEvent(1.0)))
+    assert report["epsilon"] == pytest.approx(direct.get_epsilon(DELTA), rel=1e-9)
+    assert fedmq(["privacy", "report", "--db", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "differential privacy: on (distributed noise, rdp accountant)" in out
+    assert 'Poisson-subsampled Gaussian at q = participants / population (sampling = "poisson")' \
+        in out
+
+
+def test_a_state_saved_before_the_setting_reports_poisson(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    path = tmp_path / "orch.db"
+    legacy = json.loads(FederationAccountant(1.0, DELTA, steps=[AccountantStep(0.25, 1.0, 4)])
+                        .state_dict())
+    del legacy["sampling"]
+    policy = json.loads(POLICY.to_bytes())
+    del policy["sampling"]
+    _populate_as(path, DpPolicy.from_bytes(json.dumps(policy).encode()),
+                 json.dumps(legacy).encode())
+
+    assert fedmq(["privacy", "report", "--db", str(path), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert (report["sampling"], report["amplification"]) == ("poisson", True)
+    direct = RdpAccountant().compose(dp_accounting.SelfComposedDpEvent(
+        dp_accounting.PoissonSampledDpEvent(0.25, dp_accounting.GaussianDpEvent(1.0)), 4))
+    assert report["epsilon"] == pytest.approx(direct.get_epsilon(DELTA), rel=1e-9)
 
 
 def test_store_without_dp(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -113,6 +186,8 @@ def test_store_without_dp(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
     report = json.loads(capsys.readouterr().out)
     assert (report["enabled"], report["epsilon"], report["versions_accounted"]) == (
         False, None, 0)
+    assert (report["sampling"], report["amplification"], report["accounting"]) == (
+        None, None, None)
     assert fedmq(["privacy", "report", "--db", str(path)]) == 0
     assert "differential privacy: off" in capsys.readouterr().out
 

@@ -31,10 +31,11 @@ from orchestrator.config.sections import (
     CodecName,
     DeviceOptimizerName,
     PrivacyMode,
+    SamplingName,
     ThermalName,
 )
 from orchestrator.errors import OrchestratorError
-from orchestrator.privacy.policy import AccountantKind, DpMode
+from orchestrator.privacy.policy import AccountantKind, DpMode, Sampling
 from schemas.messages import Optimizer, Thermal
 from schemas.tensors import Codec
 from tests.support.paths import REPO
@@ -90,6 +91,7 @@ def test_the_enumerations_are_the_consumers_own() -> None:
     assert choices("aggregation", "reducer") == get_args(ReducerName)
     assert get_args(PrivacyMode) == ("off", *get_args(DpMode))
     assert get_args(AccountantName) == get_args(AccountantKind)
+    assert get_args(SamplingName) == get_args(Sampling)
     assert set(choices("aggregation", "staleness")) == set(STALENESS)
     assert set(choices("aggregation", "server_optimizer")) <= set(OPTIMIZERS)
 

@@ -25,11 +25,13 @@ DELTA = 1e-5
 
 
 def _direct(kind: str, q: float, z: float, steps: int) -> float:
-    """dp-accounting alone: ``steps`` Poisson-sampled Gaussian mechanisms."""
+    """dp-accounting alone: ``steps`` Poisson-sampled Gaussian mechanisms (q = 1: plain
+    Gaussian mechanisms)."""
     accountant = RdpAccountant() if kind == "rdp" else PLDAccountant()
-    event = dp_accounting.SelfComposedDpEvent(
-        dp_accounting.PoissonSampledDpEvent(q, dp_accounting.GaussianDpEvent(z)), steps)
-    accountant.compose(event)
+    one: dp_accounting.DpEvent = dp_accounting.GaussianDpEvent(z)
+    if q < 1:
+        one = dp_accounting.PoissonSampledDpEvent(q, one)
+    accountant.compose(dp_accounting.SelfComposedDpEvent(one, steps))
     return float(accountant.get_epsilon(DELTA))
 
 
@@ -38,10 +40,10 @@ def _direct(kind: str, q: float, z: float, steps: int) -> float:
     ("rdp", 1.3, 10, 20, 12),
     ("pld", 1.0, 5, 20, 30),
 ])
-def test_epsilon_matches_dp_accounting(
+def test_poisson_epsilon_matches_dp_accounting(
     kind: str, z: float, participants: int, population: int, versions: int
 ) -> None:
-    acc = FederationAccountant(z, DELTA, kind)  # type: ignore[arg-type]
+    acc = FederationAccountant(z, DELTA, kind, sampling="poisson")  # type: ignore[arg-type]
     for _ in range(versions):
         acc.record_version(participants, population)
     expected = _direct(kind, participants / population, z, versions)
@@ -64,7 +66,7 @@ def test_epsilon_grows_with_every_version(kind: str) -> None:
 
 
 def test_mixed_steps_compose_like_the_library() -> None:
-    acc = FederationAccountant(1.1, DELTA)
+    acc = FederationAccountant(1.1, DELTA, sampling="poisson")
     plan = [(5, 20)] * 3 + [(6, 20)] * 2 + [(5, 20)] * 4
     for p, n in plan:
         acc.record_version(p, n)
@@ -79,9 +81,10 @@ def test_mixed_steps_compose_like_the_library() -> None:
         acc.epsilon(), rel=1e-9)
 
 
-@pytest.mark.parametrize("kind", ["rdp", "pld"])
-def test_state_round_trip_gives_the_same_epsilon(kind: str) -> None:
-    acc = FederationAccountant(1.0, DELTA, kind)  # type: ignore[arg-type]
+@pytest.mark.parametrize(("kind", "sampling"), [("rdp", "none"), ("rdp", "poisson"),
+                                                ("pld", "none"), ("pld", "poisson")])
+def test_state_round_trip_gives_the_same_epsilon(kind: str, sampling: str) -> None:
+    acc = FederationAccountant(1.0, DELTA, kind, sampling=sampling)  # type: ignore[arg-type]
     for p in (3, 3, 7, 3):
         acc.record_version(p, 17)
     if kind == "rdp":  # (PLD takes a second per distinct step: keep it to two)
@@ -89,17 +92,19 @@ def test_state_round_trip_gives_the_same_epsilon(kind: str) -> None:
     restored = FederationAccountant.from_state(acc.state_dict())
     assert restored.steps == acc.steps
     assert restored.kind == kind and restored.target_delta == DELTA
+    assert restored.sampling == sampling
     assert restored.noise_multiplier == 1.0
     assert restored.epsilon() == acc.epsilon()
     restored.record_version(3, 17)
     assert restored.epsilon() > acc.epsilon()
 
 
-def test_extra_contributions_reduce_the_effective_noise() -> None:
-    acc = FederationAccountant(1.0, DELTA)
+@pytest.mark.parametrize(("sampling", "q"), [("poisson", 0.2), ("none", 1.0)])
+def test_extra_contributions_reduce_the_effective_noise(sampling: str, q: float) -> None:
+    acc = FederationAccountant(1.0, DELTA, sampling=sampling)  # type: ignore[arg-type]
     step = acc.record_version(4, 20, max_contributions=2)
     assert step == AccountantStep(0.2, 0.5, 1)
-    assert acc.epsilon() == pytest.approx(_direct("rdp", 0.2, 0.5, 1), rel=1e-9)
+    assert acc.epsilon() == pytest.approx(_direct("rdp", q, 0.5, 1), rel=1e-9)
 
 
 def test_sampling_rate_and_bad_inputs() -> None:

@@ -69,6 +69,48 @@ async def test_v1_file_upgrades_in_place(tmp_path: Path) -> None:
         assert raw.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
 
 
+def _schema_of(path: Path, name: str) -> list[tuple[str, str]]:
+    with contextlib.closing(sqlite3.connect(path)) as raw:
+        return raw.execute("SELECT type, sql FROM sqlite_master WHERE tbl_name = ? "
+                           "ORDER BY type, name", (name,)).fetchall()
+
+
+async def test_v3_file_migrates_with_its_ledger_intact_and_takes_distributed(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "orch.db"
+    async with Store.open(path, migrations=MIGRATIONS[:3], clock=lambda: 7_000) as store:
+        await _initial(store)
+        await store.commit_version(params=_params(1), kind="aggregate", parent=0, privacy=[
+            PrivacyCharge("dev-a", 1.0, 1.0, "local"),
+            PrivacyCharge("dev-b", 0.5, 2.0, "server", contributions=2)])
+        await store.commit_version(params=_params(2), kind="aggregate", parent=1, privacy=[
+            PrivacyCharge("dev-a", 1.0, 1.0, "local")])
+        before = await store.privacy_ledger()
+        # the v3 CHECK knows two modes only
+        with pytest.raises(StoreIntegrityError):
+            await store.record_privacy(1, [PrivacyCharge("dev-c", 1.0, 1.0, "distributed")])
+    assert len(before) == 3
+    assert "distributed" not in str(_schema_of(path, "privacy_ledger"))
+
+    async with Store.open(path, clock=lambda: 8_000) as store:
+        assert store.schema_version == SCHEMA_VERSION >= 4
+        assert await store.privacy_ledger() == before
+        await store.record_privacy(1, [PrivacyCharge("dev-c", 1.0, 1.0, "distributed")])
+        assert await store.privacy_ledger(device_id="dev-c") == [
+            PrivacyRecord("dev-c", 1, 1.0, 1.0, "distributed", 1, 8_000)]
+        # still one row per device and version, still only for versions that exist
+        with pytest.raises(StoreIntegrityError):
+            await store.record_privacy(1, [PrivacyCharge("dev-c", 1.0, 1.0, "server")])
+        assert await store.integrity_check() == []
+    with contextlib.closing(sqlite3.connect(path)) as raw, pytest.raises(sqlite3.IntegrityError):
+        raw.execute("INSERT INTO privacy_ledger VALUES ('dev-d', 1, 1.0, 1.0, 'trusted', 1, 0)")
+    schema = _schema_of(path, "privacy_ledger")
+    assert [kind for kind, _ in schema] == ["index", "table"]
+    assert "privacy_ledger_version" in schema[0][1] and "'distributed'" in schema[1][1]
+    assert "privacy_ledger_v4" not in _tables(path)
+
+
 async def test_commit_version_charges_devices_with_the_version(tmp_path: Path) -> None:
     async with Store.open(tmp_path / "orch.db", clock=lambda: 5_000) as store:
         await _initial(store)
