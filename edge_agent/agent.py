@@ -33,6 +33,7 @@ from schemas import AgentState, Bundle, ErrorFeedback, Status, Task, Topics, UpK
 
 from .activity import Activity
 from .backoff import Backoff, Sleep
+from .buckets import Buckets
 from .clock import Clock, as_clock, wall_ms
 from .config import AGENT_VERSION, AgentConfig
 from .data import FixedData, LocalData, TrainingSet
@@ -416,12 +417,16 @@ class Agent:
                              status_due=status_due, outbox_due=outbox_due, logger=self.log,
                              login=login, **common)
         await rotator.load()
+        buckets = Buckets(state=state, signer=signer, device_id=self.device_id,
+                          outbox_due=outbox_due, logger=self.log, **common)
+        await buckets.load()
         downlink = Downlink(
             device_id=self.device_id, fed=self.fed, orchestrator_keys=keys,
             state=state, window=await state.replay_window(), models=models, tracker=tracker,
             tasks=tasks, outbox=outbox, settings=settings, shutdown=self._shutdown,
             status_due=status_due, outbox_due=outbox_due, exit_on_revoke=config.exit_on_revoke,
-            tombstone=self.tombstone_path, logger=self.log, rotation=rotator, **common)
+            tombstone=self.tombstone_path, logger=self.log, rotation=rotator, buckets=buckets,
+            **common)
         session = self._session(downlink, reporter,
                                 signal_all(status_due, outbox_due, rotator.wake, changed), login)
         keys.on_adopt = session.refresh_retained
@@ -438,7 +443,7 @@ class Agent:
             outbox_due=outbox_due, data=data,
             feedback=ErrorFeedback(await state.residual()),
             eval_topic=self.topics.up(self.device_id, UpKind.EVAL), config=config,
-            logger=self.log, train=train_update, **common)
+            logger=self.log, train=train_update, buckets=buckets, **common)
         return _Parts(state, outbox, tracker, models, session, flusher, heartbeat, downlink,
                       worker, rotator, source)
 

@@ -40,8 +40,10 @@ from schemas import (
     parse_topic,
     unseal_key,
 )
+from schemas.secagg.wire import SecAggEnd, SecAggRelay, SecAggUnmask
 from schemas.topics import ORCHESTRATOR_SENDER
 
+from .buckets import Buckets
 from .clock import Clock, wall_ms
 from .config import AGENT_VERSION
 from .errors import ModelContractError
@@ -64,7 +66,9 @@ class Rotation(Protocol):
 
 _ROTATION = (ControlAction.ROTATE_KEY, ControlAction.KEY_ROTATED,
              ControlAction.NEW_PASSWORD, ControlAction.PASSWORD_ROTATED)
-_DOWN_TYPES: tuple[type[Message], ...] = (Task, Defer, Ack, Control, Enrolled)
+_DOWN_TYPES: tuple[type[Message], ...] = (Task, Defer, Ack, Control, Enrolled, SecAggRelay,
+                                          SecAggUnmask, SecAggEnd)
+_STAGES = (SecAggRelay, SecAggUnmask, SecAggEnd)
 
 
 class Downlink:
@@ -74,7 +78,7 @@ class Downlink:
                  settings: Settings, shutdown: Shutdown, stats: AgentStats, changed: Pulse,
                  status_due: asyncio.Event, outbox_due: asyncio.Event, clock: Clock,
                  exit_on_revoke: bool, tombstone: Path, logger: logging.Logger,
-                 rotation: Rotation | None = None) -> None:
+                 rotation: Rotation | None = None, buckets: Buckets | None = None) -> None:
         self._device_id = device_id
         self._fed = fed
         self._keys = orchestrator_keys
@@ -95,6 +99,7 @@ class Downlink:
         self._tombstone = tombstone
         self._log = logger
         self._rotation = rotation
+        self._buckets = buckets
 
     async def deliver(self, topic: str, payload: bytes) -> None:
         """Handle one message as if it had arrived on ``topic``. Never raises for bad input:
@@ -171,7 +176,11 @@ class Downlink:
         return message
 
     async def _dispatch(self, message: Message) -> None:
-        if isinstance(message, Task):
+        if isinstance(message, _STAGES):
+            if self._buckets is None:
+                raise DecodeError(Reason.WRONG_TYPE, "secure buckets are not set up here")
+            await self._buckets.on_stage(message)
+        elif isinstance(message, Task):
             self._on_task(message)
         elif isinstance(message, Defer):
             await self._on_defer(message)
@@ -184,6 +193,11 @@ class Downlink:
 
     def _on_task(self, task: Task) -> None:
         self._stats.tasks_received += 1
+        bucket = task.bucket
+        if bucket is not None and self._buckets is not None \
+                and self._buckets.joined(bucket.bucket_id):
+            self._stats.duplicates += 1  # re-sent to a member that might have missed it
+            return
         try:
             self._tasks.put_nowait(task)
         except asyncio.QueueFull:

@@ -11,7 +11,7 @@ lock, this module owns the table's statements and its running totals.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,7 +21,7 @@ from nacl.signing import SigningKey
 from schemas import Params, resign
 
 from .records import OutboxEntry, OutboxRow
-from .state import LocalState, write_residual
+from .state import LocalState, write_residual, write_value
 
 __all__ = ["Outbox", "OutboxEntry", "OutboxRow", "ResendPolicy"]
 
@@ -67,10 +67,11 @@ class Outbox:
 
     async def put(
         self, seq: int, envelope: bytes, *, created_ms: int, residual: Params | None = None,
-        signed_with: SigningKey | None = None,
+        signed_with: SigningKey | None = None, values: Mapping[str, Any] | None = None,
     ) -> None:
         """Durably add an entry (committed when this returns), with the residual that the
-        encoding of this update left behind, in the same transaction. ``signed_with``: the
+        encoding of this update left behind, and ``values`` (small durable values, as
+        ``LocalState.put_many`` keeps them), in the same transaction. ``signed_with``: the
         key that signed ``envelope``; if the device key rotated meanwhile, the entry is
         re-signed with the current one first."""
         async with self._state.transaction() as tx:
@@ -83,6 +84,8 @@ class Outbox:
             )
             if residual is not None:
                 await write_residual(tx, residual)
+            for key, value in (values or {}).items():
+                await write_value(tx, key, value)
         self._len += 1
         self._bytes += len(envelope)
 

@@ -8,6 +8,9 @@ with the residual its encoding left behind before anything is sent.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 from nacl.signing import SigningKey, VerifyKey
 
 from schemas import Message, Params, Update, pack
@@ -52,19 +55,24 @@ class Signer:
         """A small message (status, enroll, eval report) under the next seq."""
         return self.pack(message, await self._state.reserve_seq())
 
-    async def enqueue_update(self, update: Update, *, seal: bool,
-                             residual: Params) -> tuple[int, int]:
-        """Sign (and seal) ``update`` under the next seq and commit it to the outbox with
-        ``residual``; returns the seq and the envelope's size. ``OversizedUpdateError`` when
+    async def enqueue(self, message: Message, *, seal: bool, residual: Params | None = None,
+                      values: Mapping[str, Any] | None = None) -> tuple[int, int]:
+        """Sign (and seal) ``message`` under the next seq and commit it to the outbox, with
+        ``residual`` (an update's) and ``values`` (a secure bucket's session) in the same
+        transaction; returns the seq and the envelope's size. ``OversizedUpdateError`` when
         the envelope would not fit in one batch (nothing is committed then)."""
         seq = await self._state.reserve_seq()
         key = self._state.signing_key  # put() re-signs if it rotates while we encode
-        envelope = await self._offload.run(self.pack, update, seq, seal=seal, key=key)
+        envelope = await self._offload.run(self.pack, message, seq, seal=seal, key=key)
         if len(envelope) > self._max_update_bytes:
             raise OversizedUpdateError(
-                f"update of {len(envelope)} bytes exceeds the {self._max_update_bytes}-byte "
-                "batch limit; use a compressing codec", device=self._device_id, seq=seq,
+                f"{message.TYPE} of {len(envelope)} bytes exceeds the {self._max_update_bytes}-"
+                "byte batch limit; use a compressing codec", device=self._device_id, seq=seq,
                 reason="too_large")
         await self._outbox.put(seq, envelope, created_ms=wall_ms(self._clock), residual=residual,
-                               signed_with=key)
+                               signed_with=key, values=values)
         return seq, len(envelope)
+
+    async def enqueue_update(self, update: Update, *, seal: bool,
+                             residual: Params) -> tuple[int, int]:
+        return await self.enqueue(update, seal=seal, residual=residual)

@@ -240,10 +240,7 @@ class LocalState:
         """Several ``put``s in one transaction: all of them are kept, or none."""
         async with self.transaction() as tx:
             for key, value in values.items():
-                if value is None:
-                    await tx.execute("DELETE FROM meta WHERE key = ?", (f"v:{key}",))
-                else:
-                    await _meta_set(tx, f"v:{key}", value)
+                await write_value(tx, key, value)
 
     async def enrollment(self) -> Enrollment | None:
         raw = await self.get("enrollment")
@@ -338,6 +335,14 @@ class LocalState:
 
 
 # -- helpers -----------------------------------------------------------------------------------
+
+async def write_value(tx: aiosqlite.Connection, key: str, value: Any) -> None:
+    """``LocalState.put`` inside the caller's transaction (None deletes the value)."""
+    if value is None:
+        await tx.execute("DELETE FROM meta WHERE key = ?", (f"v:{key}",))
+    else:
+        await _meta_set(tx, f"v:{key}", value)
+
 
 async def write_residual(tx: aiosqlite.Connection, residual: Params) -> None:
     """Keep the error-feedback residual, inside a transaction the caller holds."""

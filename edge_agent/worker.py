@@ -21,6 +21,7 @@ import numpy as np
 from schemas import ErrorFeedback, EvalReport, Task, TaskAction
 
 from .activity import Activity, Pause
+from .buckets import Buckets
 from .clock import Clock, wait_for, wall_ms
 from .config import AgentConfig
 from .data import LocalData, TrainingSet
@@ -88,7 +89,7 @@ class Worker:
                  changed: Pulse, pace: Pace, outbox_due: asyncio.Event,
                  data: TrainingSet, feedback: ErrorFeedback,
                  eval_topic: str, config: AgentConfig, logger: logging.Logger,
-                 train: TrainFn = train_update) -> None:
+                 train: TrainFn = train_update, buckets: Buckets | None = None) -> None:
         self._tasks = tasks
         self._tracker = tracker
         self._models = models
@@ -108,6 +109,7 @@ class Worker:
         self._config = config
         self._log = logger
         self._train_fn = train
+        self._buckets = buckets
         self._rng = np.random.default_rng(config.seed)
         self._noise_rng = np.random.default_rng()  # OS entropy: DP noise is never seeded
 
@@ -167,6 +169,8 @@ class Worker:
             self._log.error("task %s not trained: the model needs labels, the data has none",
                             task.task_id)
             return
+        if task.bucket is not None and not await self._join(task):
+            return
         self._tracker.set(self._tracker.current.on_training_started(task.task_id))
         check = StopCheck(task, shutdown=self._shutdown, activity=self._tracker,
                           probe=self._probe.probe, clock=self._clock,
@@ -184,7 +188,21 @@ class Worker:
         if trained.update is None:
             self._log.warning("task %s: nothing to send (%s)", task.task_id, trained.note)
             return
+        if task.bucket is not None and self._buckets is not None:
+            if await run_to_end(self._buckets.submit(task, trained)):
+                self._feedback = trained.feedback
+            return
         await self._enqueue(task, trained)
+
+    async def _join(self, task: Task) -> bool:
+        """Deal the bucket's shares before training (False: not this time)."""
+        if self._buckets is None:
+            self._log.error("task %s ignored: secure buckets are not set up", task.task_id)
+            return False
+        if not await run_to_end(self._buckets.join(task)):
+            self._log.info("task %s ignored: already in its bucket", task.task_id)
+            return False
+        return True
 
     async def _run_training(self, task: Task, loaded: LoadedModel, check: StopCheck,
                             data: LocalData) -> TrainedUpdate:

@@ -64,6 +64,8 @@ from orchestrator.metrics.prometheus import Metrics
 from orchestrator.ops.desk import OperatorDesk
 from orchestrator.ops.views import OperatorViews
 from orchestrator.privacy.runtime import PrivacyRuntime
+from orchestrator.secagg.coordinator import Coordinator
+from orchestrator.secagg.plan import BucketPlan
 from orchestrator.store import Store
 from orchestrator.store.state_keys import StateKey
 from orchestrator.versions.aggregator import Aggregator, Making
@@ -182,12 +184,15 @@ async def assemble(o: Opened) -> Parts:
         standing=standing, privacy=r.privacy, registry=r.registry, stopper=stopper,
         evaluated=evaluation is not None, due=aggregate_due, metrics=o.metrics,
         counters=o.counters, clock=o.clock)
+    buckets = await _buckets(o, r, outbound, outstanding, aggregate_due)
     intake = Intake(
         store=store, registry=r.registry, book=r.book, decoder=o.decoder, head=r.head,
         buffer=r.buffer, outstanding=outstanding, cadence=r.cadence, outbound=outbound,
         aggregate_due=aggregate_due, counters=o.counters, metrics=o.metrics, clock=o.clock,
-        group_batches=cfg.ingest.group_batches, queue_batches=cfg.ingest.queue_batches)
-    lanes = _lanes(o, r, outbound, selection, outstanding, revocations, rotations, passwords)
+        group_batches=cfg.ingest.group_batches, queue_batches=cfg.ingest.queue_batches,
+        buckets=buckets)
+    lanes = _lanes(o, r, outbound, selection, outstanding, revocations, rotations, passwords,
+                   buckets)
     views = OperatorViews(config=cfg, store=store, head=r.head, buffer=r.buffer,
                           outstanding=outstanding, metrics=o.metrics, clock=o.clock,
                           stopper=stopper)
@@ -232,6 +237,8 @@ async def assemble(o: Opened) -> Parts:
         loops.append(("evaluate", evaluation.run))
     if r.privacy.enabled:
         loops.append(("privacy", r.privacy.run))
+    if buckets is not None:
+        loops.append(("secagg", buckets.run))
     return Parts(r.head, r.buffer, outstanding, r.registry, keys, loops)
 
 
@@ -253,9 +260,29 @@ def _revocations(o: Opened, registry: Registry, outbound: Outbound) -> Revocatio
                        counters=o.counters)
 
 
+async def _buckets(o: Opened, r: _Restored, outbound: Outbound, outstanding: OutstandingTasks,
+                   aggregate_due: asyncio.Event) -> Coordinator | None:
+    """The secure-bucket coordinator (None unless ``[secure_aggregation]`` is on), with its
+    open buckets restored."""
+    cfg = o.config
+    secure = cfg.secure_aggregation
+    if not secure.enabled:
+        return None
+    plan = BucketPlan(secure, clip_norm=r.privacy.clip_norm or secure.clip_norm,
+                      noise_multiplier=r.privacy.central_noise_multiplier)
+    coordinator = Coordinator(config=secure, plan=plan, store=o.store, registry=r.registry,
+                              head=r.head, outbound=outbound, buffer=r.buffer,
+                              outstanding=outstanding, cadence=r.cadence,
+                              aggregate_due=aggregate_due, counters=o.counters, clock=o.clock,
+                              rng=o.rng)
+    await coordinator.load()
+    return coordinator
+
+
 def _lanes(o: Opened, r: _Restored, outbound: Outbound, selection: BasicSelection,
            outstanding: OutstandingTasks, revocations: Revocations,
-           rotations: RotationRequests, passwords: PasswordRotations) -> ControlLanes:
+           rotations: RotationRequests, passwords: PasswordRotations,
+           buckets: Coordinator | None) -> ControlLanes:
     """The control lanes with their enroll, status (tasking), eval and rotate handlers."""
     cfg, fed = o.config, o.config.federation
     fedeval = FederatedEvaluation(cfg.evaluation.federated_every,
@@ -264,7 +291,7 @@ def _lanes(o: Opened, r: _Restored, outbound: Outbound, selection: BasicSelectio
                                   min_samples=cfg.anomaly.min_samples)
     tasker = Tasker(config=cfg, head=r.head, selection=selection, outstanding=outstanding,
                     cadence=r.cadence, fedeval=fedeval, privacy=r.privacy, store=o.store,
-                    counters=o.counters, clock=o.clock, rng=o.rng)
+                    counters=o.counters, clock=o.clock, rng=o.rng, buckets=buckets)
     handlers: dict[str, Handler] = {
         UpKind.ENROLL.value: EnrollHandler(
             fed=fed.id, manual_approval=fed.enrollment == "manual",

@@ -27,6 +27,7 @@ BENCHMARKS: dict[str, str] = {
     "async-vs-sync": "fedmq.bench.async_vs_sync",
     "fleet": "fedmq.bench.fleet",
     "flood": "fedmq.bench.flood",
+    "secagg": "fedmq.bench.secagg",
 }
 
 

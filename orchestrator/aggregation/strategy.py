@@ -69,6 +69,13 @@ class BufferedUpdate:
     base_version: int
     num_samples: int
     delta: Params = field(repr=False, compare=False)
+    contributors: tuple[str, ...] = ()
+    """The devices whose data it carries when that is not only ``sender`` (a secure
+    bucket's sum: its surviving members)."""
+
+    @property
+    def devices(self) -> tuple[str, ...]:
+        return self.contributors or (self.sender,)
 
 
 class ServerOptimizer(Protocol):

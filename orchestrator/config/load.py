@@ -92,22 +92,34 @@ def _assemble(v: dict[str, dict[str, Any]], source: Path | None) -> Config:
     if stopping.patience is not None and evaluation.dataset is None:
         raise ConfigError("stopping.patience: needs evaluation.dataset to measure a plateau")
     ingest = IngestConfig(**v["ingest"])
+    privacy = _privacy(v["privacy"], training, agg)
     return Config(FederationConfig(**v["federation"]), broker, model, training, agg, selection,
                   ingest, evaluation, stopping, source,
-                  privacy=_privacy(v["privacy"], training, agg),
+                  privacy=privacy,
                   robustness=RobustnessConfig(**v["robustness"]),
                   anomaly=AnomalyConfig(**v["anomaly"]),
                   standardize=StandardizeConfig(**v["standardize"]),
-                  secure_aggregation=_secure_aggregation(v["secure_aggregation"], agg),
+                  secure_aggregation=_secure_aggregation(v["secure_aggregation"], agg,
+                                                         selection, privacy),
                   metrics=MetricsConfig(**v["metrics"]), ops=OpsConfig(**v["ops"]),
                   limits=_limits(v["limits"], ingest))
 
 
-def _secure_aggregation(s: dict[str, Any], agg: AggregationConfig) -> SecureAggregationConfig:
+def _secure_aggregation(s: dict[str, Any], agg: AggregationConfig, selection: SelectionConfig,
+                        privacy: PrivacyConfig) -> SecureAggregationConfig:
     secure = SecureAggregationConfig(**s)
-    if secure.enabled and agg.mode != "async":
+    if privacy.mode == "distributed" and not secure.enabled:
+        raise ConfigError("privacy.mode: \"distributed\" needs secure_aggregation.enabled "
+                          "(the bucket members add the noise)")
+    if not secure.enabled:
+        return secure
+    if agg.mode != "async":
         raise ConfigError("secure_aggregation.enabled: needs aggregation.mode = \"async\" "
                           "(buckets enter FedBuff)")
+    if secure.bucket_size > selection.concurrency:
+        raise ConfigError(f"secure_aggregation.bucket_size: {secure.bucket_size} members need "
+                          f"selection.concurrency >= {secure.bucket_size} (it is "
+                          f"{selection.concurrency})")
     return secure
 
 

@@ -409,8 +409,8 @@ class SecureAggregationConfig:
                            "units, before weighting (127: int8 resolution)"] = 127.0
     clip_norm: Annotated[float, gt(0), "members clip their delta to this L2 norm (with "
                          "[privacy] on, its clip_norm is used)"] = 1.0
-    weight_cap: Annotated[float, gt(0), "the largest weight one member may carry"] = 8.0
-    weight_unit: Annotated[float, gt(0), "samples per unit of weight"] = 32.0
+    weight_cap: Annotated[float, gt(0), "the largest weight one member may carry"] = 2.0
+    weight_unit: Annotated[float, gt(0), "samples per unit of weight"] = 64.0
     form_timeout_s: Annotated[float, gt(0), "a bucket short of bucket_size forms after this "
                               "with the members it has (if they reach the threshold)"] = 60.0
     key_timeout_s: Annotated[float, gt(0), "the key stage closes after this"] = 60.0

@@ -14,6 +14,7 @@ import random
 import uuid
 from collections.abc import MutableMapping
 from dataclasses import dataclass
+from typing import Protocol
 
 from orchestrator.clock import Clock
 from orchestrator.config import Config
@@ -101,11 +102,17 @@ def decide(device: str, status: Status, view: FleetView, selection: BasicSelecti
     return None
 
 
+class Enlister(Protocol):
+    """Where a selected device waits for its secure bucket (:mod:`orchestrator.secagg`)."""
+
+    def enlist(self, device: str, task: Task) -> Defer: ...
+
+
 class Tasker:
     def __init__(self, *, config: Config, head: VersionHead, selection: BasicSelection,
                  outstanding: OutstandingTasks, cadence: Cadence, fedeval: FederatedEvaluation,
                  privacy: PrivacyRuntime, store: Store, counters: MutableMapping[str, int],
-                 clock: Clock, rng: random.Random) -> None:
+                 clock: Clock, rng: random.Random, buckets: Enlister | None = None) -> None:
         self._config = config
         self._head = head
         self._selection = selection
@@ -117,6 +124,7 @@ class Tasker:
         self._counters = counters
         self._clock = clock
         self._rng = rng
+        self._buckets = buckets
         self._budget_audited: set[str] = set()
 
     def view(self, device: str, status: Status) -> FleetView:
@@ -148,7 +156,9 @@ class Tasker:
         if isinstance(answer, Evaluate):
             return self._evaluation(device, answer.version, now)
         if isinstance(answer, Train):
-            return self._training(device, status, answer.version, now)
+            task = self._training(device, status, answer.version, now)
+            # with secure aggregation the task goes out with its bucket, once that forms
+            return task if self._buckets is None else self._buckets.enlist(device, task)
         return None
 
     def _task_id(self) -> str:

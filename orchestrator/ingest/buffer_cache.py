@@ -13,7 +13,8 @@ once the budget was full) the whole window is read from the store as before.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from orchestrator.aggregation import BufferedUpdate
 from orchestrator.ingest.buffer_codec import decode_buffered, from_stored
@@ -79,26 +80,32 @@ async def load_buffer(store: Store, cache: BufferCache, limit: int | None
         cache.forget_before(rows[0].id)
     else:
         cache.clear()
-    cached: list[tuple[int, str, int, int, bytes]] = []
+    cached: list[tuple[int, str, int, int, bytes, tuple[str, ...]]] = []
     for row in rows:
         blob = cache.get(row.id)
         if (blob is None or row.sender is None or row.base_version is None
                 or row.num_samples is None):
             break
-        cached.append((row.id, row.sender, row.base_version, row.num_samples, blob))
+        cached.append((row.id, row.sender, row.base_version, row.num_samples, blob,
+                       _contributors(row.meta)))
     else:
         def decode() -> list[BufferedUpdate]:
-            return [BufferedUpdate(uid, sender, base, n, decode_buffered(blob))
-                    for uid, sender, base, n, blob in cached]
+            return [BufferedUpdate(uid, sender, base, n, decode_buffered(blob), who)
+                    for uid, sender, base, n, blob, who in cached]
 
         return await asyncio.to_thread(decode)
     entries = await store.buffered(limit=limit)
 
     def restore() -> list[BufferedUpdate]:
         return [BufferedUpdate(e.update_id, e.sender, e.base_version, e.num_samples,
-                               from_stored(e.delta)) for e in entries]
+                               from_stored(e.delta), _contributors(e.meta)) for e in entries]
 
     return await asyncio.to_thread(restore)
+
+
+def _contributors(meta: Mapping[str, Any]) -> tuple[str, ...]:
+    members = meta.get("members")
+    return tuple(str(m) for m in members) if isinstance(members, list) else ()
 
 
 class Buffer:

@@ -16,7 +16,8 @@ acknowledged update, and a batch resent after one is answered ``duplicate``.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import MutableMapping
+from collections.abc import MutableMapping, Sequence
+from typing import Protocol
 
 from orchestrator.clock import Clock
 from orchestrator.devices.registry import Registry
@@ -26,11 +27,13 @@ from orchestrator.ingest.buffer_cache import Buffer
 from orchestrator.ingest.decode_pool import DecodePool
 from orchestrator.ingest.pipeline import (
     Accept,
+    Duplicate,
     GroupResult,
     ModelView,
     RawBatch,
     Reject,
     SenderView,
+    Staged,
     incoming_rows,
 )
 from orchestrator.link.sender import Outbound
@@ -39,11 +42,17 @@ from orchestrator.metrics.prometheus import Metrics
 from orchestrator.store import Store
 from orchestrator.versions.cadence import Cadence
 from orchestrator.versions.head import VersionHead
-from schemas.messages import Ack
+from schemas.messages import Ack, AckEntry, AckOutcome
 from schemas.replay import ReplayWindow
 from schemas.topics import DownKind
 
-__all__ = ["Intake"]
+__all__ = ["Intake", "StageJudge"]
+
+
+class StageJudge(Protocol):
+    """Who answers secure-bucket stage messages (:class:`orchestrator.secagg.Coordinator`)."""
+
+    async def receive(self, device: str, staged: Sequence[Staged]) -> list[AckEntry]: ...
 
 
 class Intake:
@@ -65,6 +74,7 @@ class Intake:
         clock: Clock,
         group_batches: int,
         queue_batches: int,
+        buckets: StageJudge | None = None,
     ) -> None:
         self._store = store
         self._registry = registry
@@ -80,6 +90,7 @@ class Intake:
         self._metrics = metrics
         self._clock = clock
         self._group_batches = group_batches
+        self._buckets = buckets
         self._queued: asyncio.Queue[RawBatch] = asyncio.Queue(queue_batches)
         self._judged: asyncio.Queue[GroupResult] = asyncio.Queue(2)
 
@@ -124,10 +135,19 @@ class Intake:
         if accepted:
             self._aggregate_due.set()
         acks = [(b.batch.device, Ack(entries)) for b in result.batches
-                if (entries := b.ack_entries())]
+                if (entries := b.ack_entries() + await self._stages(b.batch.device, b.staged))]
         if acks:
             await asyncio.gather(*(self._outbound.send(d, DownKind.ACK, a) for d, a in acks))
         observe_group(self._metrics, result, self._clock.wall_ms(), buffered=self._buffer.count)
+
+    async def _stages(self, device: str, staged: list[Staged]) -> list[AckEntry]:
+        """The bucket's answers to stage messages (after their bucket stored them)."""
+        if not staged:
+            return []
+        if self._buckets is None:
+            self._counters["rejected.secagg_off"] += len(staged)
+            return [AckEntry(s.seq, AckOutcome.REJECTED, "secagg_off") for s in staged]
+        return await self._buckets.receive(device, staged)
 
     def _tally(self, result: GroupResult) -> int:
         """Count the group's outcomes; the accepted ones complete their tasks."""
@@ -147,6 +167,6 @@ class Intake:
                     self._cadence.on_accepted(outcome.update.base_version)
                 elif isinstance(outcome, Reject):
                     self._counters[f"rejected.{outcome.reason.value}"] += 1
-                else:
+                elif isinstance(outcome, Duplicate):
                     self._counters["duplicate"] += 1
         return accepted

@@ -32,8 +32,9 @@ from orchestrator.store import IncomingUpdate
 from schemas.envelope import Header, Opened, check_header, decode_body, unpack_batch, verify
 from schemas.errors import FedmqError, Reason
 from schemas.limits import Limits
-from schemas.messages import AckEntry, AckOutcome, Update
+from schemas.messages import MESSAGE_TYPES, AckEntry, AckOutcome, Message, Update
 from schemas.replay import ReplayWindow, Verdict
+from schemas.secagg.wire import UP_STAGES
 from schemas.tensors import Params, decode_params
 
 Unseal = PrivateKey | Sequence[PrivateKey]
@@ -51,6 +52,7 @@ __all__ = [
     "RawBatch",
     "Reject",
     "SenderView",
+    "Staged",
     "incoming_rows",
     "process_group",
     "to_incoming",
@@ -124,7 +126,19 @@ class Duplicate:
     seq: int
 
 
-EntryOutcome = Accept | Reject | Duplicate
+@dataclass(frozen=True, slots=True)
+class Staged:
+    """An authentic secure-bucket stage message (see :mod:`orchestrator.secagg`), decoded but
+    not judged: only the bucket's state can say whether it is kept, a copy, or refused. Its
+    seq is not marked in the replay window — the bucket recognises a re-sent copy, and
+    refuses anything for a closed bucket."""
+
+    seq: int
+    header: Header
+    message: Message = field(repr=False)
+
+
+EntryOutcome = Accept | Reject | Duplicate | Staged
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,16 +149,21 @@ class BatchResult:
     """The whole payload was unusable (not a batch): no entry could be looked at."""
 
     def ack_entries(self) -> list[AckEntry]:
-        """One ack entry per authentic seq (unauthenticated entries get no answer)."""
+        """One ack entry per authentic seq (unauthenticated entries get no answer); staged
+        entries are answered by their bucket (see :attr:`staged`)."""
         out: list[AckEntry] = []
         for o in self.outcomes:
             if isinstance(o, Accept):
                 out.append(AckEntry(o.seq, AckOutcome.ACCEPTED))
             elif isinstance(o, Duplicate):
                 out.append(AckEntry(o.seq, AckOutcome.DUPLICATE))
-            elif o.seq is not None:
+            elif isinstance(o, Reject) and o.seq is not None:
                 out.append(AckEntry(o.seq, AckOutcome.REJECTED, o.reason.value))
         return out
+
+    @property
+    def staged(self) -> list[Staged]:
+        return [o for o in self.outcomes if isinstance(o, Staged)]
 
 
 @dataclass
@@ -211,6 +230,20 @@ def decode_update(opened: Opened, unseal: Unseal, policy: IngestPolicy) -> Updat
         return decode_body(opened, Update, policy.limits, unseal)
     except FedmqError as exc:
         raise _fail(exc.reason, exc.detail, opened.header.seq) from None
+
+
+def decode_stage(entry: bytes, opened: Opened, window: ReplayWindow, policy: IngestPolicy,
+                 unseal: Unseal) -> Staged:
+    """A stage message, bounded and decoded (its seq below the window is a replay)."""
+    seq = opened.header.seq
+    if window.classify(seq) is Verdict.REPLAY:
+        raise _fail(Reason.REPLAY, f"seq {seq} is below the replay window", seq)
+    check_size(entry, seq, policy)
+    try:
+        message = decode_body(opened, MESSAGE_TYPES[opened.header.type], policy.limits, unseal)
+    except FedmqError as exc:
+        raise _fail(exc.reason, exc.detail, seq) from None
+    return Staged(seq, opened.header, message)
 
 
 def validate_update(update: Update, seq: int, model: ModelView,
@@ -285,6 +318,8 @@ def process_entry(
         check_binding(header, device, policy, now_ms)
         if window is None:  # pragma: no cover - the service gives every known device one
             raise _fail(Reason.UNKNOWN_SENDER, "no replay window", header.seq)
+        if header.type in UP_STAGES:
+            return decode_stage(entry, opened, window, policy, unseal)
         if not check_fresh(header, window):
             return Duplicate(header.seq)
         # From here on the seq is authentic and fresh: it is used up whatever the outcome, so

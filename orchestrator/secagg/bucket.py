@@ -160,12 +160,15 @@ class BucketState:
             return {}
         self.advertised = sorted(inside)
         self.phase = Phase.INPUTS
-        relays = {}
-        for m in self.advertised:
-            peers = [h for h in self.spec.holders(m) if h in inside]
-            relays[m] = SecAggRelay(self.bucket_id, {h: self.keys[h] for h in peers},
-                                    {o: self.sealed[o][m] for o in peers})
-        return relays
+        return {m: self.relay_for(m) for m in self.advertised}
+
+    def relay_for(self, member: str) -> SecAggRelay:
+        """What ``member`` is relayed: its in-neighbours' mask keys and the pairs they sealed
+        to it (the same every time it is asked, so a member that missed it can get it again)."""
+        inside = set(self.advertised)
+        peers = [h for h in self.spec.holders(member) if h in inside]
+        return SecAggRelay(self.bucket_id, {h: self.keys[h] for h in peers},
+                           {o: self.sealed[o][member] for o in peers})
 
     # -- inputs --------------------------------------------------------------------------------
 
@@ -214,7 +217,11 @@ class BucketState:
         self.survivors = survivors
         self.request += 1
         self.phase = Phase.UNMASK
-        return SecAggUnmask(self.bucket_id, self.request, survivors, self.dropped)
+        return self.unmask_request()
+
+    def unmask_request(self) -> SecAggUnmask:
+        return SecAggUnmask(self.bucket_id, self.request, list(self.survivors),
+                            list(self.dropped))
 
     # -- unmasking -----------------------------------------------------------------------------
 

@@ -174,11 +174,33 @@ _V4 = (
     "CREATE INDEX privacy_ledger_version ON privacy_ledger(version)",
 )
 
+# Secure buckets (orchestrator.secagg): one row per bucket with its state machine (keys, sealed
+# share pairs, survivor lists, the shares of the unmasking stage), and the masked inputs apart,
+# written once each. Nothing here alone reveals a member's update (see docs/security.md);
+# a finished bucket's inputs are deleted with its sum's entry into the ledger and buffer.
+_V5 = (
+    """CREATE TABLE secagg_buckets (
+        bucket_id TEXT PRIMARY KEY,
+        phase TEXT NOT NULL CHECK (phase IN ('keys', 'inputs', 'unmask', 'done', 'abandoned')),
+        state BLOB NOT NULL,
+        created_ms INTEGER NOT NULL,
+        updated_ms INTEGER NOT NULL
+    ) STRICT""",
+    "CREATE INDEX secagg_buckets_phase ON secagg_buckets(phase)",
+    """CREATE TABLE secagg_inputs (
+        bucket_id TEXT NOT NULL REFERENCES secagg_buckets(bucket_id),
+        member TEXT NOT NULL,
+        ring BLOB NOT NULL,
+        PRIMARY KEY (bucket_id, member)
+    ) STRICT, WITHOUT ROWID""",
+)
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "devices, replay windows, ledger, buffer, versions, server state, audit", _V1),
     Migration(2, "privacy ledger", _V2),
     Migration(3, "audit hash chain", _V3),
     Migration(4, "privacy ledger: distributed mode", _V4),
+    Migration(5, "secure buckets", _V5),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

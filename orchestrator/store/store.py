@@ -33,6 +33,7 @@ from ._base import Clock, wall_clock_ms
 from ._devices import DeviceMethods
 from ._journal import JournalMethods
 from ._privacy import PrivacyMethods
+from ._secagg import SecAggMethods
 from ._sql import MIN_SQLITE, migrate, one_of, scalar, secure_file
 from ._updates import UpdateMethods
 from ._versions import VersionMethods
@@ -44,13 +45,15 @@ __all__ = ["Clock", "Store", "wall_clock_ms"]
 PAGE_SIZE = 16384
 
 
-class Store(DeviceMethods, UpdateMethods, VersionMethods, JournalMethods, PrivacyMethods):
+class Store(DeviceMethods, UpdateMethods, VersionMethods, JournalMethods, PrivacyMethods,
+            SecAggMethods):
     """The orchestrator's database. Use ``async with Store.open(path) as store:``.
 
     Its methods are grouped by table in the modules it inherits from: the device registry and
     replay windows (:mod:`._devices`), the update ledger and aggregation buffer
     (:mod:`._updates`), model versions and server state (:mod:`._versions`), the audit log and
-    the integrity check (:mod:`._journal`), the differential-privacy ledger (:mod:`._privacy`).
+    the integrity check (:mod:`._journal`), the differential-privacy ledger (:mod:`._privacy`),
+    secure buckets (:mod:`._secagg`).
     """
 
     @classmethod

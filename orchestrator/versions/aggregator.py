@@ -128,10 +128,12 @@ class Aggregator:
             return
         model = self._head.current
         staleness = [result.staleness[uid] for uid in result.used_ids]
-        senders = {e.update_id: e.sender for e in entries}
+        devices = {e.update_id: e.devices for e in entries}
         population = sum(1 for d in self._registry.all()
                          if d.role == "device" and d.status == "active")
-        plan = self._privacy.plan([senders[uid] for uid in result.used_ids], population)
+        # a secure bucket's sum is charged to each of its members
+        plan = self._privacy.plan([d for uid in result.used_ids for d in devices[uid]],
+                                  population)
         used = set(result.used_ids)
         # each contributor's update norm and cosine to the aggregate, in the version's metrics
         drift = await asyncio.to_thread(drift_signals,

@@ -31,7 +31,8 @@ def test_all_records_a_failing_benchmark_and_goes_on(
 
 
 def test_all_lists_every_benchmark_in_order() -> None:
-    assert list(bench.BENCHMARKS) == ["agent", "ingest", "wire", "async-vs-sync", "fleet", "flood"]
+    assert list(bench.BENCHMARKS) == ["agent", "ingest", "wire", "async-vs-sync", "fleet",
+                                      "flood", "secagg"]
 
 
 def test_all_refuses_an_unknown_name(capsys: pytest.CaptureFixture[str]) -> None:

@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from orchestrator.aggregation.strategy import BufferedUpdate
-from orchestrator.config import PrivacyConfig, parse_config
+from orchestrator.config import ConfigError, PrivacyConfig, parse_config
 from orchestrator.privacy import DP_MODES, DpPolicy, PrivacyError, bucket_noise_std
 from orchestrator.privacy.runtime import PrivacyRuntime
 from orchestrator.store import DP_LEDGER_MODES, PrivacyRecord, Store
@@ -25,9 +25,15 @@ DISTRIBUTED = PrivacyConfig(mode="distributed", clip_norm=0.5, noise_multiplier=
 
 
 def test_the_config_and_the_policy_take_distributed(tmp_path: Path) -> None:
-    loaded = parse_config({**MINIMAL, "privacy": {"mode": "distributed", "clip_norm": 0.5}},
-                          base_dir=tmp_path)
+    secure = {"enabled": True, "bucket_size": 4}
+    loaded = parse_config({**MINIMAL, "privacy": {"mode": "distributed", "clip_norm": 0.5},
+                           "secure_aggregation": secure}, base_dir=tmp_path)
     assert loaded.privacy.mode == "distributed" and loaded.privacy.enabled
+    with pytest.raises(ConfigError, match=r"needs secure_aggregation\.enabled"):
+        parse_config({**MINIMAL, "privacy": {"mode": "distributed"}}, base_dir=tmp_path)
+    with pytest.raises(ConfigError, match="concurrency"):
+        parse_config({**MINIMAL, "secure_aggregation": {"enabled": True, "bucket_size": 500}},
+                     base_dir=tmp_path)
     policy = DpPolicy(mode="distributed", clip_norm=0.5, noise_multiplier=1.3)
     assert DpPolicy.from_bytes(policy.to_bytes()) == policy
     assert DP_LEDGER_MODES == DP_MODES  # every mode's charges have rows in the store
@@ -38,7 +44,10 @@ def test_the_orchestrator_adds_no_noise(mode: str, tmp_path: Path) -> None:
     """The aggregate is bit for bit the one DP off gives: no ServerNoise layer, no draw."""
     def aggregate(privacy_mode: str) -> np.ndarray:
         config = parse_config({**MINIMAL, "privacy": {"mode": privacy_mode},
-                               "aggregation": {"k": 3}}, base_dir=tmp_path)
+                               "aggregation": {"k": 3},
+                               "secure_aggregation": {"enabled": privacy_mode != "off",
+                                                      "bucket_size": 4}},
+                              base_dir=tmp_path)
         strategy = strategy_from(config, optimizer_from(config), rng=np.random.default_rng(0))
         params = {"w": np.zeros(64, np.float32)}
         updates = [BufferedUpdate(i, f"d{i}", 0, 10, {"w": np.full(64, 0.1 * i, np.float32)})
