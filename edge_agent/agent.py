@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from schemas import AgentState, Bundle, ErrorFeedback, Status, Task, Topics, UpKind
+from schemas.secagg.session import MemberSession
 
 from .activity import Activity
 from .backoff import Backoff, Sleep
@@ -78,6 +79,7 @@ class _Parts:
     worker: Worker
     rotator: KeyRotator
     data: DirectorySource | None
+    buckets: Buckets
 
 
 class Agent:
@@ -223,6 +225,11 @@ class Agent:
     @property
     def model_version(self) -> int | None:
         return self._parts.models.version if self._parts is not None else None
+
+    @property
+    def buckets(self) -> dict[str, MemberSession]:
+        """The secure buckets this device is a member of, by id (read-only view)."""
+        return dict(self._parts.buckets.sessions) if self._parts is not None else {}
 
     @property
     def model(self) -> StoredModel | None:
@@ -445,7 +452,7 @@ class Agent:
             eval_topic=self.topics.up(self.device_id, UpKind.EVAL), config=config,
             logger=self.log, train=train_update, buckets=buckets, **common)
         return _Parts(state, outbox, tracker, models, session, flusher, heartbeat, downlink,
-                      worker, rotator, source)
+                      worker, rotator, source, buckets)
 
     def _session(self, downlink: Downlink, reporter: Reporter,
                  on_connect: Callable[[], None], login: BrokerLogin) -> Session:

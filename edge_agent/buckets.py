@@ -68,6 +68,10 @@ class Buckets:
             except SecAggError as exc:
                 self._log.error("secure bucket %s forgotten: %s", bucket_id, exc)
 
+    @property
+    def sessions(self) -> dict[str, MemberSession]:
+        return self._sessions
+
     def joined(self, bucket_id: str) -> bool:
         return bucket_id in self._sessions
 

@@ -40,7 +40,7 @@ from schemas import (
     parse_topic,
     unseal_key,
 )
-from schemas.secagg.wire import SecAggEnd, SecAggRelay, SecAggUnmask
+from schemas.secagg.wire import LATE, SecAggEnd, SecAggRelay, SecAggUnmask
 from schemas.topics import ORCHESTRATOR_SENDER
 
 from .buckets import Buckets
@@ -217,7 +217,9 @@ class Downlink:
         for entry in ack.entries:
             self._stats.acked[entry.outcome.value] += 1
             if entry.outcome is AckOutcome.REJECTED:
-                self._log.warning("update seq %d rejected: %s", entry.seq, entry.reason or "?")
+                level = logging.INFO if entry.reason == LATE else logging.WARNING
+                self._log.log(level, "update seq %d rejected: %s", entry.seq,
+                              entry.reason or "?")
         self._log.debug("ack for %d seq(s), %d removed, %d left", len(ack.entries), removed,
                         len(self._outbox))
         self._changed.fire()

@@ -6,10 +6,13 @@ from ONNX; ``--task vibration``: on synthetic machine vibration with a 1-D CNN i
 ONNX; see :mod:`fedmq.demo_tasks`), shows live
 progress, stops on the stopping rule, then writes the report and the exported ONNX model.
 
-    fedmq demo [--task digits|digits-cnn|vibration] [--devices 20] [--out demo-out] [--dp] [--json]
+    fedmq demo [--task digits|digits-cnn|vibration] [--devices 20] [--out demo-out] [--dp]
+               [--secure] [--json]
 
 ``--dp`` turns on client-level differential privacy (noise multiplier 1.0, clip norm 1.0,
 noise added by the orchestrator to each aggregate) and prints the federation's epsilon.
+``--secure`` trains in secure buckets (the orchestrator sees only each bucket's sum); with
+``--dp`` the buckets' members add the noise instead of the orchestrator.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import json
 import shutil
 import sys
 import time
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
@@ -30,7 +34,7 @@ import numpy as np
 from edge_agent.config import AgentConfig
 from fedmq.demo_tasks import TASKS, AnomalyFigures, AnomalyTest, DemoTask, score_anomalies
 from fedmq.errors import ToolError
-from fedmq.simulate import Fleet, FleetData, FleetSpec, provision_fleet
+from fedmq.simulate import DeviceSim, Fleet, FleetData, FleetSpec, provision_fleet
 from orchestrator.broker import pick_free_port
 from orchestrator.config import Config, ConfigError, load_config
 from orchestrator.models.architecture import unpack_architecture
@@ -95,9 +99,19 @@ max_versions = 200
 max_wall_s = {max_wall_s}
 """
 
+SECURE_SECTION = """
+[secure_aggregation]
+enabled = true
+bucket_size = {bucket}
+form_timeout_s = 20.0
+key_timeout_s = 10.0
+deadline_s = 30.0
+unmask_timeout_s = 30.0
+"""
+
 DP_SECTION = """
 [privacy]
-mode = "server"
+mode = "{mode}"
 clip_norm = 1.0
 noise_multiplier = 1.0
 target_delta = 1e-5
@@ -119,13 +133,15 @@ class DemoResult:
     """The federation's DP epsilon (at delta 1e-5) when ``--dp`` was on."""
     anomaly: AnomalyFigures | None = None
     """The ``anomaly`` task: what the final model flags at the agreed threshold."""
+    device_updates: int = 0
+    """Devices' updates in the accepted ones (a secure bucket's sum carries its members')."""
 
     def to_dict(self) -> dict[str, Any]:
         return {
             **(dataclasses.asdict(self.anomaly) if self.anomaly is not None else {}),
             "epsilon": self.epsilon,
             "final_accuracy": self.final_accuracy, "versions": self.versions,
-            "updates_accepted": self.updates_accepted,
+            "updates_accepted": self.updates_accepted, "device_updates": self.device_updates,
             "updates_rejected": self.updates_rejected, "stop_reason": self.stop_reason,
             "report_dir": self.report_dir, "model_path": self.model_path,
             "elapsed_s": round(self.elapsed_s, 1),
@@ -157,10 +173,13 @@ class DemoSetup:
 
 def prepare_demo(out: Path, *, task: str = "digits", devices: int = 20, k: int = 10,
                  target: float | None = None, max_wall_s: float | None = None, seed: int = 0,
-                 dp: bool = False) -> DemoSetup:
+                 dp: bool = False, secure: bool = False,
+                 max_versions: int | None = None) -> DemoSetup:
     """Files first (blocking, before the event loop runs): a fresh folder, the data shards,
     the held-out validation set, the task's model files and the orchestrator config.
-    ``target`` and ``max_wall_s`` default to the task's."""
+    ``target`` and ``max_wall_s`` default to the task's. ``secure``: devices train in secure
+    buckets of ``k`` (each bucket's sum makes one version, so a version still averages ``k``
+    devices' updates); with ``dp`` the members add the noise (``distributed``)."""
     chosen = TASKS.get(task)
     if chosen is None:
         raise ToolError(f"unknown task {task!r} (choose from {', '.join(TASKS)})")
@@ -180,20 +199,33 @@ def prepare_demo(out: Path, *, task: str = "digits", devices: int = 20, k: int =
     stopping = (chosen.stopping or STOPPING).format(
         target=chosen.target if target is None else target, max_wall_s=wall,
         patience=30 if dp else 15)
+    if max_versions is not None:
+        stopping = stopping.replace("max_versions = 200", f"max_versions = {max_versions}")
+    concurrency = max(k + k // 2, 2)
+    extra = chosen.extra_config.format(min_devices=max(1, devices // 2))
+    if secure:  # buckets overlap: up to two in flight, each a version
+        concurrency = min(max(devices, k), 2 * k)
+        extra += SECURE_SECTION.format(bucket=k)
     config_path.write_text(CONFIG_TEMPLATE.format(
         config_path=config_path, port=pick_free_port(), model=prepared.model_section,
         epochs=training.epochs, batch_size=training.batch_size, lr=training.lr,
-        k=k, concurrency=max(k + k // 2, 2), validation=out / "validation.npz",
+        k=1 if secure else k, concurrency=concurrency, validation=out / "validation.npz",
         # with DP every version adds noise: smaller server steps average more of it away
         server_lr=0.5 if dp else 1.0, stopping=stopping, evaluation=chosen.evaluation,
-        extra=chosen.extra_config.format(min_devices=max(1, devices // 2)),
-        privacy=DP_SECTION if dp else ""))
+        extra=extra,
+        privacy=DP_SECTION.format(mode="distributed" if secure else "server") if dp else ""))
     return DemoSetup(out=out, config=load_config(config_path), spec=spec, data=data,
                      task=chosen, description=prepared.description,
                      anomaly_test=prepared.anomaly_test)
 
 
-async def run_demo(setup: DemoSetup, *, progress: TextIO = sys.stdout) -> DemoResult:
+async def run_demo(setup: DemoSetup, *, progress: TextIO = sys.stdout,
+                   sims: Sequence[DeviceSim] | None = None,
+                   agent_config: AgentConfig | None = None,
+                   alongside: Callable[[Fleet], Coroutine[Any, Any, None]] | None = None,
+                   ) -> DemoResult:
+    """Run the prepared demo to its stop. ``sims`` replaces the fleet's drawn device
+    behaviour, and ``alongside(fleet)`` runs while it trains (tests script faults with them)."""
     started = time.monotonic()
     out, config, spec, data = setup.out, setup.config, setup.spec, setup.data
     bundles = await provision_fleet(config, spec.device_ids())
@@ -201,10 +233,16 @@ async def run_demo(setup: DemoSetup, *, progress: TextIO = sys.stdout) -> DemoRe
           f"{setup.description}; output in {out}", file=progress)
 
     async with Orchestrator(config) as orch:
-        agent_config = AgentConfig(heartbeat_s=2.0, holdout=setup.task.holdout)
+        agent_config = agent_config or AgentConfig(heartbeat_s=2.0, holdout=setup.task.holdout)
         async with Fleet(bundles, data.shards, out / "agents", spec,
-                         agent_config=agent_config) as fleet:
-            await _watch(orch, fleet, progress, setup.task.metric_name)
+                         agent_config=agent_config, sims=sims) as fleet:
+            side = asyncio.create_task(alongside(fleet)) if alongside is not None else None
+            try:
+                await _watch(orch, fleet, progress, setup.task.metric_name)
+            finally:
+                if side is not None:
+                    side.cancel()
+                    await asyncio.gather(side, return_exceptions=True)
         stop_reason = orch.stopped_reason or "interrupted"
         counters = dict(orch.counters)
 
@@ -229,6 +267,8 @@ async def run_demo(setup: DemoSetup, *, progress: TextIO = sys.stdout) -> DemoRe
                        if status in ("buffered", "applied"))
         rejected = sum(n for (status, _), n in (await store.ledger_counts()).items()
                        if status in ("rejected", "quarantined"))
+        kept = [*await store.ledger(status="buffered"), *await store.ledger(status="applied")]
+        device_updates = sum(len(row.meta.get("members") or [None]) for row in kept)
     del counters, report  # the demo reports from the store, the single source of truth
     return DemoResult(
         final_accuracy=(float(accuracy) if isinstance(accuracy, int | float)
@@ -236,7 +276,7 @@ async def run_demo(setup: DemoSetup, *, progress: TextIO = sys.stdout) -> DemoRe
         versions=latest.version, updates_accepted=accepted, updates_rejected=rejected,
         stop_reason=stop_reason, report_dir=str(out / "report"), model_path=str(model_path),
         elapsed_s=time.monotonic() - started,
-        epsilon=epsilon, anomaly=anomaly,
+        epsilon=epsilon, anomaly=anomaly, device_updates=device_updates,
     )
 
 
@@ -309,6 +349,9 @@ def main(argv: list[str]) -> int:
                             f"{t.name} {t.max_wall_s:g}" for t in TASKS.values()) + ")")
     parser.add_argument("--dp", action="store_true",
                         help="differential privacy: noise multiplier 1.0, clip norm 1.0")
+    parser.add_argument("--secure", action="store_true",
+                        help="secure aggregation: devices train in secure buckets (with --dp, "
+                        "the members add the noise)")
     parser.add_argument("--json", action="store_true",
                         help="progress on stderr; the last stdout line is one JSON object")
     args = parser.parse_args(argv)
@@ -319,8 +362,8 @@ def main(argv: list[str]) -> int:
         # with DP, the more updates per version the less noise each one carries
         setup = prepare_demo(Path(args.out), task=args.task, devices=args.devices,
                              target=args.target,
-                             max_wall_s=args.max_wall_s, dp=args.dp,
-                             k=args.devices if args.dp else 10)
+                             max_wall_s=args.max_wall_s, dp=args.dp, secure=args.secure,
+                             k=args.devices if args.dp else min(10, args.devices))
         result = asyncio.run(run_demo(setup, progress=progress))
     except (ConfigError, ToolError, OSError) as exc:
         print(f"fedmq demo: {exc}", file=sys.stderr)
@@ -337,7 +380,8 @@ def main(argv: list[str]) -> int:
                    f"(fedmq privacy report --config {setup.out / 'orchestrator.toml'})\n")
         print(f"\n{_anomaly_line(result.anomaly)}final accuracy {acc} after "
               f"{result.versions} versions "
-              f"({result.stop_reason}); updates accepted {result.updates_accepted}, "
+              f"({result.stop_reason}); updates accepted {result.updates_accepted} "
+              f"({result.device_updates} devices' updates), "
               f"rejected {result.updates_rejected}; {result.elapsed_s:.0f} s\n{privacy}"
               f"report: {result.report_dir}/summary.md\nmodel:  {result.model_path}")
     return 0

@@ -41,7 +41,7 @@ from orchestrator.versions.head import VersionHead
 from schemas.messages import AckEntry, AckOutcome, Defer, Message, Task
 from schemas.secagg import Problem, SecAggError
 from schemas.secagg.flat import unflatten
-from schemas.secagg.wire import SecAggEnd, SecAggInput, SecAggKeys, SecAggReveal
+from schemas.secagg.wire import LATE, SecAggEnd, SecAggInput, SecAggKeys, SecAggReveal
 from schemas.tensors import Codec, CodecSpec
 from schemas.topics import DownKind
 
@@ -57,7 +57,6 @@ TICK_S = 1.0
 RESEND_S = 10.0
 """A stage's message goes again to members that have not answered after this long."""
 FORMING_RETRY_MS = 5000
-_LATE = "secagg_closed"
 _CLOSED_KEPT = 1000
 
 
@@ -195,7 +194,7 @@ class Coordinator:
         for item in staged:
             outcome, reason = self._judge(device, item.message, changed)
             acks.append(AckEntry(item.seq, outcome, reason))
-            if reason == _LATE:
+            if reason == LATE:
                 self._counters["secagg.late"] += 1  # an answer the bucket no longer needed
             elif outcome is AckOutcome.REJECTED:
                 self._counters[f"rejected.secagg.{reason}"] += 1
@@ -216,7 +215,7 @@ class Coordinator:
         bucket_id = getattr(message, "bucket_id", "")
         live = self._live.get(bucket_id)
         if bucket_id in self._closed or (live is not None and not live.state.open):
-            return AckOutcome.REJECTED, _LATE
+            return AckOutcome.REJECTED, LATE
         if live is None:
             return AckOutcome.REJECTED, "secagg_unknown_bucket"
         try:

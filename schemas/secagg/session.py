@@ -139,7 +139,9 @@ class MemberSession:
 
     def on_unmask(self, request: SecAggUnmask) -> SecAggReveal:
         """The shares the orchestrator asks for, if the request is consistent with what this
-        member saw; asked again (a replay) or asked otherwise, it refuses."""
+        member saw; asked again (a replay) or asked otherwise, it refuses. Named dropped after
+        sending its input is consistent (the input came after the stage closed): its mask key
+        may then be rebuilt, but its self mask never is, so the late input stays masked."""
         self._check_bucket(request.bucket_id)
         if self.answered is not None:
             raise SecAggError(Problem.SHARE_CONFLICT,
@@ -150,9 +152,6 @@ class MemberSession:
         members = set(self.spec.ids)
         if not (alive | gone) <= members:
             raise SecAggError(Problem.BAD_SHARE, "the request names non-members")
-        if self.me in gone and self.input_sent:
-            raise SecAggError(Problem.SHARE_CONFLICT,
-                              "named dropped after sending its masked input")
         if self.me in alive and not self.input_sent:
             raise SecAggError(Problem.SHARE_CONFLICT, "named a survivor but sent no input")
         advertised = set(self.neighbour_keys)

@@ -27,6 +27,7 @@ from ..messages import Message
 from .errors import Problem, SecAggError
 
 __all__ = [
+    "LATE",
     "STAGE_TYPES",
     "RevealedShare",
     "SecAggEnd",
@@ -136,6 +137,10 @@ class SecAggEnd(Message):
     """``done`` or ``abandoned``."""
     reason: str = ""
 
+
+LATE = "secagg_closed"
+"""The ack reason for a stage message that came after its bucket ended (a holder answering
+after enough others had): expected, and no fault of the member."""
 
 STAGE_TYPES: tuple[type[Message], ...] = (
     SecAggKeys, SecAggRelay, SecAggInput, SecAggUnmask, SecAggReveal, SecAggEnd)

@@ -6,17 +6,19 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import TypeVar
 
+import msgpack
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from nacl.public import PrivateKey
+from nacl.public import PrivateKey, PublicKey
 from nacl.signing import SigningKey
 
 from orchestrator.secagg.bucket import BucketState, Phase
+from schemas._convert import to_wire
 from schemas.envelope import decode, pack
 from schemas.messages import Message
-from schemas.secagg import Problem, SecAggError, clip_l2
+from schemas.secagg import Problem, SecAggError, clip_l2, open_pair
 from schemas.secagg.session import MemberSession, TrainedInput
 from schemas.secagg.spec import BucketMember, BucketSpec
 from schemas.secagg.wire import (
@@ -202,14 +204,18 @@ def test_members_refuse_inconsistent_or_replayed_unmask_requests() -> None:
     fleet.inputs(fleet.ids[:4])
     request = fleet.state.close_inputs()
     assert request is not None
-    sender = fleet.ids[0]  # sent its input
-    lying = replace(request, survivors=request.survivors[1:], dropped=[sender, *request.dropped])
-    with pytest.raises(SecAggError, match="named dropped"):
-        fleet.sessions[sender].on_unmask(lying)
+    sender = fleet.ids[0]  # sent its input; named dropped, as if it had come late
+    late_input = replace(request, survivors=request.survivors[1:],
+                         dropped=[sender, *request.dropped])
+    answer = fleet.sessions[sender].on_unmask(late_input)
+    assert {(s.owner, s.kind) for s in answer.shares if s.owner == sender} == {
+        (sender, "mask_key")}  # its own self-mask share is never released then
     late = fleet.ids[5]  # never sent
     with pytest.raises(SecAggError, match="sent no input"):
         fleet.sessions[late].on_unmask(replace(request, survivors=[*request.survivors, late],
                                                dropped=[]))
+    with pytest.raises(SecAggError, match="already answered"):
+        fleet.sessions[sender].on_unmask(request)  # the other story, to the same member
     holder = fleet.ids[1]
     fleet.sessions[holder].on_unmask(request)
     with pytest.raises(SecAggError, match="already answered") as exc:
@@ -298,3 +304,28 @@ def test_ring_packing_round_trips_with_every_bit_paid(bits: int, data: st.DataOb
         spoiled = packed[:-1] + bytes([packed[-1] | 0x80])
         with pytest.raises(SecAggError, match="padding"):
             unpack_ring(spoiled, n, bits)
+
+
+def test_nothing_stored_or_relayed_holds_a_members_secret() -> None:
+    """Everything the orchestrator keeps for a bucket in its unmask stage (its state, the
+    masked inputs) and every message it relayed: no member's self seed or mask key is in
+    them, and a relayed pair opens only with its holder's key."""
+    fleet = _ready()
+    fleet.inputs(fleet.ids[:5])
+    request = fleet.state.close_inputs()
+    assert request is not None
+    for m in fleet.ids[1:]:
+        fleet.state.on_reveal(m, fleet.sessions[m].on_unmask(request))
+    stored = msgpack.packb(fleet.state.to_state()) + b"".join(
+        pack_ring(v, 20) for v in fleet.masked.values())
+    relayed = b"".join(msgpack.packb(to_wire(fleet.state.relay_for(m))) for m in fleet.ids)
+    for m in fleet.ids:
+        secrets = fleet.sessions[m].secrets
+        for secret in (secrets.self_seed, secrets.mask_keys.private):
+            assert secret not in stored and secret not in relayed
+    a, b = fleet.ids[0], fleet.ids[1]
+    sealed = fleet.state.relay_for(a).shares[b]
+    with pytest.raises(SecAggError) as exc:
+        open_pair(sealed, fleet.seal[b], PublicKey(fleet.spec.seal_key(b)), bucket="b-1",
+                  owner=b, holder=a)
+    assert exc.value.problem is Problem.NOT_SEALED_FOR_US
