@@ -34,6 +34,8 @@ from .training import TrainedUpdate
 __all__ = ["Buckets"]
 
 _INDEX = "secagg.buckets"
+EXPIRY_GRACE_MS = 60_000
+"""A bucket is forgotten this long after its expiry (clocks differ)."""
 
 
 def _key(bucket_id: str) -> str:
@@ -67,6 +69,16 @@ class Buckets:
                 self._sessions[bucket_id] = MemberSession.from_state(saved)
             except SecAggError as exc:
                 self._log.error("secure bucket %s forgotten: %s", bucket_id, exc)
+        await self._prune()
+
+    async def _prune(self) -> None:
+        """Forget the buckets past their expiry (their end never reached us)."""
+        now = wall_ms(self._clock)
+        for bucket_id, session in list(self._sessions.items()):
+            expires = session.spec.expires_ms
+            if expires and now > expires + EXPIRY_GRACE_MS:
+                await self._commit(bucket_id, None, None)
+                self._log.info("secure bucket %s forgotten: expired", bucket_id)
 
     @property
     def sessions(self) -> dict[str, MemberSession]:
@@ -102,6 +114,7 @@ class Buckets:
         """Deal this member's shares for ``task.bucket`` (False: already a member)."""
         spec = task.bucket
         assert spec is not None
+        await self._prune()
         if spec.bucket_id in self._sessions:
             return False
         session, keys = MemberSession.join(spec, self._me, self._seal())
@@ -145,9 +158,12 @@ class Buckets:
 
     async def on_stage(self, message: Message) -> None:
         bucket_id = str(getattr(message, "bucket_id", ""))
+        await self._prune()
         session = self._sessions.get(bucket_id)
         if session is None:
-            self._refused("unknown_bucket", f"{type(message).__name__} for bucket {bucket_id}")
+            if not isinstance(message, SecAggEnd):  # an end said again: nothing to forget
+                self._refused("unknown_bucket",
+                              f"{type(message).__name__} for bucket {bucket_id}")
             return
         try:
             if isinstance(message, SecAggRelay):

@@ -84,6 +84,7 @@ class Coordinator:
         self._closed: collections.OrderedDict[str, None] = collections.OrderedDict()
         """Recently ended buckets: holders answering after the sum was made are not at fault."""
         self._due = asyncio.Event()
+        self._unsent: list[tuple[str, DownKind, Message]] = []
 
     @property
     def buckets(self) -> dict[str, Phase]:
@@ -105,6 +106,13 @@ class Coordinator:
                                                       task.deadline_ms))
         if self._live:
             log.info("secure buckets: %d open ones restored", len(self._live))
+        # a crash between ending a bucket and telling its members: tell them again
+        since = self._clock.wall_ms() - int(self._config.unmask_timeout_s * 1000)
+        for blob in await self._store.ended_buckets(since):
+            state = LiveBucket.from_saved(blob, {}).state
+            self._closed[state.bucket_id] = None
+            end = SecAggEnd(state.bucket_id, state.phase.value, state.reason)
+            self._unsent += [(m, DownKind.SECAGG, end) for m in state.members_in]
 
     def enlist(self, device: str, task: Task) -> Defer:
         """Hold ``device`` (tasked with ``task``) for the next bucket."""
@@ -129,6 +137,9 @@ class Coordinator:
         self._due.clear()
 
     async def tick(self) -> None:
+        if self._unsent:
+            unsent, self._unsent = self._unsent, []
+            await self._send_all(unsent)
         now = self._clock.wall_ms()
         await self._form(now)
         for live in list(self._live.values()):
@@ -167,7 +178,8 @@ class Coordinator:
                            now: int) -> None:
         bucket_id = f"b{self._head.version}-{self._rng.getrandbits(48):012x}"
         deadline = now + int((self._config.key_timeout_s + self._config.deadline_s) * 1000)
-        spec = self._plan.spec(bucket_id, keys, deadline)
+        expires = deadline + int(self._config.unmask_timeout_s * 1000)
+        spec = self._plan.spec(bucket_id, keys, deadline, expires)
         base = min(t.model_version for t in tasks.values())
         n_params = sum(math.prod(s) for s in self._head.shapes.values())
         member_tasks = {d: dataclasses.replace(t, model_version=base, bucket=spec,

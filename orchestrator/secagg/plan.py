@@ -43,12 +43,13 @@ class BucketPlan:
         noise = noise_bound(self.noise_variance(), self.threshold(n))
         return bits_needed(n, self.config.value_bound, self.config.weight_cap, noise)
 
-    def spec(self, bucket_id: str, seal_keys: Mapping[str, bytes], deadline_ms: int
-             ) -> BucketSpec:
+    def spec(self, bucket_id: str, seal_keys: Mapping[str, bytes], deadline_ms: int,
+             expires_ms: int = 0) -> BucketSpec:
         n = len(seal_keys)
         members = [BucketMember(m, seal_keys[m]) for m in sorted(seal_keys)]
         return BucketSpec(bucket_id, members, threshold=self.threshold(n),
                           degree=self.degree(n), bits=self.bits(n), scale=self.scale,
                           clip_norm=self.clip_norm, weight_cap=self.config.weight_cap,
                           weight_unit=self.config.weight_unit,
-                          noise_variance=self.noise_variance(), deadline_ms=deadline_ms)
+                          noise_variance=self.noise_variance(), deadline_ms=deadline_ms,
+                          expires_ms=expires_ms)

@@ -51,6 +51,14 @@ class SecAggMethods(StoreBase):
             by_bucket.setdefault(bucket_id, {})[member] = bytes(ring)
         return [(bytes(state), by_bucket.get(bucket_id, {})) for bucket_id, state in rows]
 
+    async def ended_buckets(self, since_ms: int) -> list[bytes]:
+        """The state of every bucket that ended (done or abandoned) since ``since_ms``."""
+        async with self._read() as conn:
+            rows = await fetchall(conn, "SELECT state FROM secagg_buckets WHERE phase IN "
+                                  "('done', 'abandoned') AND updated_ms >= ? ORDER BY "
+                                  "updated_ms", (since_ms,))
+        return [bytes(state) for (state,) in rows]
+
     async def bucket_phases(self) -> dict[str, int]:
         """How many buckets are in each phase (for the fleet view and metrics)."""
         async with self._read() as conn:

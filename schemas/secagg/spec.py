@@ -49,6 +49,10 @@ class BucketSpec:
     noise_variance: float = 0.0
     """Central noise variance in ring units that any ``threshold`` members' sum carries."""
     deadline_ms: int = 0
+    """The input stage closes then, with whatever inputs are in."""
+    expires_ms: int = 0
+    """The bucket is over by then whatever happened (a member that never heard its end
+    forgets it); 0: never."""
 
     def __post_init__(self) -> None:
         ids = [m.id for m in self.members]
