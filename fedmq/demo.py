@@ -113,7 +113,7 @@ DP_SECTION = """
 [privacy]
 mode = "{mode}"
 clip_norm = 1.0
-noise_multiplier = 1.0
+noise_multiplier = {noise}
 target_delta = 1e-5
 accountant = "rdp"
 """
@@ -173,13 +173,15 @@ class DemoSetup:
 
 def prepare_demo(out: Path, *, task: str = "digits", devices: int = 20, k: int = 10,
                  target: float | None = None, max_wall_s: float | None = None, seed: int = 0,
-                 dp: bool = False, secure: bool = False,
-                 max_versions: int | None = None) -> DemoSetup:
+                 dp: bool = False, secure: bool = False, local_dp: bool = False,
+                 noise: float = 1.0, max_versions: int | None = None) -> DemoSetup:
     """Files first (blocking, before the event loop runs): a fresh folder, the data shards,
     the held-out validation set, the task's model files and the orchestrator config.
     ``target`` and ``max_wall_s`` default to the task's. ``secure``: devices train in secure
     buckets of ``k`` (each bucket's sum makes one version, so a version still averages ``k``
-    devices' updates); with ``dp`` the members add the noise (``distributed``)."""
+    devices' updates); with ``dp`` the members add the noise (``distributed``), each weighted
+    equally so the bucket sum's sensitivity is one clip norm. ``local_dp``: each device noises
+    its own delta (``local``) instead of the orchestrator (``server``)."""
     chosen = TASKS.get(task)
     if chosen is None:
         raise ToolError(f"unknown task {task!r} (choose from {', '.join(TASKS)})")
@@ -198,7 +200,7 @@ def prepare_demo(out: Path, *, task: str = "digits", devices: int = 20, k: int =
     wall = chosen.max_wall_s if max_wall_s is None else max_wall_s
     stopping = (chosen.stopping or STOPPING).format(
         target=chosen.target if target is None else target, max_wall_s=wall,
-        patience=30 if dp else 15)
+        patience=30 if dp or local_dp else 15)
     if max_versions is not None:
         stopping = stopping.replace("max_versions = 200", f"max_versions = {max_versions}")
     concurrency = max(k + k // 2, 2)
@@ -206,14 +208,17 @@ def prepare_demo(out: Path, *, task: str = "digits", devices: int = 20, k: int =
     if secure:  # buckets overlap: up to two in flight, each a version
         concurrency = min(max(devices, k), 2 * k)
         extra += SECURE_SECTION.format(bucket=k)
+        if dp:
+            extra += "weight_cap = 1.0\nweight_unit = 1.0\n"
+    mode = "distributed" if secure else "local" if local_dp else "server"
     config_path.write_text(CONFIG_TEMPLATE.format(
         config_path=config_path, port=pick_free_port(), model=prepared.model_section,
         epochs=training.epochs, batch_size=training.batch_size, lr=training.lr,
         k=1 if secure else k, concurrency=concurrency, validation=out / "validation.npz",
         # with DP every version adds noise: smaller server steps average more of it away
-        server_lr=0.5 if dp else 1.0, stopping=stopping, evaluation=chosen.evaluation,
+        server_lr=0.5 if dp or local_dp else 1.0, stopping=stopping, evaluation=chosen.evaluation,
         extra=extra,
-        privacy=DP_SECTION.format(mode="distributed" if secure else "server") if dp else ""))
+        privacy=DP_SECTION.format(mode=mode, noise=noise) if dp or local_dp else ""))
     return DemoSetup(out=out, config=load_config(config_path), spec=spec, data=data,
                      task=chosen, description=prepared.description,
                      anomaly_test=prepared.anomaly_test)
@@ -349,6 +354,10 @@ def main(argv: list[str]) -> int:
                             f"{t.name} {t.max_wall_s:g}" for t in TASKS.values()) + ")")
     parser.add_argument("--dp", action="store_true",
                         help="differential privacy: noise multiplier 1.0, clip norm 1.0")
+    parser.add_argument("--local-dp", action="store_true",
+                        help="differential privacy with the noise added on each device")
+    parser.add_argument("--noise", type=float, default=1.0,
+                        help="the DP noise multiplier (default 1.0)")
     parser.add_argument("--secure", action="store_true",
                         help="secure aggregation: devices train in secure buckets (with --dp, "
                         "the members add the noise)")
@@ -363,7 +372,9 @@ def main(argv: list[str]) -> int:
         setup = prepare_demo(Path(args.out), task=args.task, devices=args.devices,
                              target=args.target,
                              max_wall_s=args.max_wall_s, dp=args.dp, secure=args.secure,
-                             k=args.devices if args.dp else min(10, args.devices))
+                             local_dp=args.local_dp, noise=args.noise,
+                             k=args.devices if args.dp or args.local_dp
+                             else min(10, args.devices))
         result = asyncio.run(run_demo(setup, progress=progress))
     except (ConfigError, ToolError, OSError) as exc:
         print(f"fedmq demo: {exc}", file=sys.stderr)

@@ -282,9 +282,23 @@ class BucketState:
         floats = dequantize(total, self.spec.bits, self.spec.scale)
         weight = sum(self.inputs[m].weight for m in self.survivors)
         samples = sum(self.inputs[m].num_samples for m in self.survivors)
+        self._check_norm(floats, weight)
         self.phase = Phase.DONE
         self.reveals = {}  # the shares have done their work: keep none
         return Unmasked(floats, weight, samples, list(self.survivors))
+
+    def _check_norm(self, total: npt.NDArray[np.float64], weight: float) -> None:
+        """Members clip before they quantise, so the sum's norm is at most the weight times
+        the clip norm, plus rounding (under one unit per member and coordinate) and noise (six
+        of its standard deviations): a member that masked anything else shows here."""
+        n, d = len(self.survivors), total.size
+        noise_sd = math.sqrt(n * self.spec.noise_variance / self.spec.threshold)
+        slack = math.sqrt(d) * (n + 6 * noise_sd) / self.spec.scale
+        bound = weight * self.spec.clip_norm + slack
+        norm = float(np.linalg.norm(total))
+        if not norm <= bound:
+            raise SecAggError(Problem.NORM_BOUND, f"the sum's norm {norm:.4g} exceeds "
+                              f"{bound:.4g}, the most clipped inputs can make")
 
     def abandon(self, reason: str) -> None:
         self.phase = Phase.ABANDONED

@@ -16,6 +16,7 @@ class Problem(StrEnum):
     MISSING_SECRET = "missing_secret"  # a seed or key needed to unmask was not supplied
     SHARE_CONFLICT = "share_conflict"  # both share kinds of one member were asked for
     NOT_SEALED_FOR_US = "not_sealed_for_us"  # a sealed share does not open with our key
+    NORM_BOUND = "norm_bound"  # an unmasked sum larger than clipped inputs can make
 
 
 _REASONS = {
@@ -25,6 +26,7 @@ _REASONS = {
     Problem.MISSING_SECRET: Reason.INVALID_FIELD,
     Problem.SHARE_CONFLICT: Reason.NOT_AUTHORIZED,
     Problem.NOT_SEALED_FOR_US: Reason.WRONG_RECIPIENT,
+    Problem.NORM_BOUND: Reason.NORM_EXCEEDED,
 }
 
 

@@ -18,7 +18,7 @@ from orchestrator.secagg.bucket import BucketState, Phase
 from schemas._convert import to_wire
 from schemas.envelope import decode, pack
 from schemas.messages import Message
-from schemas.secagg import Problem, SecAggError, clip_l2, open_pair
+from schemas.secagg import Problem, SecAggError, clip_l2, mask_input, open_pair
 from schemas.secagg.session import MemberSession, TrainedInput
 from schemas.secagg.spec import BucketMember, BucketSpec
 from schemas.secagg.wire import (
@@ -329,3 +329,28 @@ def test_nothing_stored_or_relayed_holds_a_members_secret() -> None:
         open_pair(sealed, fleet.seal[b], PublicKey(fleet.spec.seal_key(b)), bucket="b-1",
                   owner=b, holder=a)
     assert exc.value.problem is Problem.NOT_SEALED_FOR_US
+
+
+def test_a_sum_larger_than_clipped_inputs_allow_is_refused() -> None:
+    """A member that masks anything but its clipped delta (here: every coordinate at a tenth
+    of the ring) cannot slip it into a sum."""
+    fleet = _ready(n=4, threshold=2)
+    cheat = fleet.ids[0]
+    honest = fleet.sessions[cheat]
+    good = honest.masked_input(TrainedInput("t", fleet.deltas[cheat], fleet.samples[cheat]))
+    # re-mask a huge input with the same secrets: what a member bypassing the clip would send
+    big = np.full(D, 2 ** 20 // 10, dtype=np.uint32)
+    peers = {p: k for p, k in honest.neighbour_keys.items() if p != cheat}
+    values = mask_input(big, bits=20, bucket="b-1", member=cheat,
+                        self_seed=honest.secrets.self_seed,
+                        mask_private=honest.secrets.mask_keys.private, neighbours=peers)
+    forged = replace(good, values=pack_ring(values, 20))
+    kept, ring = fleet.state.on_input(cheat, forged)
+    assert kept
+    fleet.masked[cheat] = ring
+    fleet.inputs(fleet.ids[1:])
+    fleet.reveal(fleet.ids)
+    with pytest.raises(SecAggError) as exc:
+        fleet.state.finish(fleet.masked)
+    assert exc.value.problem is Problem.NORM_BOUND
+    assert fleet.state.phase is Phase.UNMASK  # nothing was made of it
