@@ -117,7 +117,7 @@ def _fleet(n: int, shapes: dict[str, tuple[int, ...]], rng: np.random.Generator
     return [_Member(f"dev-{i:04d}", SigningKey(rng.bytes(32)),
                     {name: (rng.standard_normal(shape) * DELTA_STD).astype(np.float32)
                      for name, shape in shapes.items()},
-                    int(rng.integers(32, 257)))  # weights 1..8 (unit 32, cap 8)
+                    int(rng.integers(32, 257)))  # 32-256 samples: weights 0.5-2 with the defaults
             for i in range(n)]
 
 
