@@ -37,6 +37,10 @@ from tests.support.waiting import until
 GRACE_S = 60.0
 AGENT = dataclasses.replace(FAST, holdout=0.0)
 
+KEYS = ("keys",)
+"""The task that announces and retires keys: time moves only while it sleeps, so it acts at
+its own time however slow the machine."""
+
 
 async def _enrolled(orch: Orchestrator, broker: MosquittoBroker, device_id: str) -> Bundle:
     bundle = await provision(orch.store, orch.config, device_id,
@@ -123,7 +127,7 @@ async def test_offline_agents_recover_within_the_grace_or_get_one_clear_line_aft
         rotation = await request_rotation(orch.store, key_path, grace_s=GRACE_S,
                                           actor="test", now_ms=clock.wall_ms())
         assert next_path(key_path).exists()
-        await clock.advance(1.0)  # the keys task announces
+        await clock.advance(1.0, wait_for=KEYS)  # the keys task announces
         new = bytes.fromhex(rotation.new_public)
         await until(lambda: orch.public_key == new)
 
@@ -141,7 +145,7 @@ async def test_offline_agents_recover_within_the_grace_or_get_one_clear_line_aft
         # a device added now pins the new key
         assert (await _enrolled(orch, broker, "dev-new")).orchestrator_key == new.hex()
 
-        await clock.advance(GRACE_S + 1.0)
+        await clock.advance(GRACE_S + 1.0, wait_for=KEYS)
         await until(lambda: not retiring_path(key_path).exists())
         async with asyncio.timeout(10):
             while not await orch.store.list_audit(event="key_retired"):  # noqa: ASYNC110
@@ -159,7 +163,7 @@ async def test_offline_agents_recover_within_the_grace_or_get_one_clear_line_aft
 
 
 async def _retired(orch: Orchestrator, clock: FakeClock, count: int) -> None:
-    await clock.advance(GRACE_S + 1.0)
+    await clock.advance(GRACE_S + 1.0, wait_for=KEYS)
     async with asyncio.timeout(10):
         while len(await orch.store.list_audit(event="key_retired")) < count:  # noqa: ASYNC110
             await asyncio.sleep(0.01)
@@ -184,7 +188,7 @@ async def test_a_second_rotation_is_followed_by_agents_that_saw_the_first_and_re
 
         one = await request_rotation(orch.store, key_path, grace_s=GRACE_S, actor="test",
                                      now_ms=clock.wall_ms())
-        await clock.advance(1.0)
+        await clock.advance(1.0, wait_for=KEYS)
         key_one = bytes.fromhex(one.new_public)
         await until(lambda: orch.public_key == key_one)
         with pytest.raises(RotationError, match="already announced"):  # not during the grace
@@ -199,7 +203,7 @@ async def test_a_second_rotation_is_followed_by_agents_that_saw_the_first_and_re
         two = await request_rotation(orch.store, key_path, grace_s=GRACE_S, actor="test",
                                      now_ms=clock.wall_ms())
         assert two.generation == 2 and two.old_public == one.new_public
-        await clock.advance(1.0)
+        await clock.advance(1.0, wait_for=KEYS)
         key_two = bytes.fromhex(two.new_public)
         await until(lambda: orch.public_key == key_two)
 

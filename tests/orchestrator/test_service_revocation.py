@@ -38,6 +38,10 @@ from tests.support.waiting import until
 GRACE_S = 60.0
 AGENT = dataclasses.replace(FAST, exit_on_revoke=True, holdout=0.0)
 
+POLLS = ("registry",)
+"""The registry poll sends the orders and removes credentials: time moves only while it
+sleeps, so each poll runs at its own time however slow the machine."""
+
 
 @pytest.fixture
 def data_path(tmp_path: Path) -> Path:
@@ -130,7 +134,7 @@ async def test_a_revoked_running_agent_is_told_destroys_its_secrets_and_stays_do
 
         await revoke(orch.store, orch.config, "dev-r", reason="stolen")
         assert _has_credential(broker, "dev-r")  # kept until the device has been told
-        await clock.advance(1.0)  # the registry poll: Control(revoke) goes out
+        await clock.advance(1.0, wait_for=POLLS)  # the registry poll: Control(revoke) goes out
         assert await agent.run_until() == "revoked"
         assert agent.activity.revoked == "stolen"
     assert orch.counters["revoke.sent"] == 1
@@ -173,9 +177,9 @@ async def test_an_offline_device_gets_the_order_when_it_returns_within_the_grace
     async with new_agent(bundle, data, state, AGENT) as agent:
         await _ready(agent)
     await revoke(orch.store, orch.config, "dev-o", reason="retired")
-    await clock.advance(1.0)
+    await clock.advance(1.0, wait_for=POLLS)
     await until(lambda: orch.counters["revoke.sent"] == 1)
-    await clock.advance(GRACE_S / 2)
+    await clock.advance(GRACE_S / 2, wait_for=POLLS)
     assert _has_credential(broker, "dev-o") and await _removed(orch, "dev-o") == []
 
     async with new_agent(bundle, data, state, AGENT) as agent:  # back: the retained order
@@ -192,12 +196,12 @@ async def test_a_device_that_never_answers_loses_its_credential_after_the_grace_
     async with new_agent(bundle, data, tmp_path / "dev-g.agent.db", AGENT) as agent:
         await _ready(agent)
     await revoke(orch.store, orch.config, "dev-g")
-    await clock.advance(1.0)
+    await clock.advance(1.0, wait_for=POLLS)
     await until(lambda: orch.counters["revoke.sent"] == 1)
-    await clock.advance(GRACE_S - 2.0)
+    await clock.advance(GRACE_S - 2.0, wait_for=POLLS)
     assert _has_credential(broker, "dev-g")  # fake time short of the grace period
     for _ in range(20):  # on: a poll at a time, until one finds the grace period over
-        await clock.advance(1.0)
+        await clock.advance(1.0, wait_for=POLLS)
         with contextlib.suppress(TimeoutError):
             await until(lambda: not _has_credential(broker, "dev-g"), within=0.5)
             break
@@ -218,8 +222,8 @@ async def test_revoke_now_removes_the_credential_at_once(
     assert await _removed(orch, "dev-n") == ["immediate"]
     await broker.reload()
     assert not await _connects(broker, bundle)
-    await clock.advance(1.0)  # nothing left for the service to do
-    await clock.advance(GRACE_S)
+    await clock.advance(1.0, wait_for=POLLS)  # nothing left for the service to do
+    await clock.advance(GRACE_S, wait_for=POLLS)
     assert orch.counters["revoke.sent"] == 0 and await _removed(orch, "dev-n") == ["immediate"]
 
 
@@ -229,7 +233,7 @@ async def test_only_a_confirmation_signed_with_the_devices_key_ends_the_grace_pe
 ) -> None:
     dev = await devices(orch, "dev-h")
     await revoke(orch.store, orch.config, "dev-h")
-    await clock.advance(1.0)
+    await clock.advance(1.0, wait_for=POLLS)
     order = await dev.next("control")
     assert isinstance(order, Control) and order.action is ControlAction.REVOKE
     # forged by someone else's key, or signed right but not a confirmation: refused
