@@ -29,6 +29,7 @@ ORCHESTRATOR_USER = "orchestrator"
 
 _RUNNING_LINE = re.compile(rb"mosquitto version \S+ running")
 _RELOAD_LINE = b"Reloading config."
+_RESIGNAL_S = 2.0
 _POLL_S = 0.02
 _DIAGNOSTIC_LINES = 40
 
@@ -413,11 +414,15 @@ class MosquittoBroker:
         # judged by the new rules.
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._startup_timeout
+        again = loop.time() + _RESIGNAL_S
         while _RELOAD_LINE not in self._log_since(offset):
             if proc.returncode is not None:
                 raise BrokerError(f"mosquitto exited during reload:\n{self._diagnostics(offset)}")
             if loop.time() > deadline:
                 raise BrokerError("mosquitto did not log a reload after SIGHUP")
+            if loop.time() > again:  # a reload is idempotent: ask again rather than wait on
+                reload_broker(proc.pid)  # a signal that may have gone unnoticed
+                again = loop.time() + _RESIGNAL_S
             await asyncio.sleep(_POLL_S)
 
     async def _terminate(self, sig: signal.Signals) -> None:
