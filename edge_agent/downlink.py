@@ -66,9 +66,8 @@ class Rotation(Protocol):
 
 _ROTATION = (ControlAction.ROTATE_KEY, ControlAction.KEY_ROTATED,
              ControlAction.NEW_PASSWORD, ControlAction.PASSWORD_ROTATED)
-_DOWN_TYPES: tuple[type[Message], ...] = (Task, Defer, Ack, Control, Enrolled, SecAggRelay,
-                                          SecAggUnmask, SecAggEnd)
 _STAGES = (SecAggRelay, SecAggUnmask, SecAggEnd)
+_DOWN_TYPES: tuple[type[Message], ...] = (Task, Defer, Ack, Control, Enrolled, *_STAGES)
 
 
 class Downlink:

@@ -23,7 +23,7 @@ from orchestrator.aggregation.codec import decode_params, encode_params
 from schemas.messages import Update
 from schemas.tensors import Codec, EncodedTensor, Params, decode_tensor
 
-__all__ = ["decode_buffered", "encode_buffered", "from_stored", "to_stored"]
+__all__ = ["decode_buffered", "encode_buffered", "encode_float32", "from_stored", "to_stored"]
 
 _SCALES = "@scales"
 _CHUNK = "@chunk"
@@ -81,6 +81,11 @@ def encode_buffered(update: Update, delta: Params) -> tuple[bytes, str]:
     """The store blob of :func:`to_stored`'s form, and the form's name."""
     stored, form = to_stored(update, delta)
     return encode_params(stored, level=_LEVEL), form
+
+
+def encode_float32(delta: Params) -> bytes:
+    """The store blob of a float32 delta that arrived as no update (a secure bucket's mean)."""
+    return encode_params(delta, level=_LEVEL)
 
 
 def decode_buffered(blob: bytes) -> Params:

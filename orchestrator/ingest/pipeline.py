@@ -20,7 +20,7 @@ import dataclasses
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 from nacl.public import PrivateKey
@@ -37,6 +37,7 @@ from schemas.replay import ReplayWindow, Verdict
 from schemas.secagg.wire import UP_STAGES
 from schemas.tensors import Params, decode_params
 
+M = TypeVar("M", bound=Message)
 Unseal = PrivateKey | Sequence[PrivateKey]
 """The orchestrator's key(s) that open sealed bodies (its current and, during a rotation,
 its retiring key)."""
@@ -225,25 +226,21 @@ def check_size(entry: bytes, seq: int, policy: IngestPolicy) -> None:
                     f"{len(entry)} bytes exceeds the cap of {policy.max_update_bytes}", seq)
 
 
-def decode_update(opened: Opened, unseal: Unseal, policy: IngestPolicy) -> Update:
+def decode_message(opened: Opened, cls: type[M], unseal: Unseal, policy: IngestPolicy) -> M:
     try:
-        return decode_body(opened, Update, policy.limits, unseal)
+        return decode_body(opened, cls, policy.limits, unseal)
     except FedmqError as exc:
         raise _fail(exc.reason, exc.detail, opened.header.seq) from None
 
 
 def decode_stage(entry: bytes, opened: Opened, window: ReplayWindow, policy: IngestPolicy,
                  unseal: Unseal) -> Staged:
-    """A stage message, bounded and decoded (its seq below the window is a replay)."""
-    seq = opened.header.seq
-    if window.classify(seq) is Verdict.REPLAY:
-        raise _fail(Reason.REPLAY, f"seq {seq} is below the replay window", seq)
-    check_size(entry, seq, policy)
-    try:
-        message = decode_body(opened, MESSAGE_TYPES[opened.header.type], policy.limits, unseal)
-    except FedmqError as exc:
-        raise _fail(exc.reason, exc.detail, seq) from None
-    return Staged(seq, opened.header, message)
+    """A stage message, bounded and decoded (its seq below the window is a replay; it is
+    not marked, see :class:`Staged`)."""
+    check_fresh(opened.header, window)
+    check_size(entry, opened.header.seq, policy)
+    message = decode_message(opened, MESSAGE_TYPES[opened.header.type], unseal, policy)
+    return Staged(opened.header.seq, opened.header, message)
 
 
 def validate_update(update: Update, seq: int, model: ModelView,
@@ -327,7 +324,7 @@ def process_entry(
         window.mark(header.seq)
         marked.append(header.seq)
         check_size(entry, header.seq, policy)
-        update = decode_update(opened, unseal, policy)
+        update = decode_message(opened, Update, unseal, policy)
         delta, norm = validate_update(update, header.seq, model, policy)
     except _Rejected as exc:
         return exc.reject

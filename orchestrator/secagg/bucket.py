@@ -122,13 +122,10 @@ class BucketState:
     # -- keys ----------------------------------------------------------------------------------
 
     def on_keys(self, member: str, msg: SecAggKeys) -> bool:
-        if member in self.keys and self.phase is not Phase.KEYS:
-            if self.keys[member] == msg.mask_public and self.sealed[member] == msg.shares:
-                return False
+        if self.keys.get(member) == msg.mask_public and self.sealed[member] == msg.shares:
+            return False  # a copy, in whatever stage
         self._expect(Phase.KEYS, member)
         if member in self.keys:
-            if self.keys[member] == msg.mask_public and self.sealed[member] == msg.shares:
-                return False
             raise SecAggError(Problem.BAD_SHARE, f"{member} advertised twice")
         if len(msg.mask_public) != 32:
             raise SecAggError(Problem.BAD_PARAMETER, "a mask key is not 32 bytes")

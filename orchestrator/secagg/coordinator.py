@@ -27,12 +27,12 @@ from collections.abc import MutableMapping, Sequence
 
 import numpy as np
 
-from orchestrator.aggregation.codec import encode_params
 from orchestrator.clock import Clock
 from orchestrator.config import SecureAggregationConfig
 from orchestrator.devices.registry import Registry
 from orchestrator.devices.selection import Outstanding, OutstandingTasks
 from orchestrator.ingest.buffer_cache import Buffer
+from orchestrator.ingest.buffer_codec import encode_float32
 from orchestrator.ingest.pipeline import Staged, fast_norm
 from orchestrator.link.sender import Outbound
 from orchestrator.store import AuditEvent, IncomingUpdate, Store
@@ -85,14 +85,6 @@ class Coordinator:
         """Recently ended buckets: holders answering after the sum was made are not at fault."""
         self._due = asyncio.Event()
         self._unsent: list[tuple[str, DownKind, Message]] = []
-
-    @property
-    def buckets(self) -> dict[str, Phase]:
-        return {b: lb.state.phase for b, lb in self._live.items()}
-
-    @property
-    def waiting(self) -> int:
-        return len(self._pool)
 
     async def load(self) -> None:
         """The open buckets from the store; their members' slots are taken again."""
@@ -361,7 +353,7 @@ class Coordinator:
                 "stored": "float32", "secure": True, "bits": state.spec.bits,
                 "train_loss": float(np.mean(losses)) if losses else None}
         return IncomingUpdate.accepted(f"bucket:{state.bucket_id}", 0, state.base_version,
-                                       out.num_samples, encode_params(mean, level=-1),
+                                       out.num_samples, encode_float32(mean),
                                        norm=fast_norm(mean), received_ms=now, meta=meta)
 
     def _release(self, member: str) -> None:

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 
 from ._base import StoreBase
 from ._sql import audit_row, fetchall
-from ._updates import _insert_ledger, _prepare_ingest
+from ._updates import insert_updates, prepare_ingest
 from .records import AuditEvent, IncomingUpdate
 
 __all__ = ["SavedBucket", "SecAggMethods"]
@@ -71,18 +71,13 @@ class SecAggMethods(StoreBase):
         """End a bucket: its final state, its inputs gone, its sum (``update``) in the ledger
         and buffer, and one audit row, all or nothing. Returns the ledger id of the sum."""
         now = self._clock()
-        prepared = (await asyncio.to_thread(_prepare_ingest, [update], now)
-                    if update is not None else None)
+        updates = [update] if update is not None else []
+        rows, blobs = await asyncio.to_thread(prepare_ingest, updates, now)
         async with self._tx() as conn:
             await conn.execute("UPDATE secagg_buckets SET phase = ?, state = ?, updated_ms = ? "
                                "WHERE bucket_id = ?", (phase, state, now, bucket_id))
             await conn.execute("DELETE FROM secagg_inputs WHERE bucket_id = ?", (bucket_id,))
-            ledger_id = None
-            if update is not None and prepared is not None:
-                rows, blobs = prepared
-                ledger_id = (await _insert_ledger(conn, [update], rows))[0]
-                await conn.executemany("INSERT INTO buffer (update_id, delta) VALUES (?, ?)",
-                                       [(ledger_id, blob) for _, blob in blobs])
+            ids = await insert_updates(conn, updates, rows, blobs)
             await self._append_audits(conn, [audit_row(audit, now)], now)
-        return ledger_id
+        return ids[0] if ids else None
 

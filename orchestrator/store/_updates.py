@@ -52,15 +52,11 @@ class UpdateMethods(StoreBase):
             return []
         now = self._clock()
         # CPU work (JSON, zstd) before taking the lock, in a worker thread
-        rows, blobs = await asyncio.to_thread(_prepare_ingest, updates, now)
+        rows, blobs = await asyncio.to_thread(prepare_ingest, updates, now)
         counts = _status_counts(updates)
         windows = [(s, bytes(b), now) for s, b in (replay_windows or {}).items()]
         async with self._tx() as conn:
-            ids = await _insert_ledger(conn, updates, rows)
-            await conn.executemany(
-                "INSERT INTO buffer (update_id, delta) VALUES (?, ?)",
-                [(ids[i], blob) for i, blob in blobs],
-            )
+            ids = await insert_updates(conn, updates, rows, blobs)
             audits = _refusal_audits(updates, ids, now, actor)
             await self._append_audits(conn, audits, now)
             await conn.executemany(
@@ -164,7 +160,7 @@ class UpdateMethods(StoreBase):
         return {(status, reason): n for status, reason, n in rows}
 
 
-def _prepare_ingest(
+def prepare_ingest(
     updates: Sequence[IncomingUpdate], now: int
 ) -> tuple[list[tuple[Any, ...]], list[tuple[int, bytes]]]:
     """Ledger rows (without id) and encoded buffer blobs (by batch index); runs in a thread."""
@@ -180,6 +176,18 @@ def _prepare_ingest(
             delta = u.delta
             blobs.append((i, delta if isinstance(delta, bytes) else encode_params(delta)))
     return rows, blobs
+
+
+async def insert_updates(
+    conn: aiosqlite.Connection, updates: Sequence[IncomingUpdate], rows: list[tuple[Any, ...]],
+    blobs: list[tuple[int, bytes]],
+) -> list[int]:
+    """The ledger rows and the accepted ones' buffer blobs (from :func:`prepare_ingest`), in
+    the caller's transaction; returns the ledger ids."""
+    ids = await _insert_ledger(conn, updates, rows)
+    await conn.executemany("INSERT INTO buffer (update_id, delta) VALUES (?, ?)",
+                           [(ids[i], blob) for i, blob in blobs])
+    return ids
 
 
 async def _insert_ledger(
