@@ -95,7 +95,7 @@ STOPPING = """\
 target_metric = {target}
 patience = {patience}
 min_delta = 0.002
-max_versions = 200
+max_versions = {max_versions}
 max_wall_s = {max_wall_s}
 """
 
@@ -200,9 +200,8 @@ def prepare_demo(out: Path, *, task: str = "digits", devices: int = 20, k: int =
     wall = chosen.max_wall_s if max_wall_s is None else max_wall_s
     stopping = (chosen.stopping or STOPPING).format(
         target=chosen.target if target is None else target, max_wall_s=wall,
-        patience=30 if dp or local_dp else 15)
-    if max_versions is not None:
-        stopping = stopping.replace("max_versions = 200", f"max_versions = {max_versions}")
+        patience=30 if dp or local_dp else 15,
+        max_versions=chosen.max_versions if max_versions is None else max_versions)
     concurrency = max(k + k // 2, 2)
     extra = chosen.extra_config.format(min_devices=max(1, devices // 2))
     if secure:  # buckets overlap: up to two in flight, each a version

@@ -108,7 +108,9 @@ class DemoTask:
     prepare: Callable[[Path, FleetSpec], TaskData]
     """Make the data and write the model's files (if any) into the output folder."""
     stopping: str | None = None
-    """The ``[stopping]`` body, when the default (a target accuracy) does not fit."""
+    """The ``[stopping]`` body, when the default (a target accuracy) does not fit (with
+    ``{max_wall_s}`` and ``{max_versions}`` fields)."""
+    max_versions: int = 200
     evaluation: str = ""
     """More ``[evaluation]`` keys (the ``anomaly`` task: evaluation by devices)."""
     extra_config: str = ""
@@ -218,7 +220,8 @@ TASKS: dict[str, DemoTask] = {
                           target=0.95, max_wall_s=150.0, prepare=_vibration),
     "anomaly": DemoTask("anomaly", Training(epochs=2, batch_size=32, lr=0.05), target=0.0,
                         max_wall_s=150.0, prepare=_anomaly,
-                        stopping="max_versions = 60\nmax_wall_s = {max_wall_s}\n",
+                        stopping="max_versions = {max_versions}\nmax_wall_s = {max_wall_s}\n",
+                        max_versions=60,
                         evaluation="federated_every = 1\nfederated_devices = 20\n",
                         extra_config=_ANOMALY_CONFIG, metric_name="mse", holdout=0.5),
 }
