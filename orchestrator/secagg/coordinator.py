@@ -231,7 +231,7 @@ class Coordinator:
             return AckOutcome.DUPLICATE, ""
         inputs = changed.setdefault(bucket_id, {})
         if isinstance(message, SecAggInput):
-            inputs[device] = live.ring_bytes(device)
+            inputs[device] = message.values  # as packed on the wire, checked by on_input
         return AckOutcome.ACCEPTED, ""
 
     @staticmethod

@@ -13,7 +13,7 @@ import numpy.typing as npt
 from schemas._convert import from_wire, to_wire
 from schemas.limits import DEFAULT_LIMITS
 from schemas.messages import Task
-from schemas.secagg.wire import pack_ring, unpack_ring
+from schemas.secagg.wire import unpack_ring
 
 from .bucket import BucketState
 
@@ -41,9 +41,6 @@ class LiveBucket:
             "stage_ms": self.stage_ms,
         }, use_bin_type=True)
         return blob
-
-    def ring_bytes(self, member: str) -> bytes:
-        return pack_ring(self.masked[member], self.state.spec.bits)
 
     @classmethod
     def from_saved(cls, blob: bytes, inputs: dict[str, bytes]) -> LiveBucket:
