@@ -13,7 +13,7 @@ from typing import Any
 
 from nacl.signing import SigningKey, VerifyKey
 
-from schemas import Message, Params, Update, pack
+from schemas import Message, Params, pack
 
 from .clock import Clock, wall_ms
 from .errors import OversizedUpdateError
@@ -72,7 +72,3 @@ class Signer:
         await self._outbox.put(seq, envelope, created_ms=wall_ms(self._clock), residual=residual,
                                signed_with=key, values=values)
         return seq, len(envelope)
-
-    async def enqueue_update(self, update: Update, *, seal: bool,
-                             residual: Params) -> tuple[int, int]:
-        return await self.enqueue(update, seal=seal, residual=residual)

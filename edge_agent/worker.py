@@ -238,8 +238,8 @@ class Worker:
     async def _commit_update(self, task: Task, trained: TrainedUpdate) -> tuple[int, int]:
         """Into the outbox, and counted: both or (on an oversized update) neither."""
         assert trained.update is not None
-        seq, size = await self._signer.enqueue_update(trained.update, seal=task.seal,
-                                                      residual=trained.feedback.residual)
+        seq, size = await self._signer.enqueue(trained.update, seal=task.seal,
+                                               residual=trained.feedback.residual)
         self._feedback = trained.feedback
         self._stats.updates_built += 1
         return seq, size
